@@ -1,0 +1,22 @@
+"""gradc: exact, fast derivatives of Python functions, emitted as readable code and compiled by numba.
+
+>>> import gradc
+>>> J = gradc.value_and_grad(lambda a, b, c: 3 * (a + b * c), backend="python")
+>>> J(5.0, 3.0, 2.0)
+(33.0, (3.0, 6.0, 9.0))
+"""
+__version__ = "0.1.0"
+
+from . import gmath as math  # noqa: E402  (gradc.math.exp, gradc.math.sigmoid, ...)
+from .api import GradcFunction, compile, grad, value_and_grad  # noqa: E402
+from .errors import (  # noqa: E402
+    ArgumentError, CacheWarning, ControlFlowError, GradcError, MathModuleError, TracingError,
+    UnsupportedFunctionError)
+from .explain import explain  # noqa: E402
+from .trace import where  # noqa: E402
+
+__all__ = [
+    "value_and_grad", "grad", "compile", "explain", "where", "math", "GradcFunction",
+    "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
+    "UnsupportedFunctionError", "ArgumentError", "CacheWarning", "__version__",
+]

@@ -1,0 +1,272 @@
+"""The public transformations: compile, grad, value_and_grad — wiring trace -> ad -> optimize -> emit -> backend.
+
+Each returns a :class:`GradcFunction`. It traces and compiles once per
+signature (for scalar functions: the number of arguments), then calls the
+compiled code. With the numba backend, once a function of plain positional
+float arguments is compiled, calls go straight to numba's dispatcher (the
+object's class is switched to one whose ``__call__`` *is* the dispatcher), so
+the call costs what a hand-written ``@njit`` call costs; wrong arguments still
+reach gradc through numba's no-match hook and raise a gradc error.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import numbers
+
+import numpy as np
+
+from . import ad, errors, jit
+from .emit import emit_module
+from .optimize import optimize
+from .trace import identifier_or_none, trace
+
+BACKENDS = ("numba", "python")
+
+
+def function_name(fn):
+    """An identifier naming ``fn`` in emitted source (``lambda`` for lambdas)."""
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return identifier_or_none(name) or ("lambda" if name == "<lambda>" else "f")
+
+
+def _origin(fn):
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)
+    return (code.co_filename, code.co_firstlineno) if code else None
+
+
+def _normalize_argnums(argnums):
+    if argnums is None or isinstance(argnums, (int, np.integer)) and not isinstance(argnums, bool):
+        return argnums if argnums is None else int(argnums)
+    if isinstance(argnums, (tuple, list)) and all(
+            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in argnums):
+        return tuple(int(i) for i in argnums)
+    raise errors.ArgumentError(f"argnums must be None, an int or a tuple of ints, not {argnums!r}.")
+
+
+class _Spec:
+    """One compiled specialisation: its graph, source, file and callable."""
+
+    __slots__ = ("graph", "source", "path", "call", "func_name", "entry")
+
+    def __init__(self, graph, source, path, call, func_name, entry=None):
+        self.graph, self.source, self.path, self.call = graph, source, path, call
+        self.func_name, self.entry = func_name, entry
+
+
+class GradcFunction:
+    """A compiled transformation of a Python function. Call it like the original.
+
+    Attributes: ``source`` (the emitted module), ``graph`` (the optimized IR),
+    ``path`` (the cache file holding the source).
+    """
+
+    def __init__(self, fn, kind, argnums=None, backend="numba"):
+        if not callable(fn):
+            raise errors.ArgumentError(f"gradc.{kind} needs a callable, not {type(fn).__name__}.")
+        if backend not in BACKENDS:
+            raise errors.ArgumentError(f"backend must be one of {BACKENDS}, not {backend!r}.")
+        self._fn, self._kind, self._backend = fn, kind, backend
+        self._argnums = _normalize_argnums(argnums)
+        self._name = function_name(fn)
+        self._specs: dict[int, _Spec] = {}
+        try:
+            self._signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self._signature = None
+        functools.update_wrapper(self, fn, updated=())
+
+    # --- arguments --------------------------------------------------------------------
+    def _bind(self, args, kwargs):
+        """The positional float arguments of a call, or a gradc ArgumentError."""
+        if self._signature is not None:
+            try:
+                bound = self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise errors.ArgumentError(
+                    f"{errors.where()}: {self._name}() called with the wrong arguments: {exc}. "
+                    f"It takes {self._describe_params()}.") from None
+            bound.apply_defaults()
+            values = []
+            for p in self._signature.parameters.values():
+                v = bound.arguments.get(p.name)
+                if p.kind == p.VAR_POSITIONAL:
+                    values.extend(v or ())
+                elif p.kind == p.VAR_KEYWORD or p.kind == p.KEYWORD_ONLY:
+                    if v:
+                        raise errors.ArgumentError(
+                            f"{errors.where()}: gradc traces positional float arguments; "
+                            f"{self._name}() has keyword-only parameter {p.name!r}.")
+                else:
+                    values.append(v)
+        elif kwargs:
+            raise errors.ArgumentError(f"{errors.where()}: pass {self._name}'s arguments by position.")
+        else:
+            values = list(args)
+        return tuple(self._check_number(i, v) for i, v in enumerate(values))
+
+    def _check_number(self, i, value):
+        if isinstance(value, (numbers.Real, np.floating, np.integer, np.bool_)):
+            return float(value)
+        if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "biuf":
+            return float(value)
+        kind = type(value).__name__
+        hint = (" Array arguments are not supported yet: pass scalars."
+                if isinstance(value, (np.ndarray, list, tuple)) else "")
+        raise errors.ArgumentError(
+            f"{errors.where()}: argument {i} of {self._name}() is a {kind}; gradc "
+            f"differentiates functions of real numbers (floats; ints are taken as floats).{hint}")
+
+    def _describe_params(self):
+        params = list(self._signature.parameters) if self._signature else []
+        return f"{len(params)} argument(s) ({', '.join(params)})" if params else "no arguments"
+
+    def _arg_names(self, nargs):
+        names = []
+        if self._signature is not None:
+            for p in self._signature.parameters.values():
+                if p.kind == p.VAR_POSITIONAL:
+                    names.extend(f"{p.name}{k}" for k in range(nargs - len(names)))
+                elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                    names.append(p.name)
+        names = names[:nargs]
+        return names + [f"arg{i}" for i in range(len(names), nargs)]
+
+    def _simple_signature(self):
+        """True when every parameter is positional without a default: numba can bind calls itself."""
+        return self._signature is not None and all(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+            for p in self._signature.parameters.values())
+
+    # --- building ---------------------------------------------------------------------
+    def _argnums_for(self, nargs):
+        argnums = self._argnums
+        if argnums is None:
+            return tuple(range(nargs)), nargs == 1
+        nums = (argnums,) if isinstance(argnums, int) else argnums
+        for i in nums:
+            if not -nargs <= i < nargs:
+                raise errors.ArgumentError(
+                    f"{errors.where()}: argnums={argnums!r} but {self._name}() was called with "
+                    f"{nargs} argument(s).")
+        return tuple(i % nargs for i in nums), isinstance(argnums, int)
+
+    def _transform(self, graph, nargs):
+        if self._kind == "compile":
+            return graph
+        argnums, bare = self._argnums_for(nargs)
+        full = ad.value_and_grad(graph, argnums, bare=bare)
+        if self._kind == "grad":
+            grads = full.outputs[1:]
+            full.set_outputs(grads, 0 if bare else tuple(range(len(grads))))
+        return full
+
+    def _spec(self, nargs):
+        spec = self._specs.get(nargs)
+        if spec is not None:
+            return spec
+        traced = trace(self._fn, self._arg_names(nargs), self._name, _origin(self._fn))
+        graph = optimize(self._transform(traced, nargs))
+        kind = {"compile": "value"}.get(self._kind, self._kind)
+        source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin)
+        if self._backend == "numba":
+            dispatcher, path = jit.load_numba(source, func_name, entry_name, nargs)
+            dispatcher._explain_matching_error = self._numba_mismatch
+            spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
+        else:
+            func, path = jit.load_python(source, func_name)
+            spec = _Spec(graph, source, path, _python_caller(func), func_name)
+        self._specs[nargs] = spec
+        return spec
+
+    def _numba_mismatch(self, *args, **kwargs):
+        """numba found no compiled signature for a call: let gradc say what is wrong."""
+        given = [a for a in args if type(a).__name__ != "OmittedArg"]
+        if given and isinstance(given[-1], tuple) and type(given[-1]) is tuple:
+            given = given[:-1] + list(given[-1])  # the entry point's *extra
+        self._bind(tuple(given), kwargs)
+        raise errors.ArgumentError(f"{errors.where()}: {self._name}() cannot take these arguments.")
+
+    # --- calling ----------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        values = self._bind(args, kwargs)
+        spec = self._spec(len(values))
+        if spec.entry is not None and self._simple_signature() and len(self._specs) == 1:
+            # From now on calls go straight to numba (see the module docstring).
+            self.__class__ = type(type(self).__name__, (GradcFunction,),
+                                  {"__call__": staticmethod(spec.entry)})
+        return spec.call(*values)
+
+    def _default_spec(self):
+        if self._specs:
+            return next(iter(self._specs.values()))
+        if not self._simple_signature():
+            raise errors.ArgumentError(
+                f"{self._name}() takes a variable number of arguments: call it once before "
+                "asking for .source or .graph.")
+        return self._spec(len(self._signature.parameters))
+
+    @property
+    def source(self):
+        """The emitted Python module (for the first signature compiled)."""
+        return self._default_spec().source
+
+    @property
+    def graph(self):
+        """The optimized IR; ``print`` it to read it as a program."""
+        return self._default_spec().graph
+
+    @property
+    def path(self):
+        """The file in gradc's cache that holds :attr:`source`."""
+        return self._default_spec().path
+
+    def cache_info(self):
+        """numba's cache statistics for the compiled entry point (numba backend)."""
+        spec = self._default_spec()
+        if spec.entry is None:
+            return {"path": spec.path, "backend": self._backend}
+        stats = spec.entry.stats
+        return {"path": spec.path, "backend": self._backend,
+                "cache_hits": sum(stats.cache_hits.values()),
+                "cache_misses": sum(stats.cache_misses.values())}
+
+    def __repr__(self):
+        return f"<gradc.{self._kind} of {self._name} ({self._backend})>"
+
+
+def _as_float(value):
+    return tuple(_as_float(v) for v in value) if isinstance(value, tuple) else float(value)
+
+
+def _python_caller(func):
+    """Run the emitted source in plain Python with NumPy float semantics (inf/nan, no exceptions)."""
+
+    def call(*values):
+        with np.errstate(all="ignore"):
+            return _as_float(func(*map(np.float64, values)))
+
+    return call
+
+
+def _transformation(kind):
+    def transform(fn=None, *, argnums=None, backend="numba"):
+        if fn is None:  # used with arguments: @gradc.grad(argnums=1)
+            return lambda f: GradcFunction(f, kind, argnums, backend)
+        return GradcFunction(fn, kind, argnums, backend)
+
+    transform.__name__ = kind
+    return transform
+
+
+value_and_grad = _transformation("value_and_grad")
+value_and_grad.__doc__ = """``f -> f'`` returning ``(f(x), gradient)``.
+
+``argnums=None`` differentiates every positional argument (a tuple of gradients
+in argument order; bare for a one-argument function); an int gives one bare
+gradient, a tuple a tuple. ``backend`` is ``"numba"`` (default) or ``"python"``.
+"""
+grad = _transformation("grad")
+grad.__doc__ = "Like :func:`value_and_grad`, returning only the gradient(s)."
+compile = _transformation("compile")  # noqa: A001  (gradc.compile is the public name)
+compile.__doc__ = "``f -> f`` compiled: the value only, through the same pipeline."

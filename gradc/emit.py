@@ -1,0 +1,165 @@
+"""Emission: Graph -> the source of one readable Python function (and its module).
+
+One assignment per node, in graph order; constants are written inline. Names
+follow the seed: the user's own variable names where the tracer saw them, the
+function's name for its result, ``dv`` for the adjoint of ``v``, and short
+counters (``t0``, ``t1``) for the rest. Only identifiers that pass
+``str.isidentifier`` and are not keywords ever reach the source; collisions
+(an argument called ``np``, a ``dx`` beside an ``x``) are renamed, never merged.
+"""
+from __future__ import annotations
+
+import keyword
+import math
+
+from . import __version__
+from .ops import OPS
+
+_KINDS = {"value", "grad", "value_and_grad", "hessian", "value_grad_hessian"}
+
+
+class _Namer:
+    """Hands out unique identifiers: the wanted name if free, else ``name_1``, ``name_2``..."""
+
+    def __init__(self):
+        self.taken = set()
+        self.counter = 0
+
+    def fresh(self, wanted=None):
+        if wanted is None or not wanted.isidentifier() or keyword.iskeyword(wanted):
+            while f"t{self.counter}" in self.taken:
+                self.counter += 1
+            wanted = f"t{self.counter}"
+            self.counter += 1
+        name, k = wanted, 0
+        while name in self.taken or keyword.iskeyword(name):
+            k += 1
+            name = f"{wanted}_{k}"
+        self.taken.add(name)
+        return name
+
+
+def assign_names(graph, result_name):
+    """Node id -> identifier for every non-constant node, and the aliases folded into their targets."""
+    namer, names, absorbed = _Namer(), {}, set()
+    uses = graph.users()
+    outputs = {o.id for o in graph.outputs}
+    for i, node in enumerate(graph.inputs):
+        names[node.id] = namer.fresh(node.attrs[1] if node.attrs[1].isidentifier() else f"arg{i}")
+    for node in graph.nodes:  # the user's own names first: they win every collision
+        hint = graph.names.get(node.id)
+        if hint and node.op not in ("input", "const", "alias") and node.id not in names:
+            names[node.id] = namer.fresh(hint)
+    if graph.outputs:
+        value = graph.outputs[0]
+        if value.op not in ("input", "const", "alias") and value.id not in names:
+            names[value.id] = namer.fresh(result_name)
+    for node in graph.nodes:
+        if node.op != "alias" or node.id in names:
+            continue
+        target = node.args[0]
+        if (target.op not in ("input", "const", "alias") and target.id not in names
+                and uses[target.id] == 1 and target.id not in outputs):
+            names[target.id] = names[node.id] = namer.fresh(node.attrs[0])
+            absorbed.add(node.id)
+        else:
+            names[node.id] = namer.fresh(node.attrs[0])
+    for node in graph.nodes:
+        if node.op not in ("const", "input") and node.id not in names:
+            names[node.id] = namer.fresh()
+    return names, absorbed, namer
+
+
+def literal(value, np_alias="np", as_int=False):
+    """A Python literal for a constant (negative numbers parenthesised)."""
+    if isinstance(value, bool):
+        return repr(value)
+    if math.isnan(value):
+        return f"{np_alias}.nan"
+    if math.isinf(value):
+        return f"{np_alias}.inf" if value > 0 else f"(-{np_alias}.inf)"
+    text = str(int(value)) if as_int and value.is_integer() and abs(value) < 2**31 else repr(value)
+    return f"({text})" if text.startswith("-") else text
+
+
+def _arg_text(arg, names, np_alias, as_int):
+    if arg.op == "const":
+        return literal(arg.attrs[0], np_alias, as_int)
+    return names[arg.id]
+
+
+def _return_text(tree, graph, names, np_alias):
+    if isinstance(tree, tuple):
+        inner = ", ".join(_return_text(t, graph, names, np_alias) for t in tree)
+        return f"({inner},)" if len(tree) == 1 else f"({inner})"
+    return _arg_text(graph.outputs[tree], names, np_alias, False)
+
+
+def emit_function(graph, func_name, result_name=None, header=True):
+    """The ``def`` of the fused function (and, with ``header``, the module alias it needs).
+
+    Returns the function's source; with ``header=False`` no imports are assumed
+    and NumPy is written ``np``.
+    """
+    return _emit(graph, func_name, result_name or graph.name)[0]
+
+
+def _emit(graph, func_name, result_name):
+    names, absorbed, namer = assign_names(graph, result_name)
+    np_alias = namer.fresh("np")
+    params = ", ".join(names[n.id] for n in graph.inputs)
+    lines = [f"def {func_name}({params}):"]
+    for node in graph.nodes:
+        if node.op in ("input", "const") or node.id in absorbed:
+            continue
+        op = OPS[node.op]
+        args = [_arg_text(a, names, np_alias, i in op.int_args) for i, a in enumerate(node.args)]
+        lines.append(f"    {names[node.id]} = {op.template.format(*args, np=np_alias)}")
+    ret = _return_text(graph.out_tree, graph, names, np_alias)
+    if isinstance(graph.out_tree, tuple):
+        ret = ret[1:-1].rstrip(",") if len(graph.out_tree) > 1 else ret
+    lines.append(f"    return {ret}")
+    return "\n".join(lines) + "\n", np_alias, namer, [names[n.id] for n in graph.inputs]
+
+
+def emit_module(graph, fn_name, kind, origin=None):
+    """The full module source: header comment, import, the fused function and its entry point.
+
+    Returns ``(source, function_name, entry_name)``. The entry point has a default
+    for every parameter and a ``*extra`` tail so that numba hands a call with the
+    wrong number of arguments back to gradc instead of raising its own TypeError;
+    it inlines away.
+    """
+    func_name = f"{fn_name}__{kind}"
+    body, np_alias, namer, params = _emit(graph, func_name, fn_name)
+    # Module-level names must not be shadowed by any local of either function.
+    for p in params:
+        namer.taken.add(p)
+    if func_name in namer.taken:
+        func_name_new = namer.fresh(func_name)
+        body = body.replace(f"def {func_name}(", f"def {func_name_new}(", 1)
+        func_name = func_name_new
+    else:
+        namer.taken.add(func_name)
+    entry_name = namer.fresh(f"{func_name}__entry")
+    extra = namer.fresh("extra")
+    where = ""
+    if origin:
+        where = f" from {ascii(origin[0])}, line {int(origin[1])}"
+    defaults = ", ".join(f"{p}=None" for p in params)
+    head = f"({defaults}, *{extra})" if params else f"(*{extra})"
+    src = [
+        f"# Generated by gradc {__version__}: {kind} of {fn_name}{where}.",
+        "# gradc rewrites this file from the traced function; edits here are not kept.",
+        f"import numpy as {np_alias}" if np_alias == "np" else f"import numpy as {np_alias}  # `np` is a user name here",
+        "",
+        "",
+        body.rstrip("\n"),
+        "",
+        "",
+        f"def {entry_name}{head}:",
+        "    # Entry point for numba: defaults and *extra let gradc report wrong arguments.",
+        f"    return {func_name}({', '.join(params)})",
+        "",
+    ]
+    return "\n".join(src), func_name, entry_name

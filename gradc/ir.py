@@ -1,0 +1,165 @@
+"""The IR: an ordered, hash-consed SSA graph of scalar operations.
+
+A :class:`Graph` is a list of :class:`Node` in definition order. Building the
+same ``(op, inputs, attrs)`` twice returns the same node, so common
+subexpressions are shared by construction — across the forward sweep and the
+adjoints alike. Everything is ordered (lists, insertion-ordered dicts, counters),
+so the same program always gives the same graph and byte-identical source.
+
+>>> g = Graph("f")
+>>> x, y = g.input("x"), g.input("y")
+>>> a = g.add("mul", (x, y)); b = g.add("mul", (x, y))
+>>> a is b
+True
+>>> g.set_outputs([g.add("add", (a, g.const(1.0)))], 0)
+>>> print(g)
+def f(x, y):
+    t0 = x * y
+    f = t0 + 1.0
+    return f
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import OPS
+
+
+class Node:
+    """One SSA value: ``op`` applied to ``args`` (nodes) with ``attrs`` (hashable constants).
+
+    Special ops: ``input`` (attrs: position, name), ``const`` (attrs: value).
+    """
+
+    __slots__ = ("id", "op", "args", "attrs", "result")
+
+    def __init__(self, id, op, args, attrs, result):
+        self.id, self.op, self.args, self.attrs, self.result = id, op, args, attrs, result
+
+    @property
+    def value(self):
+        """The constant this node stands for (seeing through aliases), or None."""
+        node = self
+        while node.op == "alias":
+            node = node.args[0]
+        return node.attrs[0] if node.op == "const" else None
+
+    def __repr__(self):
+        return f"Node({self.id}, {self.op}, {[a.id for a in self.args]}, {self.attrs})"
+
+
+def resolve(node):
+    """The node an alias chain stands for (aliases only carry names)."""
+    while node.op == "alias":
+        node = node.args[0]
+    return node
+
+
+class Graph:
+    """An ordered SSA program with inputs, outputs and name hints.
+
+    ``outputs`` is a flat list; ``out_tree`` says how they nest in the return
+    value: an int indexes ``outputs``, a tuple is a Python tuple.
+    ``names`` maps node ids to the user's variable names, where known.
+    """
+
+    def __init__(self, name="f", origin=None):
+        self.name = name
+        self.origin = origin            # (filename, lineno) of the traced function, or None
+        self.nodes: list[Node] = []
+        self.inputs: list[Node] = []
+        self.outputs: list[Node] = []
+        self.out_tree = 0
+        self.names: dict[int, str] = {}
+        self._memo: dict[tuple, Node] = {}
+
+    # --- building -------------------------------------------------------------------
+    def _new(self, op, args, attrs, result):
+        node = Node(len(self.nodes), op, args, attrs, result)
+        self.nodes.append(node)
+        return node
+
+    def input(self, name):
+        node = self._new("input", (), (len(self.inputs), name), "float")
+        self.inputs.append(node)
+        self.names[node.id] = name
+        return node
+
+    def const(self, value):
+        value = bool(value) if isinstance(value, (bool, np.bool_)) else float(value)
+        key = ("const", type(value).__name__, repr(value))
+        node = self._memo.get(key)
+        if node is None:
+            result = "bool" if isinstance(value, bool) else "float"
+            node = self._memo[key] = self._new("const", (), (value,), result)
+        return node
+
+    def add(self, op, args, attrs=()):
+        """The node for ``op(*args)``, reusing an existing one when it is the same value.
+
+        Aliases are seen through in the key: ``du * c`` and ``dv * c`` are one
+        node when ``du`` is an alias of ``dv``.
+        """
+        spec = OPS[op]
+        if len(args) != spec.arity:
+            raise ValueError(f"{op} takes {spec.arity} arguments, got {len(args)}")
+        key = (op, tuple(resolve(a).id for a in args) if op != "alias" else (args[0].id,), attrs)
+        node = self._memo.get(key)
+        if node is None:
+            node = self._memo[key] = self._new(op, tuple(args), attrs, spec.result)
+        return node
+
+    def set_outputs(self, outputs, out_tree):
+        self.outputs, self.out_tree = list(outputs), out_tree
+
+    def name_of(self, node):
+        return self.names.get(node.id)
+
+    # --- passes ---------------------------------------------------------------------
+    def rebuild(self, rule=None, keep=None):
+        """A new graph made by replaying this one node by node.
+
+        ``rule(new_graph, node, new_args)`` may return a replacement node (or None
+        to keep the op); ``keep`` (a set of node ids) drops every other non-input
+        node. Replaying through the hash-consing builder also merges duplicates.
+        """
+        new = Graph(self.name, self.origin)
+        mapped: dict[int, Node] = {}
+        for node in self.nodes:
+            if node.op == "input":
+                out = new.input(node.attrs[1])
+            elif keep is not None and node.id not in keep:
+                continue
+            elif node.op == "const":
+                out = new.const(node.attrs[0])
+            else:
+                args = tuple(mapped[a.id] for a in node.args)
+                out = rule(new, node, args) if rule else None
+                if out is None:
+                    out = new.add(node.op, args, node.attrs)
+            mapped[node.id] = out
+            hint = self.names.get(node.id)
+            if hint is not None and out.op not in ("input", "const"):
+                new.names.setdefault(out.id, hint)
+        new.set_outputs([mapped[o.id] for o in self.outputs], self.out_tree)
+        return new
+
+    def copy(self):
+        return self.rebuild()
+
+    def users(self):
+        """Node id -> number of uses (by other nodes and as outputs)."""
+        count = {n.id: 0 for n in self.nodes}
+        for n in self.nodes:
+            for a in n.args:
+                count[a.id] += 1
+        for o in self.outputs:
+            count[o.id] += 1
+        return count
+
+    def __str__(self):
+        from .emit import emit_function
+
+        return emit_function(self, self.name, header=False).rstrip("\n")
+
+    __repr__ = __str__

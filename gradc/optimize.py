@@ -1,0 +1,116 @@
+"""Optimization passes, each a pure ``Graph -> Graph`` function.
+
+Every pass replays the graph through the hash-consing builder, so each one also
+merges common subexpressions. No pass changes a result: ``x * 1`` and ``x + 0``
+go, but ``x * 0`` stays (it is NaN when x is inf or NaN).
+
+>>> from gradc.trace import trace
+>>> g = trace(lambda x, y: (x * 1.0 + 0.0) * (2.0 * 3.0) + y * 0.0, ["x", "y"], "f")
+>>> print(optimize(g))
+def f(x, y):
+    t0 = x * 6.0
+    t1 = y * 0.0
+    f = t0 + t1
+    return f
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import OPS
+
+
+def fold(graph):
+    """Compute every op whose inputs are all constants (seeing through named aliases).
+
+    ``where`` with a constant condition picks its branch.
+    """
+
+    def rule(new, node, args):
+        if node.op == "alias":
+            return None
+        values = [a.value for a in args]
+        if node.op == "where" and values[0] is not None:
+            return args[1] if values[0] else args[2]
+        if any(v is None for v in values):
+            return None
+        with np.errstate(all="ignore"):
+            result = OPS[node.op].impl(*values)
+        if node.op != "where" and OPS[node.op].result == "bool":
+            result = bool(result)
+        return new.const(result)
+
+    return graph.rebuild(rule)
+
+
+def _is(node, number):
+    v = node.value
+    return v is not None and not isinstance(v, bool) and v == number
+
+
+def simplify(graph):
+    """Algebraic identities that hold for every float, NaN and inf included.
+
+    ``x+0, 0+x, x-0, x*1, 1*x, x/1, x**1 -> x``; ``0-x, x*-1, -1*x -> -x``;
+    ``x**0 -> 1``; ``--x -> x``; ``x + (-y) -> x - y``.
+    """
+
+    def rule(new, node, args):
+        op = node.op
+        if op == "add":
+            x, y = args
+            if _is(y, 0.0):
+                return x
+            if _is(x, 0.0):
+                return y
+            if y.op == "neg":
+                return new.add("sub", (x, y.args[0]))
+        elif op == "sub":
+            x, y = args
+            if _is(y, 0.0):
+                return x
+            if _is(x, 0.0):
+                return new.add("neg", (y,))
+        elif op == "mul":
+            x, y = args
+            if _is(y, 1.0):
+                return x
+            if _is(x, 1.0):
+                return y
+            if _is(y, -1.0):
+                return new.add("neg", (x,))
+            if _is(x, -1.0):
+                return new.add("neg", (y,))
+        elif op == "div":
+            if _is(args[1], 1.0):
+                return args[0]
+        elif op == "pow":
+            if _is(args[1], 1.0):
+                return args[0]
+            if _is(args[1], 0.0):
+                return new.const(1.0)
+        elif op == "neg":
+            if args[0].op == "neg":
+                return args[0].args[0]
+        return None
+
+    return graph.rebuild(rule)
+
+
+def dce(graph):
+    """Drop every node the outputs do not need (inputs always stay: they are parameters)."""
+    live = {o.id for o in graph.outputs}
+    for node in reversed(graph.nodes):
+        if node.id in live:
+            live.update(a.id for a in node.args)
+    return graph.rebuild(keep=live)
+
+
+def optimize(graph, max_rounds=4):
+    """fold, simplify and dce until nothing changes (a few rounds at most)."""
+    for _ in range(max_rounds):
+        before = len(graph.nodes)
+        graph = dce(simplify(fold(graph)))
+        if len(graph.nodes) == before:
+            break
+    return graph
