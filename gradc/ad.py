@@ -30,6 +30,7 @@ def J(a, b, c):
 """
 from __future__ import annotations
 
+from .ir import ArrayOut
 from .ops import OPS
 from .trace import Tracer
 
@@ -53,11 +54,15 @@ def adjoint_name(graph, node):
     return None if name is None else "d" + name
 
 
-def value_and_grad(graph, argnums, bare=False):
-    """A graph returning ``(value, grads)``: grads is a tuple over ``argnums`` (bare if asked)."""
+def value_and_grad(graph, argnums, bare=False, with_value=True):
+    """A graph returning ``(value, grads)`` (or only ``grads``).
+
+    ``argnums`` are parameter numbers; grads is a tuple over them (bare if
+    asked). An array parameter's gradient is an array of its shape.
+    """
     g = graph.copy()
     out = g.outputs[0]
-    wrt = [g.inputs[i] for i in argnums]
+    wrt = [n for p in argnums for n in g.param_inputs(p)]
     active = _active(g, out, {n.id for n in wrt})
     pending = {n.id: 0 for n in g.nodes}           # uses still to be visited, per node
     for n in g.nodes:
@@ -97,8 +102,14 @@ def value_and_grad(graph, argnums, bare=False):
             pending[arg.id] -= 1
             if pending[arg.id] == 0 and arg.id in contributions:
                 finalize(arg)
-    grads = [adjoint.get(n.id) or g.const(0.0) for n in wrt]
-    n = len(grads)
-    tree = (0, 1) if bare else (0, tuple(range(1, n + 1)))
-    g.set_outputs([out] + grads, tree)
+    outputs, leaves = [out] if with_value else [], []
+    for p in argnums:
+        nodes = [adjoint.get(n.id) or g.const(0.0) for n in g.param_inputs(p)]
+        first = len(outputs)
+        outputs.extend(nodes)
+        name, shape = g.params[p]
+        leaves.append(first if shape is None else
+                      ArrayOut("d" + name, shape, tuple(range(first, len(outputs)))))
+    grads = leaves[0] if bare else tuple(leaves)
+    g.set_outputs(outputs, (0, grads) if with_value else grads)
     return g

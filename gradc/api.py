@@ -69,7 +69,7 @@ class GradcFunction:
         self._fn, self._kind, self._backend = fn, kind, backend
         self._argnums = _normalize_argnums(argnums)
         self._name = function_name(fn)
-        self._specs: dict[int, _Spec] = {}
+        self._specs: dict[tuple, _Spec] = {}  # key: one shape per argument (None: a scalar)
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -108,14 +108,20 @@ class GradcFunction:
     def _check_number(self, i, value):
         if isinstance(value, (numbers.Real, np.floating, np.integer, np.bool_)):
             return float(value)
-        if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "biuf":
-            return float(value)
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            if value.shape == ():
+                return float(value)
+            if value.size == 0:
+                raise errors.ArgumentError(
+                    f"{errors.where()}: argument {i} of {self._name}() is an empty array.")
+            return np.ascontiguousarray(value, dtype=np.float64)
         kind = type(value).__name__
-        hint = (" Array arguments are not supported yet: pass scalars."
-                if isinstance(value, (np.ndarray, list, tuple)) else "")
+        hint = (" Pass a NumPy array (numpy.asarray(...)) for a vector argument."
+                if isinstance(value, (list, tuple)) else "")
         raise errors.ArgumentError(
             f"{errors.where()}: argument {i} of {self._name}() is a {kind}; gradc "
-            f"differentiates functions of real numbers (floats; ints are taken as floats).{hint}")
+            f"differentiates functions of real numbers: floats (ints are taken as floats) "
+            f"and float arrays.{hint}")
 
     def _describe_params(self):
         params = list(self._signature.parameters) if self._signature else []
@@ -155,28 +161,26 @@ class GradcFunction:
         if self._kind == "compile":
             return graph
         argnums, bare = self._argnums_for(nargs)
-        full = ad.value_and_grad(graph, argnums, bare=bare)
-        if self._kind == "grad":
-            grads = full.outputs[1:]
-            full.set_outputs(grads, 0 if bare else tuple(range(len(grads))))
-        return full
+        return ad.value_and_grad(graph, argnums, bare=bare, with_value=self._kind != "grad")
 
-    def _spec(self, nargs):
-        spec = self._specs.get(nargs)
+    def _spec(self, shapes):
+        spec = self._specs.get(shapes)
         if spec is not None:
             return spec
-        traced = trace(self._fn, self._arg_names(nargs), self._name, _origin(self._fn))
+        nargs = len(shapes)
+        params = list(zip(self._arg_names(nargs), shapes))
+        traced = trace(self._fn, params, self._name, _origin(self._fn))
         graph = optimize(self._transform(traced, nargs))
         kind = {"compile": "value"}.get(self._kind, self._kind)
         source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin)
         if self._backend == "numba":
-            dispatcher, path = jit.load_numba(source, func_name, entry_name, nargs)
+            dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes)
             dispatcher._explain_matching_error = self._numba_mismatch
             spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
         else:
             func, path = jit.load_python(source, func_name)
             spec = _Spec(graph, source, path, _python_caller(func), func_name)
-        self._specs[nargs] = spec
+        self._specs[shapes] = spec
         return spec
 
     def _numba_mismatch(self, *args, **kwargs):
@@ -190,8 +194,9 @@ class GradcFunction:
     # --- calling ----------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
         values = self._bind(args, kwargs)
-        spec = self._spec(len(values))
-        if spec.entry is not None and self._simple_signature() and len(self._specs) == 1:
+        spec = self._spec(_shapes(values))
+        if (spec.entry is not None and self._simple_signature() and len(self._specs) == 1
+                and all(isinstance(v, float) for v in values)):
             # From now on calls go straight to numba (see the module docstring).
             self.__class__ = type(type(self).__name__, (GradcFunction,),
                                   {"__call__": staticmethod(spec.entry)})
@@ -204,7 +209,7 @@ class GradcFunction:
             raise errors.ArgumentError(
                 f"{self._name}() takes a variable number of arguments: call it once before "
                 "asking for .source or .graph.")
-        return self._spec(len(self._signature.parameters))
+        return self._spec((None,) * len(self._signature.parameters))
 
     @property
     def source(self):
@@ -235,8 +240,15 @@ class GradcFunction:
         return f"<gradc.{self._kind} of {self._name} ({self._backend})>"
 
 
+def _shapes(values):
+    """The specialisation key of a call: each argument's shape, None for a scalar."""
+    return tuple(None if isinstance(v, float) else v.shape for v in values)
+
+
 def _as_float(value):
-    return tuple(_as_float(v) for v in value) if isinstance(value, tuple) else float(value)
+    if isinstance(value, tuple):
+        return tuple(_as_float(v) for v in value)
+    return value if isinstance(value, np.ndarray) else float(value)
 
 
 def _python_caller(func):
@@ -244,7 +256,8 @@ def _python_caller(func):
 
     def call(*values):
         with np.errstate(all="ignore"):
-            return _as_float(func(*map(np.float64, values)))
+            return _as_float(func(*(v if isinstance(v, np.ndarray) else np.float64(v)
+                                    for v in values)))
 
     return call
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import keyword
 import math
 
+import numpy as np
+
 from . import __version__
+from .ir import ArrayOut
 from .ops import OPS
 
 _KINDS = {"value", "grad", "value_and_grad", "hessian", "value_grad_hessian"}
@@ -44,8 +47,11 @@ def assign_names(graph, result_name):
     namer, names, absorbed = _Namer(), {}, set()
     uses = graph.users()
     outputs = {o.id for o in graph.outputs}
-    for i, node in enumerate(graph.inputs):
-        names[node.id] = namer.fresh(node.attrs[1] if node.attrs[1].isidentifier() else f"arg{i}")
+    params = [namer.fresh(name if name.isidentifier() else f"arg{p}")
+              for p, (name, _) in enumerate(graph.params)]
+    for node in graph.inputs:
+        _, hint, p, index = node.attrs
+        names[node.id] = params[p] if index is None else namer.fresh(hint)
     for node in graph.nodes:  # the user's own names first: they win every collision
         hint = graph.names.get(node.id)
         if hint and node.op not in ("input", "const", "alias") and node.id not in names:
@@ -64,10 +70,21 @@ def assign_names(graph, result_name):
             absorbed.add(node.id)
         else:
             names[node.id] = namer.fresh(node.attrs[0])
+    arrays = {leaf.name: namer.fresh(leaf.name) for leaf in _leaves(graph.out_tree)
+              if isinstance(leaf, ArrayOut)}
     for node in graph.nodes:
         if node.op not in ("const", "input") and node.id not in names:
             names[node.id] = namer.fresh()
+    names["params"], names["arrays"] = params, arrays
     return names, absorbed, namer
+
+
+def _leaves(tree):
+    if isinstance(tree, tuple):
+        for t in tree:
+            yield from _leaves(t)
+    else:
+        yield tree
 
 
 def literal(value, np_alias="np", as_int=False):
@@ -92,7 +109,27 @@ def _return_text(tree, graph, names, np_alias):
     if isinstance(tree, tuple):
         inner = ", ".join(_return_text(t, graph, names, np_alias) for t in tree)
         return f"({inner},)" if len(tree) == 1 else f"({inner})"
+    if isinstance(tree, ArrayOut):
+        return names["arrays"][tree.name]
     return _arg_text(graph.outputs[tree], names, np_alias, False)
+
+
+def _index_text(index):
+    return ", ".join(map(str, index))
+
+
+def _array_lines(graph, names, np_alias):
+    """Statements that gather array-valued outputs (gradients of array arguments)."""
+    lines = []
+    for leaf in _leaves(graph.out_tree):
+        if isinstance(leaf, ArrayOut):
+            name = names["arrays"][leaf.name]
+            shape = leaf.shape[0] if len(leaf.shape) == 1 else leaf.shape
+            lines.append(f"    {name} = {np_alias}.empty({shape})")
+            for i, index in zip(leaf.indices, np.ndindex(*leaf.shape)):
+                value = _arg_text(graph.outputs[i], names, np_alias, False)
+                lines.append(f"    {name}[{_index_text(index)}] = {value}")
+    return lines
 
 
 def emit_function(graph, func_name, result_name=None, header=True):
@@ -107,19 +144,25 @@ def emit_function(graph, func_name, result_name=None, header=True):
 def _emit(graph, func_name, result_name):
     names, absorbed, namer = assign_names(graph, result_name)
     np_alias = namer.fresh("np")
-    params = ", ".join(names[n.id] for n in graph.inputs)
+    params = ", ".join(names["params"])
     lines = [f"def {func_name}({params}):"]
+    uses = graph.users()
+    for node in graph.inputs:
+        _, _, p, index = node.attrs
+        if index is not None and uses[node.id]:
+            lines.append(f"    {names[node.id]} = {names['params'][p]}[{_index_text(index)}]")
     for node in graph.nodes:
         if node.op in ("input", "const") or node.id in absorbed:
             continue
         op = OPS[node.op]
         args = [_arg_text(a, names, np_alias, i in op.int_args) for i, a in enumerate(node.args)]
         lines.append(f"    {names[node.id]} = {op.template.format(*args, np=np_alias)}")
+    lines.extend(_array_lines(graph, names, np_alias))
     ret = _return_text(graph.out_tree, graph, names, np_alias)
     if isinstance(graph.out_tree, tuple):
         ret = ret[1:-1].rstrip(",") if len(graph.out_tree) > 1 else ret
     lines.append(f"    return {ret}")
-    return "\n".join(lines) + "\n", np_alias, namer, [names[n.id] for n in graph.inputs]
+    return "\n".join(lines) + "\n", np_alias, namer, names["params"]
 
 
 def emit_module(graph, fn_name, kind, origin=None):

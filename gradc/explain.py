@@ -23,7 +23,8 @@ def evaluate(graph, args):
     with np.errstate(all="ignore"):
         for node in graph.nodes:
             if node.op == "input":
-                values[node.id] = np.float64(args[node.attrs[0]])
+                _, _, p, index = node.attrs
+                values[node.id] = np.float64(args[p] if index is None else args[p][index])
             elif node.op == "const":
                 values[node.id] = node.attrs[0]
             else:
@@ -67,7 +68,8 @@ def explain(f, *args, file=None):
     name = function_name(fn)
     probe = GradcFunction(fn, "value_and_grad", backend="python")
     values_in = probe._bind(args, {})
-    graph = trace(fn, probe._arg_names(len(values_in)), name, _origin(fn))
+    shapes = [None if isinstance(v, float) else v.shape for v in values_in]
+    graph = trace(fn, list(zip(probe._arg_names(len(values_in)), shapes)), name, _origin(fn))
     graph = ad.value_and_grad(graph, tuple(range(len(values_in))))
     live = {o.id for o in graph.outputs}  # skip contributions nobody uses (the rules build both sides)
     for node in reversed(graph.nodes):
@@ -92,7 +94,8 @@ def explain(f, *args, file=None):
     w_name = max((len(r[0]) for r in rows), default=1)
     w_expr = max((len(r[1]) for r in rows), default=1)
     fmt = lambda r: f"  {r[0]:<{w_name}} = {r[1]:<{w_expr}} = {_number(r[2])}"  # noqa: E731
-    params = ", ".join(f"{names[n.id]}={_number(v)}" for n, v in zip(graph.inputs, values_in))
+    params = ", ".join(f"{p}={_number(v) if isinstance(v, float) else 'array' + str(v.shape)}"
+                       for p, v in zip(names["params"], values_in))
     lines = [f"{name}({params}) = {_number(values[graph.outputs[0].id])}",
              "forward, left to right:", *map(fmt, forward),
              "reverse, right to left (dvar = d{0}/dvar):".format(name), *map(fmt, reverse)]

@@ -20,6 +20,8 @@ def f(x, y):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .ops import OPS
@@ -28,7 +30,8 @@ from .ops import OPS
 class Node:
     """One SSA value: ``op`` applied to ``args`` (nodes) with ``attrs`` (hashable constants).
 
-    Special ops: ``input`` (attrs: position, name), ``const`` (attrs: value).
+    Special ops: ``input`` (attrs: position, name, parameter number, element index or None)
+    and ``const`` (attrs: value).
     """
 
     __slots__ = ("id", "op", "args", "attrs", "result")
@@ -55,12 +58,24 @@ def resolve(node):
     return node
 
 
+@dataclass(frozen=True)
+class ArrayOut:
+    """A leaf of ``Graph.out_tree``: an array of ``shape`` built from ``outputs[i] for i in indices``
+    (C order), named ``name`` in emitted source."""
+
+    name: str
+    shape: tuple
+    indices: tuple
+
+
 class Graph:
     """An ordered SSA program with inputs, outputs and name hints.
 
     ``outputs`` is a flat list; ``out_tree`` says how they nest in the return
     value: an int indexes ``outputs``, a tuple is a Python tuple.
     ``names`` maps node ids to the user's variable names, where known.
+    ``params`` lists the function's parameters as ``(name, shape)``; shape None is
+    a scalar (one input node), an array parameter has one input node per element.
     """
 
     def __init__(self, name="f", origin=None):
@@ -68,6 +83,7 @@ class Graph:
         self.origin = origin            # (filename, lineno) of the traced function, or None
         self.nodes: list[Node] = []
         self.inputs: list[Node] = []
+        self.params: list[tuple] = []
         self.outputs: list[Node] = []
         self.out_tree = 0
         self.names: dict[int, str] = {}
@@ -79,8 +95,24 @@ class Graph:
         self.nodes.append(node)
         return node
 
+    def param(self, name, shape=None):
+        """Declare a parameter: its input node, or (for an array) its element nodes in C order."""
+        p = len(self.params)
+        self.params.append((name, None if shape is None else tuple(shape)))
+        if shape is None:
+            return self._input(name, p, None)
+        return [self._input(f"{name}_{'_'.join(map(str, i))}", p, i) for i in np.ndindex(*shape)]
+
     def input(self, name):
-        node = self._new("input", (), (len(self.inputs), name), "float")
+        """A scalar parameter."""
+        return self.param(name)
+
+    def param_inputs(self, p):
+        """The input nodes of parameter ``p``."""
+        return [n for n in self.inputs if n.attrs[2] == p]
+
+    def _input(self, name, p, index):
+        node = self._new("input", (), (len(self.inputs), name, p, index), "float")
         self.inputs.append(node)
         self.names[node.id] = name
         return node
@@ -124,10 +156,11 @@ class Graph:
         node. Replaying through the hash-consing builder also merges duplicates.
         """
         new = Graph(self.name, self.origin)
+        new.params = list(self.params)
         mapped: dict[int, Node] = {}
         for node in self.nodes:
             if node.op == "input":
-                out = new.input(node.attrs[1])
+                out = new._input(*node.attrs[1:])
             elif keep is not None and node.id not in keep:
                 continue
             elif node.op == "const":

@@ -133,22 +133,23 @@ def _numba_cache_files(path):
     return sorted(glob.glob(pattern))
 
 
-def _njit_all(module, func_name, entry_name, nargs):
+def _njit_all(module, func_name, entry_name, shapes):
     from numba import float64, njit, types
 
     inner = njit(cache=True, error_model="numpy")(getattr(module, func_name))
     setattr(module, func_name, inner)  # the entry point calls the compiled inner function
-    signature = (float64,) * nargs + (types.StarArgTuple(()),)  # *extra is always empty
+    signature = tuple(float64 if shape is None else types.Array(float64, len(shape), "A")
+                      for shape in shapes) + (types.StarArgTuple(()),)  # *extra is always empty
     return njit(signature, cache=True, error_model="numpy")(getattr(module, entry_name))
 
 
-def load_numba(source, func_name, entry_name, nargs):
+def load_numba(source, func_name, entry_name, shapes):
     """The numba dispatcher of the entry point, compiled once per machine and cached on disk."""
     path = source_path(source)
     with _locked(path):
         write_source(path, source)
         try:
-            return _njit_all(load_module(path), func_name, entry_name, nargs), path
+            return _njit_all(load_module(path), func_name, entry_name, shapes), path
         except Exception as first:
             stale = _numba_cache_files(path)
             if not stale:
@@ -163,4 +164,4 @@ def load_numba(source, func_name, entry_name, nargs):
                 with contextlib.suppress(OSError):
                     os.remove(stale_file)
             write_source(path, source)
-            return _njit_all(load_module(path), func_name, entry_name, nargs), path
+            return _njit_all(load_module(path), func_name, entry_name, shapes), path

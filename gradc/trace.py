@@ -157,6 +157,21 @@ class Tracer:
             f"Supported NumPy functions: {_supported()}.")
 
 
+def _method(op_name):
+    def method(self, *others):
+        return self._apply(op_name, (self, *others))
+
+    method.__name__ = op_name
+    return method
+
+
+# NumPy applies a ufunc to an object array by calling the element's method of
+# that name (np.exp(arr) calls elem.exp()): give Tracer one per supported ufunc.
+for _ufunc, _op in UFUNCS.items():
+    if OPS[_op].result == "float" and not hasattr(Tracer, _ufunc):
+        setattr(Tracer, _ufunc, _method(_op))
+
+
 def _any_tracer(args):
     return next((a for a in args if isinstance(a, Tracer)), None)
 
@@ -189,14 +204,28 @@ def identifier_or_none(name):
     return None
 
 
-def trace(fn, arg_names, name, origin=None):
-    """Run ``fn`` on one traced scalar per name; return the Graph of its result.
+def _traced_param(graph, name, shape):
+    if shape is None:
+        return Tracer(graph, graph.param(name))
+    elements = np.empty(shape, dtype=object)
+    for flat, node in enumerate(graph.param(name, shape)):
+        elements.flat[flat] = Tracer(graph, node)
+    return elements
+
+
+def trace(fn, params, name, origin=None):
+    """Run ``fn`` on traced arguments; return the Graph of its result.
+
+    ``params`` is a list of names (scalars) or ``(name, shape)`` pairs; an array
+    parameter is traced as a NumPy object array of traced elements, so NumPy code
+    (slicing, ``np.sum``, ``@``, ufuncs) runs on it unchanged and unrolls.
 
     The local variable names of ``fn``'s frame, read when it returns, become the
     names of the nodes they hold.
     """
     graph = Graph(name, origin)
-    tracers = [Tracer(graph, graph.input(n)) for n in arg_names]
+    params = [(p, None) if isinstance(p, str) else p for p in params]
+    tracers = [_traced_param(graph, n, shape) for n, shape in params]
     code = getattr(fn, "__code__", None)
     captured = {}
 
@@ -216,6 +245,8 @@ def trace(fn, arg_names, name, origin=None):
             if value.node.op not in ("input", "const"):
                 graph.names.setdefault(value.node.id, local)
 
+    if isinstance(result, np.ndarray) and result.shape == ():
+        result = result.item()
     if isinstance(result, Tracer):
         if result.graph is not graph:
             raise errors.TracingError(f"{name} returned a value traced by another function.")
