@@ -5,9 +5,11 @@ import argparse
 import sys
 
 
-def demo(out=sys.stdout):
+def demo(out=None):
     """The seed: J = 3(a + b·c) at a=5, b=3, c=2 — its explain table, emitted source and result."""
     import gradc
+
+    out = out or sys.stdout
 
     def J(a, b, c):
         u = b * c
