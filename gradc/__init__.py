@@ -13,10 +13,12 @@ from .errors import (  # noqa: E402
     ArgumentError, CacheWarning, ControlFlowError, GradcError, MathModuleError, TracingError,
     UnsupportedFunctionError)
 from .explain import explain  # noqa: E402
+from .symbolic import from_sympy, to_sympy  # noqa: E402
 from .trace import where  # noqa: E402
 
 __all__ = [
-    "value_and_grad", "grad", "compile", "explain", "where", "math", "GradcFunction",
+    "value_and_grad", "grad", "compile", "explain", "where", "math", "from_sympy", "to_sympy",
+    "GradcFunction",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
     "UnsupportedFunctionError", "ArgumentError", "CacheWarning", "__version__",
 ]

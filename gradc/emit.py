@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keyword
 import math
+import unicodedata
 
 import numpy as np
 
@@ -21,6 +22,10 @@ from .ops import OPS
 _KINDS = {"value", "grad", "value_and_grad", "hessian", "value_grad_hessian"}
 
 
+def _reserved(name):
+    return keyword.iskeyword(name) or name == "__debug__"
+
+
 class _Namer:
     """Hands out unique identifiers: the wanted name if free, else ``name_1``, ``name_2``..."""
 
@@ -29,13 +34,15 @@ class _Namer:
         self.counter = 0
 
     def fresh(self, wanted=None):
-        if wanted is None or not wanted.isidentifier() or keyword.iskeyword(wanted):
+        if wanted is not None:  # Python reads identifiers NFKC-normalised: ℌ is H
+            wanted = unicodedata.normalize("NFKC", wanted)
+        if wanted is None or not wanted.isidentifier() or _reserved(wanted):
             while f"t{self.counter}" in self.taken:
                 self.counter += 1
             wanted = f"t{self.counter}"
             self.counter += 1
         name, k = wanted, 0
-        while name in self.taken or keyword.iskeyword(name):
+        while name in self.taken or _reserved(name):
             k += 1
             name = f"{wanted}_{k}"
         self.taken.add(name)
@@ -47,7 +54,7 @@ def assign_names(graph, result_name):
     namer, names, absorbed = _Namer(), {}, set()
     uses = graph.users()
     outputs = {o.id for o in graph.outputs}
-    params = [namer.fresh(name if name.isidentifier() else f"arg{p}")
+    params = [namer.fresh(name if name.isidentifier() and not _reserved(name) else f"arg{p}")
               for p, (name, _) in enumerate(graph.params)]
     for node in graph.inputs:
         _, hint, p, index = node.attrs

@@ -52,7 +52,7 @@ def simplify(graph):
     """Algebraic identities that hold for every float, NaN and inf included.
 
     ``x+0, 0+x, x-0, x*1, 1*x, x/1, x**1 -> x``; ``0-x, x*-1, -1*x -> -x``;
-    ``x**0 -> 1``; ``--x -> x``; ``x + (-y) -> x - y``.
+    ``x**0 -> 1``; ``--x -> x``; ``x + (-y) -> x - y``; ``x + (-c) -> x - c``.
     """
 
     def rule(new, node, args):
@@ -65,6 +65,8 @@ def simplify(graph):
                 return y
             if y.op == "neg":
                 return new.add("sub", (x, y.args[0]))
+            if y.op == "const" and isinstance(y.value, float) and y.value < 0:
+                return new.add("sub", (x, new.const(-y.value)))  # x + (-0.5) reads x - 0.5
         elif op == "sub":
             x, y = args
             if _is(y, 0.0):
