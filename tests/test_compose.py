@@ -89,3 +89,19 @@ def test_unused_argument_has_zero_gradient():
 
 def test_constant_function():
     assert gradc.value_and_grad(lambda x: 2.0, backend="python")(1.0) == (2.0, 0.0)
+
+
+def test_any_callable_objects_and_partials():
+    import functools
+
+    class Model:
+        def __init__(self, k):
+            self.k = k
+
+        def __call__(self, x, y):
+            return self.k * x * y
+
+    m = gradc.value_and_grad(Model(2.0), backend="python")
+    assert m(3.0, 4.0) == (24.0, (8.0, 6.0))
+    p = gradc.grad(functools.partial(lambda k, x: k * x ** 2, 3.0), backend="python")
+    assert p(2.0) == 12.0
