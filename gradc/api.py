@@ -163,16 +163,26 @@ class GradcFunction:
         argnums, bare = self._argnums_for(nargs)
         return ad.value_and_grad(graph, argnums, bare=bare, with_value=self._kind != "grad")
 
-    def _spec(self, shapes):
-        spec = self._specs.get(shapes)
-        if spec is not None:
-            return spec
+    def lower(self, shapes):
+        """Trace, transform, optimize and emit for one signature, without compiling.
+
+        ``shapes`` has one entry per argument: None for a float, a shape tuple for
+        an array. Returns ``(graph, source, func_name, entry_name)``; ahead-of-time
+        builds and the backends start from here.
+        """
         nargs = len(shapes)
         params = list(zip(self._arg_names(nargs), shapes))
         traced = trace(self._fn, params, self._name, _origin(self._fn))
         graph = optimize(self._transform(traced, nargs))
         kind = {"compile": "value"}.get(self._kind, self._kind)
         source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin)
+        return graph, source, func_name, entry_name
+
+    def _spec(self, shapes):
+        spec = self._specs.get(shapes)
+        if spec is not None:
+            return spec
+        graph, source, func_name, entry_name = self.lower(shapes)
         if self._backend == "numba":
             dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes)
             dispatcher._explain_matching_error = self._numba_mismatch
