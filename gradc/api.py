@@ -22,6 +22,7 @@ from .optimize import optimize
 from .trace import identifier_or_none, trace
 
 BACKENDS = ("numba", "python")
+_ndarray = np.ndarray
 
 
 def function_name(fn):
@@ -42,6 +43,10 @@ def _normalize_argnums(argnums):
             isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in argnums):
         return tuple(int(i) for i in argnums)
     raise errors.ArgumentError(f"argnums must be None, an int or a tuple of ints, not {argnums!r}.")
+
+
+class _NeedsConversion(errors.ArgumentError):
+    """numba rejected arguments that gradc can convert (the slow path retries)."""
 
 
 class _Spec:
@@ -198,11 +203,24 @@ class GradcFunction:
         given = [a for a in args if type(a).__name__ != "OmittedArg"]
         if given and isinstance(given[-1], tuple) and type(given[-1]) is tuple:
             given = given[:-1] + list(given[-1])  # the entry point's *extra
-        self._bind(tuple(given), kwargs)
-        raise errors.ArgumentError(f"{errors.where()}: {self._name}() cannot take these arguments.")
+        self._bind(tuple(given), kwargs)  # raises for arguments gradc cannot take at all
+        raise _NeedsConversion(
+            f"{errors.where()}: {self._name}() got arguments numba cannot take as they are "
+            "(for example 0-d arrays or non-float64 arrays); pass floats and float64 arrays.")
 
     # --- calling ----------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
+        if not kwargs:  # the quick path: an already compiled shape, float64 arguments
+            if len(args) == 1:  # the common case of one array argument, kept cheap
+                a = args[0]
+                spec = self._specs.get((a.shape if type(a) is _ndarray else None,))
+            else:
+                spec = self._specs.get(tuple(map(_shape_or_none, args)))
+            if spec is not None and spec.entry is not None:
+                try:
+                    return spec.entry(*args)
+                except _NeedsConversion:
+                    pass  # ints, float32, lists of the right shape: convert below
         values = self._bind(args, kwargs)
         spec = self._spec(_shapes(values))
         if (spec.entry is not None and self._simple_signature() and len(self._specs) == 1
@@ -248,6 +266,10 @@ class GradcFunction:
 
     def __repr__(self):
         return f"<gradc.{self._kind} of {self._name} ({self._backend})>"
+
+
+def _shape_or_none(a):
+    return a.shape if type(a) is _ndarray else None
 
 
 def _shapes(values):

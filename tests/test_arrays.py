@@ -56,3 +56,16 @@ def test_new_shape_compiles_new_specialisation():
 def test_lists_are_rejected_with_advice():
     with pytest.raises(gradc.ArgumentError, match="numpy.asarray"):
         gradc.grad(rosen, backend="python")([1.0, 2.0])
+
+
+def test_quick_path_converts_int_and_float32_arrays_after_compiling():
+    f = gradc.value_and_grad(rosen)  # numba: calls with a compiled shape skip the wrapper
+    x = np.arange(5.0) / 4
+    expected = f(x)
+    for other in (np.arange(5) , (np.arange(5.0) / 4).astype(np.float32), x[::-1][::-1]):
+        value, grad = f(other)
+        reference = scipy.optimize.rosen_der(np.asarray(other, dtype=float))
+        np.testing.assert_allclose(grad, reference, rtol=1e-6)
+    assert f(x)[0] == expected[0]
+    with pytest.raises(gradc.ArgumentError, match="is a str"):
+        f("abc")
