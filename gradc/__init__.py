@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from . import gmath as math  # noqa: E402  (gradc.math.exp, gradc.math.sigmoid, ...)
 from .api import GradcFunction, compile, grad, value_and_grad  # noqa: E402
+from .batch import vmap  # noqa: E402
 from .errors import (  # noqa: E402
     ArgumentError, CacheWarning, ControlFlowError, GradcError, MathModuleError, TracingError,
     UnsupportedFunctionError)
@@ -17,7 +18,7 @@ from .symbolic import from_sympy, to_sympy  # noqa: E402
 from .trace import where  # noqa: E402
 
 __all__ = [
-    "value_and_grad", "grad", "compile", "explain", "where", "math", "from_sympy", "to_sympy",
+    "value_and_grad", "grad", "compile", "vmap", "explain", "where", "math", "from_sympy", "to_sympy",
     "GradcFunction",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
     "UnsupportedFunctionError", "ArgumentError", "CacheWarning", "__version__",

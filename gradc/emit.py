@@ -213,3 +213,48 @@ def emit_module(graph, fn_name, kind, origin=None):
         "",
     ]
     return "\n".join(src), func_name, entry_name
+
+
+def _paths(tree, prefix=""):
+    """``(output index, access path)`` for every leaf: ``(1, "[1][0]")`` for da in (J, (da, db))."""
+    if isinstance(tree, tuple):
+        for k, sub in enumerate(tree):
+            yield from _paths(sub, f"{prefix}[{k}]")
+    else:
+        yield tree, prefix
+
+
+def emit_batched(source, graph, func_name, params, batched, parallel=True):
+    """Append to ``source`` a loop that applies ``func_name`` at many points.
+
+    ``batched[k]`` says whether parameter k is a 1-D array of per-point values
+    (else one float shared by all points). Each output leaf gets an out array.
+    Returns ``(source, batched_name)``. The loop is a ``prange``: numba spreads
+    it over the cores; in plain Python ``prange`` is ``range``. With
+    ``parallel=False`` the loop is a plain ``range`` (and the source differs, so
+    numba's cache never confuses the two).
+    """
+    namer = _Namer()
+    namer.taken.update({func_name, "prange", "np"})
+    batched_name = namer.fresh(f"{func_name}__batched")
+    names = [namer.fresh(p) for p in params]
+    n, i, r = namer.fresh("n"), namer.fresh("i"), namer.fresh("r")
+    leaves = list(_paths(graph.out_tree))
+    outs = [namer.fresh(f"out{k}") for k in range(len(leaves))]
+    call_args = ", ".join(f"{p}[{i}]" if b else p for p, b in zip(names, batched))
+    lines = [
+        "",
+        "",
+        "try:  # numba spreads prange loops over the cores; plain Python runs them in order",
+        "    from numba import prange",
+        "except ImportError:",
+        "    prange = range",
+        "",
+        "",
+        f"def {batched_name}({', '.join([n, *names, *outs])}):",
+        "    # One point per iteration, results written into the caller's arrays.",
+        f"    for {i} in {'prange' if parallel else 'range'}({n}):",
+        f"        {r} = {func_name}({call_args})",
+    ]
+    lines += [f"        {out}[{i}] = {r}{path}" for out, (_, path) in zip(outs, leaves)]
+    return source + "\n".join(lines) + "\n", batched_name

@@ -143,13 +143,47 @@ def _njit_all(module, func_name, entry_name, shapes):
     return njit(signature, cache=True, error_model="numpy")(getattr(module, entry_name))
 
 
-def load_numba(source, func_name, entry_name, shapes):
+def _njit_batched(module, func_name, batched_name, batched, n_outputs, parallel):
+    from numba import float64, int64, njit, types
+
+    inner = njit(cache=True, error_model="numpy")(getattr(module, func_name))
+    setattr(module, func_name, inner)
+    vector = types.Array(float64, 1, "A")
+    signature = ((int64,) + tuple(vector if b else float64 for b in batched)
+                 + (types.Array(float64, 1, "C"),) * n_outputs)
+    if parallel:
+        use_threading_layer()
+    return njit(signature, cache=True, parallel=parallel, error_model="numpy")(
+        getattr(module, batched_name))
+
+
+def use_threading_layer():
+    """Pick numba's ``workqueue`` threading layer unless the user chose one.
+
+    On small machines the default OpenMP layer spin-waits between parallel
+    regions (measured: 8 ms instead of 1 ms for a 1e6-point prange loop on 2
+    vCPUs). Set ``NUMBA_THREADING_LAYER`` to choose another layer.
+    """
+    import numba
+
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+def load_numba_batched(source, func_name, batched_name, batched, n_outputs, parallel):
+    """The numba dispatcher of the batched loop (see :func:`gradc.emit.emit_batched`)."""
+    return load_numba(source, func_name, None, None, build=lambda module: _njit_batched(
+        module, func_name, batched_name, batched, n_outputs, parallel))
+
+
+def load_numba(source, func_name, entry_name, shapes, build=None):
     """The numba dispatcher of the entry point, compiled once per machine and cached on disk."""
     path = source_path(source)
+    build = build or (lambda module: _njit_all(module, func_name, entry_name, shapes))
     with _locked(path):
         write_source(path, source)
         try:
-            return _njit_all(load_module(path), func_name, entry_name, shapes), path
+            return build(load_module(path)), path
         except Exception as first:
             stale = _numba_cache_files(path)
             if not stale:
@@ -164,4 +198,4 @@ def load_numba(source, func_name, entry_name, shapes):
                 with contextlib.suppress(OSError):
                     os.remove(stale_file)
             write_source(path, source)
-            return _njit_all(load_module(path), func_name, entry_name, shapes), path
+            return build(load_module(path)), path
