@@ -11,7 +11,8 @@ from . import gmath as math  # noqa: E402  (gradc.math.exp, gradc.math.sigmoid, 
 from .api import GradcFunction, compile, grad, value_and_grad  # noqa: E402
 from .batch import vmap  # noqa: E402
 from .errors import (  # noqa: E402
-    ArgumentError, CacheWarning, ControlFlowError, GradcError, MathModuleError, TracingError,
+    ArgumentError, CacheWarning, ControlFlowError, GradcError, MathModuleError, ShapeError,
+    TracingError,
     UnsupportedFunctionError)
 from .explain import explain  # noqa: E402
 from .symbolic import from_sympy, to_sympy  # noqa: E402
@@ -21,5 +22,5 @@ __all__ = [
     "value_and_grad", "grad", "compile", "vmap", "explain", "where", "math", "from_sympy", "to_sympy",
     "GradcFunction",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
-    "UnsupportedFunctionError", "ArgumentError", "CacheWarning", "__version__",
+    "UnsupportedFunctionError", "ArgumentError", "ShapeError", "CacheWarning", "__version__",
 ]

@@ -31,7 +31,7 @@ def J(a, b, c):
 from __future__ import annotations
 
 from .ir import ArrayOut
-from .ops import OPS
+from .ops import OPS, fit
 from .trace import Tracer
 
 
@@ -97,18 +97,20 @@ def value_and_grad(graph, argnums, bare=False, with_value=True):
             if arg.id not in active:
                 continue
             if ct is not None:
-                ct_node = ct.node if isinstance(ct, Tracer) else g.const(float(ct))
+                ct = ct if isinstance(ct, Tracer) else Tracer(g, g.const(float(ct)))
+                ct_node = fit(ct, arg.shape).node  # broadcasting's adjoint: sum back down
                 contributions.setdefault(arg.id, []).append(ct_node)
             pending[arg.id] -= 1
             if pending[arg.id] == 0 and arg.id in contributions:
                 finalize(arg)
     outputs, leaves = [out] if with_value else [], []
     for p in argnums:
-        nodes = [adjoint.get(n.id) or g.const(0.0) for n in g.param_inputs(p)]
+        nodes = [adjoint.get(n.id) or (g.add("zeros", (), (n.shape,)) if n.shape else g.const(0.0))
+                 for n in g.param_inputs(p)]
         first = len(outputs)
         outputs.extend(nodes)
         name, shape = g.params[p]
-        leaves.append(first if shape is None else
+        leaves.append(first if shape is None or p in g.whole_params else
                       ArrayOut("d" + name, shape, tuple(range(first, len(outputs)))))
     grads = leaves[0] if bare else tuple(leaves)
     g.set_outputs(outputs, (0, grads) if with_value else grads)

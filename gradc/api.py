@@ -22,6 +22,13 @@ from .optimize import optimize
 from .trace import identifier_or_none, trace
 
 BACKENDS = ("numba", "python")
+ARRAY_MODES = ("auto", "unroll", "numpy")
+#: arrays="auto" unrolls array arguments into scalar code for numba while the
+#: arguments hold at most this many elements in all ...
+UNROLL_MAX_ELEMENTS = 256
+#: ... and the unrolled program stays under this many nodes (numba compiles
+#: straight-line code at ~3-4 ms a statement: 2,000 nodes is a few seconds).
+UNROLL_MAX_NODES = 2000
 _ndarray = np.ndarray
 
 
@@ -66,9 +73,12 @@ class GradcFunction:
     ``path`` (the cache file holding the source).
     """
 
-    def __init__(self, fn, kind, argnums=None, backend="numba"):
+    def __init__(self, fn, kind, argnums=None, backend="numba", arrays="auto"):
         if not callable(fn):
             raise errors.ArgumentError(f"gradc.{kind} needs a callable, not {type(fn).__name__}.")
+        if arrays not in ARRAY_MODES:
+            raise errors.ArgumentError(f"arrays must be one of {ARRAY_MODES}, not {arrays!r}.")
+        self._arrays = arrays
         if backend not in BACKENDS:
             raise errors.ArgumentError(f"backend must be one of {BACKENDS}, not {backend!r}.")
         self._fn, self._kind, self._backend = fn, kind, backend
@@ -176,8 +186,27 @@ class GradcFunction:
         builds and the backends start from here.
         """
         nargs = len(shapes)
-        params = list(zip(self._arg_names(nargs), shapes))
-        traced = trace(self._fn, params, self._name, _origin(self._fn))
+        names = self._arg_names(nargs)
+        elements = sum(int(np.prod(s)) for s in shapes if s is not None)
+        whole = any(s is not None for s in shapes) and (
+            self._arrays == "numpy" or self._arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
+        retrace = lambda: trace(self._fn, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
+                                self._name, _origin(self._fn))
+        if whole:
+            traced = retrace()
+        else:
+            try:
+                traced = trace(self._fn, [(n, s, False) for n, s in zip(names, shapes)],
+                               self._name, _origin(self._fn))
+            except errors.ControlFlowError:
+                # NumPy's object-array loops compare elements for max, min and maximum;
+                # the NumPy-level form has ops for them.
+                if self._arrays != "auto" or not elements:
+                    raise
+                traced = retrace()
+            else:
+                if self._arrays == "auto" and elements and len(traced.nodes) > UNROLL_MAX_NODES:
+                    traced = retrace()  # too big to unroll: NumPy-level code
         graph = optimize(self._transform(traced, nargs))
         kind = {"compile": "value"}.get(self._kind, self._kind)
         source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin)
@@ -188,7 +217,7 @@ class GradcFunction:
         if spec is not None:
             return spec
         graph, source, func_name, entry_name = self.lower(shapes)
-        if self._backend == "numba":
+        if self._backend == "numba" and not graph.whole_params:
             dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes)
             dispatcher._explain_matching_error = self._numba_mismatch
             spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
@@ -295,10 +324,10 @@ def _python_caller(func):
 
 
 def _transformation(kind):
-    def transform(fn=None, *, argnums=None, backend="numba"):
+    def transform(fn=None, *, argnums=None, backend="numba", arrays="auto"):
         if fn is None:  # used with arguments: @gradc.grad(argnums=1)
-            return lambda f: GradcFunction(f, kind, argnums, backend)
-        return GradcFunction(fn, kind, argnums, backend)
+            return lambda f: GradcFunction(f, kind, argnums, backend, arrays)
+        return GradcFunction(fn, kind, argnums, backend, arrays)
 
     transform.__name__ = kind
     return transform

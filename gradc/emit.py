@@ -94,8 +94,17 @@ def _leaves(tree):
         yield tree
 
 
+def _nested(items, np_alias):
+    if isinstance(items, list):
+        return "[" + ", ".join(_nested(i, np_alias) for i in items) + "]"
+    return literal(items, np_alias)
+
+
 def literal(value, np_alias="np", as_int=False):
-    """A Python literal for a constant (negative numbers parenthesised)."""
+    """A Python literal for a constant (negative numbers parenthesised; arrays as np.array)."""
+    if isinstance(value, np.ndarray):
+        dtype = ", dtype=bool" if value.dtype == bool else ""
+        return f"{np_alias}.array({_nested(value.tolist(), np_alias)}{dtype})"
     if isinstance(value, bool):
         return repr(value)
     if math.isnan(value):
@@ -118,7 +127,18 @@ def _return_text(tree, graph, names, np_alias):
         return f"({inner},)" if len(tree) == 1 else f"({inner})"
     if isinstance(tree, ArrayOut):
         return names["arrays"][tree.name]
-    return _arg_text(graph.outputs[tree], names, np_alias, False)
+    node = graph.outputs[tree]
+    text = _arg_text(node, names, np_alias, False)
+    return f"{np_alias}.array({text})" if _borrowed(node) else text
+
+
+def _borrowed(node):
+    """True for an array output that is (a view of) an input, a constant or a read-only broadcast."""
+    if not node.shape:
+        return False
+    while node.op in ("alias", "reshape", "transpose", "getitem"):
+        node = node.args[0]
+    return node.op in ("input", "const", "broadcast_to")
 
 
 def _index_text(index):
@@ -163,7 +183,12 @@ def _emit(graph, func_name, result_name):
             continue
         op = OPS[node.op]
         args = [_arg_text(a, names, np_alias, i in op.int_args) for i, a in enumerate(node.args)]
-        lines.append(f"    {names[node.id]} = {op.template.format(*args, np=np_alias)}")
+        if op.statement:
+            text = op.render(args, node.attrs, np_alias, out=names[node.id])
+            lines.extend("    " + line for line in text.split("\n"))
+        else:
+            text = op.render(args, node.attrs, np_alias, is_array=node.shape != ())
+            lines.append(f"    {names[node.id]} = {text}")
     lines.extend(_array_lines(graph, names, np_alias))
     ret = _return_text(graph.out_tree, graph, names, np_alias)
     if isinstance(graph.out_tree, tuple):

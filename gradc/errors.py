@@ -74,3 +74,7 @@ def source_line(frame=None):
     if frame is None:
         return ""
     return linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+
+
+class ShapeError(TracingError):
+    """Array shapes that do not fit an operation (both shapes are named)."""

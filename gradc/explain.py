@@ -28,7 +28,8 @@ def evaluate(graph, args):
             elif node.op == "const":
                 values[node.id] = node.attrs[0]
             else:
-                values[node.id] = OPS[node.op].impl(*(values[a.id] for a in node.args))
+                values[node.id] = OPS[node.op].compute([values[a.id] for a in node.args],
+                                                       node.attrs)
     return values
 
 

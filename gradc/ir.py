@@ -34,10 +34,11 @@ class Node:
     and ``const`` (attrs: value).
     """
 
-    __slots__ = ("id", "op", "args", "attrs", "result")
+    __slots__ = ("id", "op", "args", "attrs", "result", "shape")
 
-    def __init__(self, id, op, args, attrs, result):
+    def __init__(self, id, op, args, attrs, result, shape=()):
         self.id, self.op, self.args, self.attrs, self.result = id, op, args, attrs, result
+        self.shape = shape  # () for a scalar; arrays traced whole carry their shape
 
     @property
     def value(self):
@@ -84,23 +85,31 @@ class Graph:
         self.nodes: list[Node] = []
         self.inputs: list[Node] = []
         self.params: list[tuple] = []
+        self.whole_params: set[int] = set()  # array parameters traced whole (NumPy-level)
         self.outputs: list[Node] = []
         self.out_tree = 0
         self.names: dict[int, str] = {}
         self._memo: dict[tuple, Node] = {}
 
     # --- building -------------------------------------------------------------------
-    def _new(self, op, args, attrs, result):
-        node = Node(len(self.nodes), op, args, attrs, result)
+    def _new(self, op, args, attrs, result, shape=()):
+        node = Node(len(self.nodes), op, args, attrs, result, shape)
         self.nodes.append(node)
         return node
 
-    def param(self, name, shape=None):
-        """Declare a parameter: its input node, or (for an array) its element nodes in C order."""
+    def param(self, name, shape=None, whole=False):
+        """Declare a parameter: its input node, or (for an array) its element nodes in C order.
+
+        With ``whole``, an array parameter is one input node of its shape (the
+        NumPy-level form) instead of one node per element (the unrolled form).
+        """
         p = len(self.params)
         self.params.append((name, None if shape is None else tuple(shape)))
         if shape is None:
             return self._input(name, p, None)
+        if whole:
+            self.whole_params.add(p)
+            return self._input(name, p, None, tuple(shape))
         return [self._input(f"{name}_{'_'.join(map(str, i))}", p, i) for i in np.ndindex(*shape)]
 
     def input(self, name):
@@ -111,19 +120,28 @@ class Graph:
         """The input nodes of parameter ``p``."""
         return [n for n in self.inputs if n.attrs[2] == p]
 
-    def _input(self, name, p, index):
-        node = self._new("input", (), (len(self.inputs), name, p, index), "float")
+    def _input(self, name, p, index, shape=()):
+        node = self._new("input", (), (len(self.inputs), name, p, index), "float", shape)
         self.inputs.append(node)
         self.names[node.id] = name
         return node
 
     def const(self, value):
-        value = bool(value) if isinstance(value, (bool, np.bool_)) else float(value)
-        key = ("const", type(value).__name__, repr(value))
+        """A constant: a float, a bool, or a (read-only copy of an) array."""
+        if isinstance(value, np.ndarray) and value.shape != ():
+            value = np.array(value, dtype=bool if value.dtype == bool else np.float64)
+            value.setflags(write=False)
+            key = ("const", value.dtype.str, value.shape, value.tobytes())
+            result, shape = ("bool" if value.dtype == bool else "float"), value.shape
+        else:
+            if isinstance(value, np.ndarray):
+                value = value.item()
+            value = bool(value) if isinstance(value, (bool, np.bool_)) else float(value)
+            key = ("const", type(value).__name__, repr(value))
+            result, shape = ("bool" if isinstance(value, bool) else "float"), ()
         node = self._memo.get(key)
         if node is None:
-            result = "bool" if isinstance(value, bool) else "float"
-            node = self._memo[key] = self._new("const", (), (value,), result)
+            node = self._memo[key] = self._new("const", (), (value,), result, shape)
         return node
 
     def add(self, op, args, attrs=()):
@@ -133,12 +151,13 @@ class Graph:
         node when ``du`` is an alias of ``dv``.
         """
         spec = OPS[op]
-        if len(args) != spec.arity:
+        if spec.arity is not None and len(args) != spec.arity:
             raise ValueError(f"{op} takes {spec.arity} arguments, got {len(args)}")
         key = (op, tuple(resolve(a).id for a in args) if op != "alias" else (args[0].id,), attrs)
         node = self._memo.get(key)
         if node is None:
-            node = self._memo[key] = self._new(op, tuple(args), attrs, spec.result)
+            shape = spec.shape_of(attrs, [a.shape for a in args])
+            node = self._memo[key] = self._new(op, tuple(args), attrs, spec.result, shape)
         return node
 
     def set_outputs(self, outputs, out_tree):
@@ -156,11 +175,11 @@ class Graph:
         node. Replaying through the hash-consing builder also merges duplicates.
         """
         new = Graph(self.name, self.origin)
-        new.params = list(self.params)
+        new.params, new.whole_params = list(self.params), set(self.whole_params)
         mapped: dict[int, Node] = {}
         for node in self.nodes:
             if node.op == "input":
-                out = new._input(*node.attrs[1:])
+                out = new._input(*node.attrs[1:], node.shape)
             elif keep is not None and node.id not in keep:
                 continue
             elif node.op == "const":

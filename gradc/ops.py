@@ -41,6 +41,84 @@ class Op:
     result: str = "float"               # "float" or "bool"
     ufuncs: tuple = ()                  # NumPy ufunc names that dispatch here
     int_args: tuple = field(default=())  # positions where an integral constant prints as an int
+    attrs: tuple = ()                   # names of the op's attributes, in Node.attrs order
+    shape: Optional[Callable] = None    # (attrs, arg shapes) -> shape; None: elementwise broadcast
+    array_template: Optional[str] = None  # used instead of ``template`` when the result is an array
+    statement: bool = False             # template is whole statements assigning ``{out}``
+
+    def shape_of(self, attrs, shapes):
+        """The result's shape, or a ShapeError naming the shapes that do not fit."""
+        try:
+            if self.shape is None:
+                return np.broadcast_shapes(*shapes) if shapes else ()
+            return tuple(self.shape(attrs, *shapes))
+        except ValueError as exc:
+            from .errors import ShapeError, where
+
+            raise ShapeError(
+                f"{where()}: {self.name} cannot combine shapes "
+                f"{', '.join(map(str, shapes))} ({exc}).") from None
+
+    def compute(self, values, attrs):
+        """The op on concrete values (NumPy semantics), attributes appended."""
+        return self.impl(*values, *attrs) if self.attrs else self.impl(*values)
+
+    def render(self, args, attrs, np_alias, is_array=False, out=None):
+        """This op applied to ``args`` (source text) as Python source."""
+        template = self.array_template if is_array and self.array_template else self.template
+        named = {name: attr_text(name, value) for name, value in zip(self.attrs, attrs)}
+        return template.format(*args, np=np_alias, args=", ".join(args), out=out, **named)
+
+
+def attr_text(name, value):
+    """An attribute as source text (indices print as ``1:3, None``)."""
+    if name == "index":
+        return index_text(value)
+    return repr(value)
+
+
+# Constant indices are stored hashable: ("i", k), ("s", start, stop, step), ("n",), ("e",).
+def canonical_index(index):
+    """A hashable form of a basic NumPy index (ints, slices, None, Ellipsis), or None."""
+    items = index if isinstance(index, tuple) else (index,)
+    out = []
+    for item in items:
+        if isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)):
+            out.append(("i", int(item)))
+        elif isinstance(item, slice) and all(
+                v is None or isinstance(v, (int, np.integer)) for v in (item.start, item.stop, item.step)):
+            out.append(("s",) + tuple(None if v is None else int(v)
+                                      for v in (item.start, item.stop, item.step)))
+        elif item is None:
+            out.append(("n",))
+        elif item is Ellipsis:
+            out.append(("e",))
+        else:
+            return None
+    return tuple(out)
+
+
+def python_index(canon):
+    """The NumPy index a canonical index stands for."""
+    items = []
+    for item in canon:
+        kind = item[0]
+        items.append(item[1] if kind == "i" else slice(*item[1:]) if kind == "s"
+                     else None if kind == "n" else Ellipsis)
+    return tuple(items)
+
+
+def index_text(canon):
+    parts = []
+    for item in canon:
+        if item[0] == "i":
+            parts.append(str(item[1]))
+        elif item[0] == "s":
+            start, stop, step = ("" if v is None else str(v) for v in item[1:])
+            parts.append(f"{start}:{stop}" + (f":{step}" if step else ""))
+        else:
+            parts.append("None" if item[0] == "n" else "...")
+    return ", ".join(parts) if parts else "()"
 
 
 # Graph-building helpers used by the rules: each finds the traced argument and
@@ -142,9 +220,10 @@ _TABLE = [
        lambda g, out, x: (where(gt(x, 0.0), g, 0.0),),
        lambda x: _sp().Max(x, 0)),
     # --- conditions and selection ------------------------------------------------------
-    Op("where", 3, "({1} if {0} else {2})", lambda c, a, b: a if c else b,
+    Op("where", 3, "({1} if {0} else {2})", lambda c, a, b: np.where(c, a, b)[()],
        lambda g, out, c, a, b: (None, where(c, g, 0.0), where(c, 0.0, g)),
-       lambda c, a, b: _sp().Piecewise((a, c), (b, True))),
+       lambda c, a, b: _sp().Piecewise((a, c), (b, True)),
+       array_template="{np}.where({0}, {1}, {2})"),
     Op("lt", 2, "{0} < {1}", np.less, sympy=lambda x, y: x < y, result="bool", ufuncs=("less",)),
     Op("le", 2, "{0} <= {1}", np.less_equal, sympy=lambda x, y: x <= y, result="bool",
        ufuncs=("less_equal",)),
@@ -157,14 +236,198 @@ _TABLE = [
     Op("ne", 2, "{0} != {1}", np.not_equal, sympy=lambda x, y: _sp().Ne(x, y), result="bool",
        ufuncs=("not_equal",)),
     Op("and", 2, "({0} and {1})", np.logical_and, sympy=lambda x, y: _sp().And(x, y),
-       result="bool", ufuncs=("logical_and",)),
+       result="bool", ufuncs=("logical_and",), array_template="{np}.logical_and({0}, {1})"),
     Op("or", 2, "({0} or {1})", np.logical_or, sympy=lambda x, y: _sp().Or(x, y),
-       result="bool", ufuncs=("logical_or",)),
+       result="bool", ufuncs=("logical_or",), array_template="{np}.logical_or({0}, {1})"),
     Op("not", 1, "(not {0})", np.logical_not, sympy=lambda x: _sp().Not(x),
-       result="bool", ufuncs=("logical_not",)),
+       result="bool", ufuncs=("logical_not",), array_template="{np}.logical_not({0})"),
     # --- naming: an identity that carries a variable's name (adjoints ``dv``) ----------
     Op("alias", 1, "{0}", lambda x: x, lambda g, out, x: (g,), lambda x: x),
 ]
+
+# --- arrays traced whole: shapes, reductions, products, views -----------------------------
+# Their rules read attributes from ``out.node.attrs``; ``call`` builds any op with attributes.
+def call(name, args, attrs=()):
+    for a in args:
+        if hasattr(a, "_apply"):
+            return a._apply(name, args, attrs)
+    raise TypeError(f"{name}: no traced argument")
+
+
+def reshape(x, shape):
+    return x if x.shape == tuple(shape) else call("reshape", (x,), (tuple(shape),))
+
+
+def broadcast_to(x, shape):
+    return x if x.shape == tuple(shape) else call("broadcast_to", (x,), (tuple(shape),))
+
+
+def reduce_sum(x, axis=None, keepdims=False):
+    return call("sum", (x,), (axis, keepdims))
+
+
+def sum_to(g, shape):
+    """Sum ``g`` down to ``shape``: the adjoint of broadcasting ``shape`` up to ``g.shape``."""
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = len(g.shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and g.shape[lead + i] != 1)
+    return reshape(reduce_sum(g, axes, True) if axes else g, shape)
+
+
+def fit(ct, shape):
+    """A cotangent brought to its input's shape (broadcast up, or summed down)."""
+    if ct.shape == tuple(shape):
+        return ct
+    if np.broadcast_shapes(ct.shape, shape) == tuple(shape):
+        return broadcast_to(ct, shape)
+    return sum_to(ct, shape)
+
+
+def _reduced(attrs, shape):
+    axis, keepdims = attrs
+    axes = range(len(shape)) if axis is None else axis
+    for a in axes:
+        if not 0 <= a < len(shape):
+            raise ValueError(f"axis {a} is out of range")
+    if keepdims:
+        return tuple(1 if i in axes else n for i, n in enumerate(shape))
+    return tuple(n for i, n in enumerate(shape) if i not in axes)
+
+
+def _sum_vjp(g, out, x):
+    kept = _reduced((out.node.attrs[0], True), x.shape)
+    return (broadcast_to(reshape(g, kept), x.shape),)
+
+
+def _extreme_vjp(g, out, x):
+    """The gradient of max/min goes to the extreme elements, shared equally among ties."""
+    axis = out.node.attrs[0]
+    kept = _reduced((axis, True), x.shape)
+    hit = where(call("eq", (x, broadcast_to(reshape(out, kept), x.shape))), 1.0, 0.0)
+    share = reshape(g, kept) / reduce_sum(hit, axis, True)
+    return (hit * broadcast_to(share, x.shape),)
+
+
+def _matmul_shape(attrs, a, b):
+    if len(a) not in (1, 2) or len(b) not in (1, 2):
+        raise ValueError("gradc's @ takes 1-D and 2-D arrays")
+    if a[-1] != b[0]:
+        raise ValueError(f"inner dimensions {a[-1]} and {b[0]} differ")
+    return a[:-1] + b[1:]
+
+
+def _matmul_vjp(g, out, x, y):
+    x2 = x if len(x.shape) == 2 else reshape(x, (1,) + x.shape)
+    y2 = y if len(y.shape) == 2 else reshape(y, y.shape + (1,))
+    g2 = reshape(g, (x2.shape[0], y2.shape[1]))
+    return (reshape(call("matmul", (g2, transpose(y2))), x.shape),
+            reshape(call("matmul", (transpose(x2), g2)), y.shape))
+
+
+def transpose(x, axes=None):
+    axes = tuple(reversed(range(len(x.shape)))) if axes is None else tuple(axes)
+    return x if axes == tuple(range(len(x.shape))) else call("transpose", (x,), (axes,))
+
+
+def _index_shape(attrs, shape):
+    return np.broadcast_to(np.empty(()), shape)[python_index(attrs[0])].shape
+
+
+def _piece(axis, start, stop, ndim):
+    return tuple(("s", None, None, None) for _ in range(axis)) + (("s", start, stop, None),) + \
+        tuple(("s", None, None, None) for _ in range(ndim - axis - 1))
+
+
+def _concatenate_shape(attrs, *shapes):
+    axis = attrs[0]
+    first = shapes[0]
+    for s in shapes[1:]:
+        if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != axis):
+            raise ValueError("all dimensions but the concatenation axis must match")
+    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]
+
+
+def _concatenate_vjp(g, out, *xs):
+    axis, start, cts = out.node.attrs[0], 0, []
+    for x in xs:
+        stop = start + x.shape[axis]
+        cts.append(call("getitem", (g,), (_piece(axis, start, stop, len(g.shape)),)))
+        start = stop
+    return tuple(cts)
+
+
+def _stack_shape(attrs, *shapes):
+    if any(s != shapes[0] for s in shapes):
+        raise ValueError("stacked arrays must have one shape")
+    axis = attrs[0]
+    return shapes[0][:axis] + (len(shapes),) + shapes[0][axis:]
+
+
+def _stack_vjp(g, out, *xs):
+    axis = out.node.attrs[0]
+    head = tuple(("s", None, None, None) for _ in range(axis))
+    return tuple(call("getitem", (g,), (head + (("i", k),),)) for k in range(len(xs)))
+
+
+def _check_reshape(attrs, shape):
+    if int(np.prod(attrs[0])) != int(np.prod(shape)):
+        raise ValueError(f"cannot reshape {shape} to {attrs[0]}")
+    return attrs[0]
+
+
+def _check_broadcast(attrs, shape):
+    if np.broadcast_shapes(shape, attrs[0]) != attrs[0]:
+        raise ValueError(f"cannot broadcast {shape} to {attrs[0]}")
+    return attrs[0]
+
+
+_ARRAY_TABLE = [
+    Op("sum", 1, "{np}.sum({0}, axis={axis}, keepdims={keepdims})",
+       lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims), _sum_vjp,
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s)),
+    Op("max", 1, "{np}.max({0}, axis={axis}, keepdims={keepdims})",
+       lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _extreme_vjp,
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s)),
+    Op("min", 1, "{np}.min({0}, axis={axis}, keepdims={keepdims})",
+       lambda x, axis, keepdims: np.min(x, axis=axis, keepdims=keepdims), _extreme_vjp,
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s)),
+    Op("matmul", 2, "{0} @ {1}", np.matmul, _matmul_vjp, shape=_matmul_shape, ufuncs=("matmul",)),
+    Op("transpose", 1, "{np}.transpose({0}, {axes})", lambda x, axes: np.transpose(x, axes),
+       lambda g, out, x: (transpose(g, tuple(np.argsort(out.node.attrs[0]))),),
+       attrs=("axes",), shape=lambda a, s: tuple(s[i] for i in a[0])),
+    Op("reshape", 1, "{np}.reshape({0}, {shape})", lambda x, shape: np.reshape(x, shape),
+       lambda g, out, x: (reshape(g, x.shape),), attrs=("shape",), shape=_check_reshape),
+    Op("broadcast_to", 1, "{np}.broadcast_to({0}, {shape})",
+       lambda x, shape: np.broadcast_to(x, shape), lambda g, out, x: (sum_to(g, x.shape),),
+       attrs=("shape",), shape=_check_broadcast),
+    Op("getitem", 1, "{0}[{index}]", lambda x, index: x[python_index(index)],
+       lambda g, out, x: (call("scatter", (g,), (out.node.attrs[0], x.shape)),),
+       attrs=("index",), shape=_index_shape),
+    # The adjoint of indexing: zeros with the cotangent written into the indexed part.
+    Op("scatter", 1, "{out} = {np}.zeros({shape}, {0}.dtype)\n{out}[{index}] = {0}",
+       lambda g, index, shape: _scatter(g, index, shape),
+       lambda g, out, x: (call("getitem", (g,), (out.node.attrs[0],)),),
+       attrs=("index", "shape"), shape=lambda a, s: a[1], statement=True),
+    Op("concatenate", None, "{np}.concatenate(({args},), axis={axis})",
+       lambda *a: np.concatenate(a[:-1], axis=a[-1]), _concatenate_vjp,
+       attrs=("axis",), shape=_concatenate_shape),
+    Op("stack", None, "{np}.stack(({args},), axis={axis})",
+       lambda *a: np.stack(a[:-1], axis=a[-1]), _stack_vjp, attrs=("axis",), shape=_stack_shape),
+    Op("zeros", 0, "{np}.zeros({shape})", lambda shape: np.zeros(shape),
+       attrs=("shape",), shape=lambda a: a[0]),
+]
+
+
+def _scatter(g, index, shape):
+    out = np.zeros(shape, np.result_type(g))
+    out[python_index(index)] = g
+    return out
+
+
+_TABLE += _ARRAY_TABLE
 
 OPS: dict[str, Op] = {op.name: op for op in _TABLE}
 

@@ -27,16 +27,17 @@ def fold(graph):
     """
 
     def rule(new, node, args):
-        if node.op == "alias":
+        if node.op == "alias" or not args:
             return None
         values = [a.value for a in args]
-        if node.op == "where" and values[0] is not None:
-            return args[1] if values[0] else args[2]
-        if any(v is None for v in values):
-            return None
+        if node.op == "where" and values[0] is not None and np.ndim(values[0]) == 0:
+            chosen = args[1] if values[0] else args[2]
+            return chosen if chosen.shape == node.shape else None
+        if any(v is None for v in values) or node.shape:
+            return None  # array results stay computed: literals of them would swamp the source
         with np.errstate(all="ignore"):
-            result = OPS[node.op].impl(*values)
-        if node.op != "where" and OPS[node.op].result == "bool":
+            result = OPS[node.op].compute(values, node.attrs)
+        if node.op != "where" and OPS[node.op].result == "bool" and np.ndim(result) == 0:
             result = bool(result)
         return new.const(result)
 
@@ -45,7 +46,7 @@ def fold(graph):
 
 def _is(node, number):
     v = node.value
-    return v is not None and not isinstance(v, bool) and v == number
+    return isinstance(v, float) and v == number
 
 
 def simplify(graph):
@@ -89,7 +90,7 @@ def simplify(graph):
         elif op == "pow":
             if _is(args[1], 1.0):
                 return args[0]
-            if _is(args[1], 0.0):
+            if _is(args[1], 0.0) and args[0].shape == ():
                 return new.const(1.0)
         elif op == "neg":
             if args[0].op == "neg":

@@ -19,7 +19,8 @@ import sys
 import numpy as np
 
 from . import errors
-from .ir import Graph
+from .ir import ArrayOut, Graph
+from . import ops as _ops
 from .ops import MATH_FUNCTIONS, OPS, UFUNCS
 
 _EXTRA_UFUNCS = {"square", "reciprocal", "positive", "conjugate"}
@@ -50,14 +51,90 @@ class Tracer:
             return self.graph.const(bool(value))
         if isinstance(value, (numbers.Real, np.floating, np.integer)):
             return self.graph.const(float(value))
-        if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "biuf":
-            return self.graph.const(value.item())
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            return self.graph.const(value if value.shape else value.item())
         raise errors.UnsupportedFunctionError(
-            f"{errors.where()}: cannot combine a traced scalar with a {type(value).__name__}; "
-            "gradc traces functions of floats (use numbers, not containers, in arithmetic).")
+            f"{errors.where()}: cannot combine a traced value with a {type(value).__name__}; "
+            "gradc traces functions of floats and float arrays.")
 
-    def _apply(self, op, args):
-        return Tracer(self.graph, self.graph.add(op, tuple(self._lift(a) for a in args)))
+    def _apply(self, op, args, attrs=()):
+        if not self.graph.whole_params and any(
+                isinstance(a, np.ndarray) and a.ndim > 0 for a in args) and all(
+                a.shape == () for a in args if isinstance(a, Tracer)):
+            return _elementwise(op, args, attrs)  # unrolled arrays: one node per element
+        return Tracer(self.graph, self.graph.add(op, tuple(self._lift(a) for a in args), attrs))
+
+    # --- arrays traced whole ------------------------------------------------------------
+    @property
+    def shape(self):
+        return self.node.shape
+
+    @property
+    def ndim(self):
+        return len(self.node.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.node.shape))
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a traced scalar")
+        return self.shape[0]
+
+    def transpose(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        axes = tuple(a % self.ndim for a in axes) if axes else None
+        return _ops.transpose(self, axes)
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        try:
+            shape = np.broadcast_to(np.empty(()), self.shape).reshape(shape).shape
+        except ValueError as exc:
+            raise errors.ShapeError(f"{errors.where()}: cannot reshape {self.shape}: {exc}.") from None
+        return _ops.reshape(self, shape)
+
+    def _reduce(self, op, axis, keepdims):
+        if not self.shape:
+            return self
+        if axis is not None:
+            axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+            if any(not -self.ndim <= a < self.ndim for a in axes):
+                raise errors.ShapeError(
+                    f"{errors.where()}: axis {axis} is out of range for shape {self.shape}.")
+            axis = tuple(sorted(a % self.ndim for a in axes))
+        return self._apply(op, (self,), (axis, bool(keepdims)))
+
+    def sum(self, axis=None, keepdims=False):
+        return self._reduce("sum", axis, keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return self._reduce("max", axis, keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return self._reduce("min", axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        total = self.sum(axis, keepdims)
+        return total * (total.size / self.size) if self.shape else self
+
+    def dot(self, other):
+        return np.dot(self, other)
+
+    def __getitem__(self, index):
+        canon = _ops.canonical_index(index)
+        if canon is None:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: gradc indexes traced arrays with constant ints, slices, "
+                "None and ... only (no arrays of indices or traced indices).")
+        if not self.shape:
+            raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
+        return self._apply("getitem", (self,), (canon,))
 
     @property
     def is_condition(self):
@@ -120,10 +197,15 @@ class Tracer:
             "supported: + - * / ** unary -, abs, comparisons.")
 
     __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __divmod__ = _unsupported_operator
-    __matmul__ = __rmatmul__ = __lshift__ = __rshift__ = __xor__ = _unsupported_operator
+    __lshift__ = __rshift__ = __xor__ = _unsupported_operator
+
+    def __matmul__(self, o): return self._apply("matmul", (self, o))
+    def __rmatmul__(self, o): return self._apply("matmul", (o, self))
 
     def __iter__(self):
-        raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be iterated.")
+        if not self.shape:
+            raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be iterated.")
+        return (self[i] for i in range(self.shape[0]))
 
     def __repr__(self):
         name = self.graph.names.get(self.node.id, f"t{self.node.id}")
@@ -152,6 +234,9 @@ class Tracer:
     def __array_function__(self, func, types, args, kwargs):
         if func is np.where and not kwargs and len(args) == 3:
             return where(*args)
+        handler = _FUNCTIONS.get(func)
+        if handler is not None:
+            return handler(*args, **kwargs)
         raise errors.UnsupportedFunctionError(
             f"{errors.where()}: numpy.{func.__name__} is not supported on traced scalars. "
             f"Supported NumPy functions: {_supported()}.")
@@ -172,6 +257,67 @@ for _ufunc, _op in UFUNCS.items():
         setattr(Tracer, _ufunc, _method(_op))
 
 
+def _elementwise(op, args, attrs):
+    """``op`` applied element by element: an object array of traced scalars (unrolled arrays)."""
+    boxed = []
+    for a in args:
+        if isinstance(a, Tracer):
+            box = np.empty((), dtype=object)
+            box[()] = a
+            a = box
+        boxed.append(a)
+    return np.frompyfunc(lambda *xs: apply(op, *xs), len(args), 1)(*boxed)
+
+
+def _whole(*arrays):
+    """Tracers for the arrays of a NumPy call (object arrays of scalar tracers stay NumPy's)."""
+    return any(isinstance(a, Tracer) and a.shape for a in arrays)
+
+
+def _tracer_of(values):
+    return next(v for v in values if isinstance(v, Tracer))
+
+
+def _join(op, arrays, axis):
+    arrays = list(arrays)
+    if not _whole(*arrays):  # scalars of an unrolled array: let NumPy build an object array
+        boxed = [np.asarray(a, dtype=object) if isinstance(a, Tracer) else a for a in arrays]
+        return getattr(np, op)(boxed, axis=axis)
+    t = _tracer_of(arrays)
+    ndim = len(t.shape) + (1 if op == "stack" else 0)
+    if not -ndim <= axis < ndim:
+        raise errors.ShapeError(f"{errors.where()}: axis {axis} is out of range for {op}.")
+    return t._apply(op, arrays, (axis % ndim,))
+
+
+def _dot(a, b):
+    if isinstance(a, Tracer) and not a.shape or isinstance(b, Tracer) and not b.shape:
+        return a * b
+    return _tracer_of((a, b))._apply("matmul", (a, b))
+
+
+def _as_tracer_call(method):
+    def call(x, *args, **kwargs):
+        if isinstance(x, Tracer):
+            return getattr(x, method)(*args, **kwargs)
+        return getattr(np, method)(np.asarray(x, dtype=object), *args, **kwargs)
+
+    return call
+
+
+_FUNCTIONS = {
+    np.sum: _as_tracer_call("sum"), np.mean: _as_tracer_call("mean"),
+    np.max: _as_tracer_call("max"), np.min: _as_tracer_call("min"),
+    np.amax: _as_tracer_call("max"), np.amin: _as_tracer_call("min"),
+    np.transpose: lambda x, axes=None: x.transpose(*(() if axes is None else (axes,))),
+    np.reshape: lambda x, shape=None, **kw: x.reshape(shape if shape is not None else kw["newshape"]),
+    np.stack: lambda arrays, axis=0: _join("stack", arrays, axis),
+    np.concatenate: lambda arrays, axis=0: _join("concatenate", arrays, axis),
+    np.dot: _dot,
+    np.shape: lambda x: x.shape, np.ndim: lambda x: x.ndim, np.size: lambda x: x.size,
+}
+
+
 def _any_tracer(args):
     return next((a for a in args if isinstance(a, Tracer)), None)
 
@@ -182,7 +328,7 @@ def apply(op_name, *args):
     if t is not None:
         return t._apply(op_name, args)
     with np.errstate(all="ignore"):
-        return OPS[op_name].impl(*args)
+        return OPS[op_name].compute(args, ())
 
 
 def where(cond, a, b):
@@ -204,28 +350,35 @@ def identifier_or_none(name):
     return None
 
 
-def _traced_param(graph, name, shape):
+def _traced_param(graph, name, shape, whole=False):
     if shape is None:
         return Tracer(graph, graph.param(name))
+    if whole:  # the NumPy-level form: one traced array
+        return Tracer(graph, graph.param(name, shape, whole=True))
     elements = np.empty(shape, dtype=object)
     for flat, node in enumerate(graph.param(name, shape)):
         elements.flat[flat] = Tracer(graph, node)
     return elements
 
 
-def trace(fn, params, name, origin=None):
+def trace(fn, params, name, origin=None, multiple=False):
     """Run ``fn`` on traced arguments; return the Graph of its result.
+
+    With ``multiple``, ``fn`` may also return a tuple, list or array of floats
+    (for Jacobians): its elements become the outputs in C order, and ``out_tree``
+    is a tuple of output numbers (tuple or list) or an :class:`ArrayOut` (array).
 
     ``params`` is a list of names (scalars) or ``(name, shape)`` pairs; an array
     parameter is traced as a NumPy object array of traced elements, so NumPy code
-    (slicing, ``np.sum``, ``@``, ufuncs) runs on it unchanged and unrolls.
+    (slicing, ``np.sum``, ``@``, ufuncs) runs on it unchanged and unrolls — or,
+    given as ``(name, shape, True)``, as one traced array (NumPy-level code).
 
     The local variable names of ``fn``'s frame, read when it returns, become the
     names of the nodes they hold.
     """
     graph = Graph(name, origin)
     params = [(p, None) if isinstance(p, str) else p for p in params]
-    tracers = [_traced_param(graph, n, shape) for n, shape in params]
+    tracers = [_traced_param(graph, *p) for p in params]
     code = getattr(fn, "__code__", None)
     captured = {}
 
@@ -245,6 +398,8 @@ def trace(fn, params, name, origin=None):
             if value.node.op not in ("input", "const"):
                 graph.names.setdefault(value.node.id, local)
 
+    if multiple and isinstance(result, (tuple, list, np.ndarray)) and np.ndim(result) > 0:
+        return _trace_outputs(graph, result, name)
     if isinstance(result, np.ndarray) and result.shape == ():
         result = result.item()
     if isinstance(result, Tracer):
@@ -264,4 +419,25 @@ def trace(fn, params, name, origin=None):
             f"{name} returned a {type(result).__name__}; gradc differentiates functions that "
             "return one float (a scalar loss or model value).")
     graph.set_outputs([out], 0)
+    return graph
+
+
+def _trace_outputs(graph, result, name):
+    """Set a tuple/list/array result of a traced function as the graph's outputs."""
+    elements = np.empty(np.shape(result), dtype=object)
+    elements[...] = result if isinstance(result, np.ndarray) else np.array(result, dtype=object)
+    outputs = []
+    for value in elements.flat:
+        if isinstance(value, Tracer) and value.graph is graph and not value.is_condition:
+            outputs.append(value.node)
+        elif isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(
+                value, (bool, np.bool_)):
+            outputs.append(graph.const(float(value)))
+        else:
+            raise errors.TracingError(
+                f"{name} returned a {type(result).__name__} holding a "
+                f"{type(value).__name__}; its elements must be floats.")
+    indices = tuple(range(len(outputs)))
+    tree = ArrayOut(name, elements.shape, indices) if isinstance(result, np.ndarray) else indices
+    graph.set_outputs(outputs, tree)
     return graph

@@ -1,0 +1,169 @@
+"""Array ops traced whole (NumPy-level code), each checked against central differences.
+
+``CASES`` holds, for every op of the table that has a shape rule, functions that
+exercise it (with broadcasting and several axes); ``test_every_array_op_has_cases``
+fails when an op arrives without them. Every scalar op is also run elementwise
+on arrays with broadcasting.
+"""
+import numpy as np
+import pytest
+
+import gradc
+from gradc.ops import OPS
+
+from test_ops import ARRAY_OPS, FLOAT_OPS
+
+
+def _central(f, args, k, h=1e-6):
+    x = np.array(args[k], dtype=float)
+    grad = np.zeros_like(x)
+    for i in np.ndindex(*x.shape):
+        up, down = x.copy(), x.copy()
+        up[i] += h
+        down[i] -= h
+        a_up, a_down = list(args), list(args)
+        a_up[k], a_down[k] = up, down
+        grad[i] = (f(*a_up) - f(*a_down)) / (2 * h)
+    return grad
+
+
+def _check(fn, *args, rtol=1e-6, atol=1e-7):
+    f = gradc.value_and_grad(fn, arrays="numpy", backend="python")
+    value, grads = f(*args)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    assert value == pytest.approx(float(fn(*args)), rel=1e-12)
+    for k, g in enumerate(grads):
+        assert np.shape(g) == np.shape(args[k])
+        np.testing.assert_allclose(g, _central(fn, args, k), rtol=rtol, atol=atol)
+    return f
+
+
+rng = np.random.default_rng(7)
+A = rng.uniform(0.5, 1.5, (3, 4))
+B = rng.uniform(0.5, 1.5, (4, 2))
+V3 = rng.uniform(0.5, 1.5, 3)
+V4 = rng.uniform(0.5, 1.5, 4)
+W = np.linspace(0.3, 1.1, 12).reshape(3, 4)  # a constant weight: keeps sums of terms distinct
+
+CASES = {
+    "sum": [(lambda a: np.sum(np.sin(a) * W), (A,)),
+            (lambda a: np.sum(np.sum(a * W, axis=0) ** 2), (A,)),
+            (lambda a: np.sum(a.sum(axis=1, keepdims=True) * a), (A,)),
+            (lambda a: np.sum(np.sum(a, axis=(0, 1)) * a), (A,))],
+    "max": [(lambda a: np.sum(np.max(a * W, axis=1) ** 2), (A,)),
+            (lambda a: np.max(a * W) + np.sum(a.max(axis=0, keepdims=True) * W), (A,))],
+    "min": [(lambda a: np.sum(np.min(a * W, axis=0) ** 2), (A,)),
+            (lambda a: np.min(a * W), (A,))],
+    "matmul": [(lambda a, b: np.sum(np.tanh(a @ b)), (A, B)),
+               (lambda a, v: np.sum((a @ v) ** 2), (A, V4)),
+               (lambda v, a: np.sum((v @ a) ** 3), (V3, A)),
+               (lambda v, w: np.dot(v, w) ** 2, (V4, V4)),
+               (lambda a, b: np.sum(np.matmul(a, b) * np.dot(a, b)), (A, B))],
+    "transpose": [(lambda a: np.sum((a.T @ a) * np.sin(a.T @ a)), (A,)),
+                  (lambda a: np.sum(np.transpose(a) * W.T), (A,))],
+    "reshape": [(lambda a: np.sum(np.cos(a.reshape(2, 6)) * W.reshape(2, 6)), (A,)),
+                (lambda a: np.sum(np.reshape(a, (-1,)) ** 2), (A,))],
+    "broadcast_to": [(lambda a, v: np.sum(np.exp(a + v) * W), (A, V4)),
+                     (lambda a, v: np.sum((a.T * v) ** 2), (A, V3))],
+    "getitem": [(lambda a: np.sum(a[1:, ::2] ** 2) + a[0, -1] * a[2, 1], (A,)),
+                (lambda a: np.sum(a[:, None, 1] * W[:, None, :]), (A,))],
+    "scatter": [(lambda a: np.sum(np.sin(a[1:3]) * W[1:3]), (A,))],  # getitem's adjoint
+    "concatenate": [(lambda a, v: np.sum(np.concatenate([a, a[:1] * 2.0], axis=0) ** 2)
+                     + np.sum(np.concatenate([v, v ** 2]) * 0.5), (A, V4))],
+    "stack": [(lambda v, w: np.sum(np.stack([v, w * v], axis=1) ** 2), (V4, V4)),
+              (lambda v, w: np.sum(np.stack([v, w]) @ w), (V4, V4))],
+    "zeros": [(lambda a, v: np.sum(a ** 2), (A, V4))],  # v unused: its gradient is zeros
+}
+
+
+def test_every_array_op_has_cases():
+    assert sorted(CASES) == sorted(ARRAY_OPS)
+
+
+@pytest.mark.parametrize("name, k", [(n, k) for n in CASES for k in range(len(CASES[n]))])
+def test_array_op_against_central_differences(name, k):
+    fn, args = CASES[name][k]
+    f = _check(fn, *args)
+    assert name in {n.op for n in f.graph.nodes} | {"scatter", "zeros"}
+
+
+@pytest.mark.parametrize("name", FLOAT_OPS)
+def test_scalar_ops_elementwise_with_broadcasting(name):
+    op = OPS[name]
+    lo, hi = op.domain
+    x = rng.uniform(lo, hi, (2, 3))
+    y = rng.uniform(lo, hi, 3)  # broadcasts along the first axis
+    if op.arity == 1:
+        _check(lambda a: np.sum(_apply(name, a) * W[:2, :3]), x, rtol=1e-5, atol=1e-6)
+    else:
+        _check(lambda a, b: np.sum(_apply(name, a, b) * W[:2, :3]), x, y, rtol=1e-5, atol=1e-6)
+
+
+def _apply(name, *args):
+    from gradc.trace import apply
+
+    return apply(name, *args)
+
+
+def test_where_and_comparisons_on_arrays():
+    _check(lambda a: np.sum(np.where(a > 1.0, a ** 2, -a) * W), A)
+    _check(lambda a: np.sum(gradc.where((a > 0.8) & (a < 1.2), np.sin(a), a) * W), A)
+
+
+def test_mlp_loss_against_handwritten_backward():
+    def loss(W1, b1, W2, b2, X, Y):
+        h = np.tanh(X @ W1 + b1)
+        logits = h @ W2 + b2
+        m = np.max(logits, axis=1, keepdims=True)
+        lse = m + np.log(np.sum(np.exp(logits - m), axis=1, keepdims=True))
+        return -np.mean(np.sum(Y * (logits - lse), axis=1))
+
+    r = np.random.default_rng(0)
+    W1, b1 = r.normal(size=(8, 6)) * 0.3, r.normal(size=6) * 0.1
+    W2, b2 = r.normal(size=(6, 4)) * 0.3, r.normal(size=4) * 0.1
+    X, Y = r.normal(size=(5, 8)), np.eye(4)[r.integers(0, 4, 5)]
+    for mode in ("numpy", "auto"):
+        f = gradc.value_and_grad(loss, argnums=(0, 1, 2, 3), arrays=mode, backend="python")
+        value, (dW1, db1, dW2, db2) = f(W1, b1, W2, b2, X, Y)
+        # the hand-written backward pass
+        h = np.tanh(X @ W1 + b1)
+        logits = h @ W2 + b2
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        dlogits = (p - Y) / len(X)
+        dh = dlogits @ W2.T * (1 - h ** 2)
+        assert value == pytest.approx(-np.mean(np.sum(Y * np.log(p), axis=1)))
+        np.testing.assert_allclose(dW2, h.T @ dlogits, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(db2, dlogits.sum(axis=0), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(dW1, X.T @ dh, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(db1, dh.sum(axis=0), rtol=1e-10, atol=1e-14)
+
+
+def test_auto_mode_unrolls_small_and_keeps_large_arrays_whole():
+    rosen = lambda x: np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)  # noqa: E731
+    small = gradc.value_and_grad(rosen, backend="python")
+    small(np.ones(10))
+    assert "x_9 = x[9]" in small.source  # unrolled into scalar code
+    big = gradc.value_and_grad(rosen, backend="python")
+    x = np.linspace(-1, 1, 1000)
+    value, grad = big(x)
+    assert "x[1:]" in big.source  # NumPy-level code
+    import scipy.optimize
+
+    np.testing.assert_allclose(grad, scipy.optimize.rosen_der(x), rtol=1e-12)
+
+
+def test_gradient_arrays_never_alias_inputs():
+    f = gradc.grad(lambda x, y: np.sum(x * y), arrays="numpy", backend="python")
+    x, y = np.ones(3), np.full(3, 2.0)
+    dx, dy = f(x, y)
+    assert not np.shares_memory(dx, y) and not np.shares_memory(dy, x)
+    dx[:] = 0.0
+    assert (y == 2.0).all()
+
+
+def test_shape_errors_name_both_shapes():
+    with pytest.raises(gradc.ShapeError, match=r"\(3,\).*\(4,\)"):
+        gradc.grad(lambda a, b: np.sum(a * b), arrays="numpy", backend="python")(V3, V4)
+    with pytest.raises(gradc.ShapeError, match="inner dimensions"):
+        gradc.grad(lambda a: np.sum(a @ a), arrays="numpy", backend="python")(A)
