@@ -105,7 +105,8 @@ def value_and_grad(graph, argnums, bare=False, with_value=True):
                 finalize(arg)
     outputs, leaves = [out] if with_value else [], []
     for p in argnums:
-        nodes = [adjoint.get(n.id) or (g.add("zeros", (), (n.shape,)) if n.shape else g.const(0.0))
+        nodes = [adjoint.get(n.id) or (g.add("zeros", (), (n.shape, g.dtype)) if n.shape
+                                          else g.const(0.0))
                  for n in g.param_inputs(p)]
         first = len(outputs)
         outputs.extend(nodes)

@@ -129,7 +129,8 @@ class GradcFunction:
             if value.size == 0:
                 raise errors.ArgumentError(
                     f"{errors.where()}: argument {i} of {self._name}() is an empty array.")
-            return np.ascontiguousarray(value, dtype=np.float64)
+            keep = np.float32 if value.dtype == np.float32 else np.float64
+            return np.ascontiguousarray(value, dtype=keep)
         kind = type(value).__name__
         hint = (" Pass a NumPy array (numpy.asarray(...)) for a vector argument."
                 if isinstance(value, (list, tuple)) else "")
@@ -178,18 +179,20 @@ class GradcFunction:
         argnums, bare = self._argnums_for(nargs)
         return ad.value_and_grad(graph, argnums, bare=bare, with_value=self._kind != "grad")
 
-    def lower(self, shapes):
+    def lower(self, shapes, dtype="float64"):
         """Trace, transform, optimize and emit for one signature, without compiling.
 
         ``shapes`` has one entry per argument: None for a float, a shape tuple for
         an array. Returns ``(graph, source, func_name, entry_name)``; ahead-of-time
-        builds and the backends start from here.
+        builds and the backends start from here. ``dtype="float32"`` (all array
+        arguments float32) gives NumPy-level code that stays in float32.
         """
         nargs = len(shapes)
         names = self._arg_names(nargs)
         elements = sum(int(np.prod(s)) for s in shapes if s is not None)
         whole = any(s is not None for s in shapes) and (
-            self._arrays == "numpy" or self._arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
+            self._arrays == "numpy" or dtype == "float32"
+            or self._arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
         retrace = lambda: trace(self._fn, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
                                 self._name, _origin(self._fn))
         if whole:
@@ -207,24 +210,27 @@ class GradcFunction:
             else:
                 if self._arrays == "auto" and elements and len(traced.nodes) > UNROLL_MAX_NODES:
                     traced = retrace()  # too big to unroll: NumPy-level code
+        traced.dtype = dtype
         graph = optimize(self._transform(traced, nargs))
         kind = {"compile": "value"}.get(self._kind, self._kind)
         source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin)
         return graph, source, func_name, entry_name
 
-    def _spec(self, shapes):
-        spec = self._specs.get(shapes)
+    def _spec(self, shapes, dtype="float64"):
+        key = shapes if dtype == "float64" else (shapes, dtype)
+        spec = self._specs.get(key)
         if spec is not None:
             return spec
-        graph, source, func_name, entry_name = self.lower(shapes)
+        graph, source, func_name, entry_name = self.lower(shapes, dtype)
         if self._backend == "numba" and not graph.whole_params:
             dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes)
             dispatcher._explain_matching_error = self._numba_mismatch
             spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
         else:
             func, path = jit.load_python(source, func_name)
-            spec = _Spec(graph, source, path, _python_caller(func), func_name)
-        self._specs[shapes] = spec
+            scalar = np.float32 if dtype == "float32" else np.float64
+            spec = _Spec(graph, source, path, _python_caller(func, scalar), func_name)
+        self._specs[key] = spec
         return spec
 
     def _numba_mismatch(self, *args, **kwargs):
@@ -251,7 +257,7 @@ class GradcFunction:
                 except _NeedsConversion:
                     pass  # ints, float32, lists of the right shape: convert below
         values = self._bind(args, kwargs)
-        spec = self._spec(_shapes(values))
+        spec = self._spec(_shapes(values), _dtype(values))
         if (spec.entry is not None and self._simple_signature() and len(self._specs) == 1
                 and all(isinstance(v, float) for v in values)):
             # From now on calls go straight to numba (see the module docstring).
@@ -312,13 +318,23 @@ def _as_float(value):
     return value if isinstance(value, np.ndarray) else float(value)
 
 
-def _python_caller(func):
+def _dtype(values):
+    """``"float32"`` when every array argument is float32 (and there is one), else ``"float64"``."""
+    arrays = [v for v in values if isinstance(v, np.ndarray)]
+    if arrays and all(a.dtype == np.float32 for a in arrays):
+        return "float32"
+    return "float64"
+
+
+def _python_caller(func, scalar=np.float64):
     """Run the emitted source in plain Python with NumPy float semantics (inf/nan, no exceptions)."""
 
     def call(*values):
+        values = [v if isinstance(v, np.ndarray) else scalar(v) for v in values]
+        if scalar is np.float64:  # mixed float32/float64 arrays compute in float64
+            values = [v.astype(np.float64) if v.dtype == np.float32 else v for v in values]
         with np.errstate(all="ignore"):
-            return _as_float(func(*(v if isinstance(v, np.ndarray) else np.float64(v)
-                                    for v in values)))
+            return _as_float(func(*values))
 
     return call
 

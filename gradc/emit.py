@@ -100,11 +100,15 @@ def _nested(items, np_alias):
     return literal(items, np_alias)
 
 
-def literal(value, np_alias="np", as_int=False):
-    """A Python literal for a constant (negative numbers parenthesised; arrays as np.array)."""
+def literal(value, np_alias="np", as_int=False, dtype="float64"):
+    """A Python literal for a constant (negative numbers parenthesised; arrays as np.array).
+
+    In float32 programs, array constants are float32 too.
+    """
     if isinstance(value, np.ndarray):
-        dtype = ", dtype=bool" if value.dtype == bool else ""
-        return f"{np_alias}.array({_nested(value.tolist(), np_alias)}{dtype})"
+        kind = "bool" if value.dtype == bool else dtype
+        suffix = "" if kind == "float64" else f", dtype={np_alias}.{kind}"
+        return f"{np_alias}.array({_nested(value.tolist(), np_alias)}{suffix})"
     if isinstance(value, bool):
         return repr(value)
     if math.isnan(value):
@@ -115,9 +119,14 @@ def literal(value, np_alias="np", as_int=False):
     return f"({text})" if text.startswith("-") else text
 
 
-def _arg_text(arg, names, np_alias, as_int):
+def _arg_text(arg, names, np_alias, as_int, dtype="float64", strong=False):
+    """An argument as source. ``strong``: a float32 program's scalar constant that would
+    otherwise make a float64 array (np.where, broadcast_to), written np.float32(c)."""
     if arg.op == "const":
-        return literal(arg.attrs[0], np_alias, as_int)
+        text = literal(arg.attrs[0], np_alias, as_int, dtype)
+        if strong and dtype != "float64" and isinstance(arg.attrs[0], float):
+            return f"{np_alias}.{dtype}({text})"
+        return text
     return names[arg.id]
 
 
@@ -182,7 +191,9 @@ def _emit(graph, func_name, result_name):
         if node.op in ("input", "const") or node.id in absorbed:
             continue
         op = OPS[node.op]
-        args = [_arg_text(a, names, np_alias, i in op.int_args) for i, a in enumerate(node.args)]
+        strong = op.shape is not None or op.name == "where"
+        args = [_arg_text(a, names, np_alias, i in op.int_args, graph.dtype, strong)
+                for i, a in enumerate(node.args)]
         if op.statement:
             text = op.render(args, node.attrs, np_alias, out=names[node.id])
             lines.extend("    " + line for line in text.split("\n"))

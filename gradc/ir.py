@@ -86,6 +86,7 @@ class Graph:
         self.inputs: list[Node] = []
         self.params: list[tuple] = []
         self.whole_params: set[int] = set()  # array parameters traced whole (NumPy-level)
+        self.dtype = "float64"  # of the array arguments: "float32" keeps NumPy-level code in float32
         self.outputs: list[Node] = []
         self.out_tree = 0
         self.names: dict[int, str] = {}
@@ -176,6 +177,7 @@ class Graph:
         """
         new = Graph(self.name, self.origin)
         new.params, new.whole_params = list(self.params), set(self.whole_params)
+        new.dtype = self.dtype
         mapped: dict[int, Node] = {}
         for node in self.nodes:
             if node.op == "input":

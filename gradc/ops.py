@@ -416,8 +416,8 @@ _ARRAY_TABLE = [
        attrs=("axis",), shape=_concatenate_shape),
     Op("stack", None, "{np}.stack(({args},), axis={axis})",
        lambda *a: np.stack(a[:-1], axis=a[-1]), _stack_vjp, attrs=("axis",), shape=_stack_shape),
-    Op("zeros", 0, "{np}.zeros({shape})", lambda shape: np.zeros(shape),
-       attrs=("shape",), shape=lambda a: a[0]),
+    Op("zeros", 0, "{np}.zeros({shape}, {dtype})", lambda shape, dtype: np.zeros(shape, dtype),
+       attrs=("shape", "dtype"), shape=lambda a: a[0]),
 ]
 
 

@@ -167,3 +167,33 @@ def test_shape_errors_name_both_shapes():
         gradc.grad(lambda a, b: np.sum(a * b), arrays="numpy", backend="python")(V3, V4)
     with pytest.raises(gradc.ShapeError, match="inner dimensions"):
         gradc.grad(lambda a: np.sum(a @ a), arrays="numpy", backend="python")(A)
+
+
+@pytest.mark.parametrize("name, k", [("matmul", 0), ("max", 0), ("sum", 1), ("getitem", 0),
+                                     ("broadcast_to", 0), ("stack", 0)])
+def test_float32_stays_float32(name, k):
+    fn, args = CASES[name][k]
+    f = gradc.value_and_grad(fn, backend="python")
+    value64, grads64 = f(*args)
+    value32, grads32 = f(*(a.astype(np.float32) for a in args))
+    grads64 = grads64 if isinstance(grads64, tuple) else (grads64,)
+    grads32 = grads32 if isinstance(grads32, tuple) else (grads32,)
+    assert value32 == pytest.approx(value64, rel=1e-5)
+    for g32, g64 in zip(grads32, grads64):
+        assert g32.dtype == np.float32
+        np.testing.assert_allclose(g32, g64, rtol=2e-4, atol=1e-5)
+
+
+def test_float32_mlp_step_stays_float32():
+    def loss(W, X, Y):
+        z = X @ W
+        m = np.max(z, axis=1, keepdims=True)
+        return -np.mean(np.sum(Y * (z - m - np.log(np.sum(np.exp(z - m), axis=1, keepdims=True))),
+                               axis=1))
+
+    r = np.random.default_rng(1)
+    W, X = r.normal(size=(6, 3)).astype(np.float32), r.normal(size=(4, 6)).astype(np.float32)
+    Y = np.eye(3, dtype=np.float32)[[0, 2, 1, 1]]
+    f = gradc.grad(loss, argnums=0, backend="python")
+    assert f(W, X, Y).dtype == np.float32
+    assert "float64" not in f.source
