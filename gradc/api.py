@@ -18,6 +18,7 @@ import numpy as np
 
 from . import ad, errors, jit
 from .emit import emit_module
+from .ir import ArrayOut
 from .optimize import optimize
 from .trace import identifier_or_none, trace
 
@@ -179,7 +180,7 @@ class GradcFunction:
         argnums, bare = self._argnums_for(nargs)
         return ad.value_and_grad(graph, argnums, bare=bare, with_value=self._kind != "grad")
 
-    def lower(self, shapes, dtype="float64"):
+    def lower(self, shapes, dtype="float64", out_params=False):
         """Trace, transform, optimize and emit for one signature, without compiling.
 
         ``shapes`` has one entry per argument: None for a float, a shape tuple for
@@ -213,7 +214,8 @@ class GradcFunction:
         traced.dtype = dtype
         graph = optimize(self._transform(traced, nargs))
         kind = {"compile": "value"}.get(self._kind, self._kind)
-        source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin)
+        source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin,
+                                                    out_params=out_params)
         return graph, source, func_name, entry_name
 
     def _spec(self, shapes, dtype="float64"):
@@ -245,6 +247,8 @@ class GradcFunction:
 
     # --- calling ----------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
+        if "out" in kwargs and self._takes_out:
+            return self._call_out(args, kwargs)
         if not kwargs:  # the quick path: an already compiled shape, float64 arguments
             if len(args) == 1:  # the common case of one array argument, kept cheap
                 a = args[0]
@@ -264,6 +268,69 @@ class GradcFunction:
             self.__class__ = type(type(self).__name__, (GradcFunction,),
                                   {"__call__": staticmethod(spec.entry)})
         return spec.call(*values)
+
+    @property
+    def _takes_out(self):
+        """``out=`` is gradc's (the gradient buffers) unless the function has a parameter ``out``."""
+        return self._kind in ("grad", "value_and_grad") and not (
+            self._signature is not None and "out" in self._signature.parameters)
+
+    def _call_out(self, args, kwargs):
+        """A call writing array gradients into the caller's buffers (``out=``).
+
+        ``out`` mirrors the gradient structure: an array for each array argument,
+        None for each float. Unrolled numba code writes straight into the buffers
+        (nothing is allocated); NumPy-level code computes, then copies.
+        """
+        out = kwargs.pop("out")
+        values = self._bind(args, kwargs)
+        shapes, dtype = _shapes(values), _dtype(values)
+        spec = self._spec(shapes, dtype)
+        tree = spec.graph.out_tree[1] if self._kind == "value_and_grad" else spec.graph.out_tree
+        buffers = self._check_out(out, tree, spec.graph, dtype)
+        if spec.entry is not None:
+            key = (shapes, "out")
+            out_spec = self._specs.get(key)
+            if out_spec is None:
+                graph, source, func_name, entry = self.lower(shapes, dtype, out_params=True)
+                extra = tuple(b.shape for b in buffers)
+                dispatcher, path = jit.load_numba(source, func_name, entry, shapes + extra)
+                out_spec = self._specs[key] = _Spec(graph, source, path, dispatcher, func_name,
+                                                    dispatcher)
+            return out_spec.entry(*values, *buffers)
+        result = spec.call(*values)
+        grads = result[1] if self._kind == "value_and_grad" else result
+        copied = _copy_into(grads, out)
+        return (result[0], copied) if self._kind == "value_and_grad" else copied
+
+    def _check_out(self, out, tree, graph, dtype):
+        """The buffers in ``out`` (in ArrayOut order), checked against the gradient's structure."""
+        buffers = []
+
+        def walk(t, o):
+            if isinstance(t, tuple):
+                if not isinstance(o, (tuple, list)) or len(o) != len(t):
+                    raise errors.ArgumentError(
+                        f"{errors.where()}: out= must mirror the gradient: a tuple of {len(t)}.")
+                for sub_t, sub_o in zip(t, o):
+                    walk(sub_t, sub_o)
+                return
+            shape = t.shape if isinstance(t, ArrayOut) else graph.outputs[t].shape
+            if not shape:
+                if o is not None:
+                    raise errors.ArgumentError(
+                        f"{errors.where()}: out= has an array where the gradient is a float; "
+                        "put None there.")
+                return
+            if not (isinstance(o, np.ndarray) and o.shape == tuple(shape) and o.dtype == dtype
+                    and o.flags.writeable and o.flags.c_contiguous):
+                raise errors.ArgumentError(
+                    f"{errors.where()}: out= needs a writable C-contiguous {dtype} array of "
+                    f"shape {tuple(shape)} here, not {_describe(o)}.")
+            buffers.append(o)
+
+        walk(tree, out)
+        return buffers
 
     def _default_spec(self):
         if self._specs:
@@ -316,6 +383,22 @@ def _as_float(value):
     if isinstance(value, tuple):
         return tuple(_as_float(v) for v in value)
     return value if isinstance(value, np.ndarray) else float(value)
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def _copy_into(result, out):
+    """Copy array leaves of ``result`` into the matching arrays of ``out``; return ``out``'s view."""
+    if isinstance(result, tuple):
+        return tuple(_copy_into(r, o) for r, o in zip(result, out))
+    if isinstance(result, np.ndarray):
+        np.copyto(out, result)
+        return out
+    return result
 
 
 def _dtype(values):

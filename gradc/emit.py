@@ -154,14 +154,18 @@ def _index_text(index):
     return ", ".join(map(str, index))
 
 
-def _array_lines(graph, names, np_alias):
-    """Statements that gather array-valued outputs (gradients of array arguments)."""
+def _array_lines(graph, names, np_alias, out_params=False):
+    """Statements that gather array-valued outputs (gradients of array arguments).
+
+    With ``out_params`` the arrays are the caller's (parameters), not allocated.
+    """
     lines = []
     for leaf in _leaves(graph.out_tree):
         if isinstance(leaf, ArrayOut):
             name = names["arrays"][leaf.name]
             shape = leaf.shape[0] if len(leaf.shape) == 1 else leaf.shape
-            lines.append(f"    {name} = {np_alias}.empty({shape})")
+            if not out_params:
+                lines.append(f"    {name} = {np_alias}.empty({shape})")
             for i, index in zip(leaf.indices, np.ndindex(*leaf.shape)):
                 value = _arg_text(graph.outputs[i], names, np_alias, False)
                 lines.append(f"    {name}[{_index_text(index)}] = {value}")
@@ -177,9 +181,16 @@ def emit_function(graph, func_name, result_name=None, header=True):
     return _emit(graph, func_name, result_name or graph.name)[0]
 
 
-def _emit(graph, func_name, result_name):
+def out_arrays(graph):
+    """The ArrayOut leaves of the result, in order: what ``out_params`` turns into parameters."""
+    return [leaf for leaf in _leaves(graph.out_tree) if isinstance(leaf, ArrayOut)]
+
+
+def _emit(graph, func_name, result_name, out_params=False):
     names, absorbed, namer = assign_names(graph, result_name)
     np_alias = namer.fresh("np")
+    if out_params:
+        names["params"] = names["params"] + [names["arrays"][a.name] for a in out_arrays(graph)]
     params = ", ".join(names["params"])
     lines = [f"def {func_name}({params}):"]
     uses = graph.users()
@@ -200,7 +211,7 @@ def _emit(graph, func_name, result_name):
         else:
             text = op.render(args, node.attrs, np_alias, is_array=node.shape != ())
             lines.append(f"    {names[node.id]} = {text}")
-    lines.extend(_array_lines(graph, names, np_alias))
+    lines.extend(_array_lines(graph, names, np_alias, out_params))
     ret = _return_text(graph.out_tree, graph, names, np_alias)
     if isinstance(graph.out_tree, tuple):
         ret = ret[1:-1].rstrip(",") if len(graph.out_tree) > 1 else ret
@@ -208,16 +219,17 @@ def _emit(graph, func_name, result_name):
     return "\n".join(lines) + "\n", np_alias, namer, names["params"]
 
 
-def emit_module(graph, fn_name, kind, origin=None):
+def emit_module(graph, fn_name, kind, origin=None, out_params=False):
     """The full module source: header comment, import, the fused function and its entry point.
 
     Returns ``(source, function_name, entry_name)``. The entry point has a default
     for every parameter and a ``*extra`` tail so that numba hands a call with the
     wrong number of arguments back to gradc instead of raising its own TypeError;
-    it inlines away.
+    it inlines away. With ``out_params`` the gradient arrays are extra parameters
+    the function writes into (see :func:`out_arrays`).
     """
-    func_name = f"{fn_name}__{kind}"
-    body, np_alias, namer, params = _emit(graph, func_name, fn_name)
+    func_name = f"{fn_name}__{kind}" + ("__out" if out_params else "")
+    body, np_alias, namer, params = _emit(graph, func_name, fn_name, out_params)
     # Module-level names must not be shadowed by any local of either function.
     for p in params:
         namer.taken.add(p)

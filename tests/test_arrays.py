@@ -69,3 +69,26 @@ def test_quick_path_converts_int_and_float32_arrays_after_compiling():
     assert f(x)[0] == expected[0]
     with pytest.raises(gradc.ArgumentError, match="is a str"):
         f("abc")
+
+
+@pytest.mark.parametrize("backend, arrays", [("numba", "unroll"), ("python", "unroll"),
+                                             ("python", "numpy")])
+def test_out_buffers_for_gradients(backend, arrays):
+    def f(x, s, A):
+        return np.sum(x ** 2) * s + np.sum(np.tanh(A))
+
+    vg = gradc.value_and_grad(f, backend=backend, arrays=arrays)
+    x, A = np.linspace(-1, 1, 4), np.arange(6.0).reshape(2, 3) / 10
+    expected_value, (ex, es, eA) = vg(x, 2.0, A)
+    dx, dA = np.empty(4), np.empty((2, 3))
+    value, (gx, gs, gA) = vg(x, 2.0, A, out=(dx, None, dA))
+    assert gx is dx and gA is dA  # the caller's buffers, filled
+    assert value == pytest.approx(expected_value) and gs == pytest.approx(es)
+    np.testing.assert_allclose(dx, ex)
+    np.testing.assert_allclose(dA, eA)
+    g = gradc.grad(f, argnums=0, backend=backend, arrays=arrays)
+    assert g(x, 2.0, A, out=dx) is dx
+    with pytest.raises(gradc.ArgumentError, match="shape"):
+        vg(x, 2.0, A, out=(np.empty(3), None, dA))
+    with pytest.raises(gradc.ArgumentError, match="None"):
+        vg(x, 2.0, A, out=(dx, np.empty(1), dA))
