@@ -1,4 +1,9 @@
-"""The ``gradc`` command: ``gradc demo`` shows the seed's derivation and the code gradc emits for it."""
+"""The ``gradc`` command.
+
+``gradc demo`` shows the seed's derivation and the code gradc emits for it;
+``gradc build MODULE.py -o OUTDIR --format {python,ext,c}`` builds the functions
+MODULE marks with ``@gradc.export`` ahead of time (see :mod:`gradc.aot`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -30,9 +35,33 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="gradc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="explain and compile the seed example J = 3(a + b*c)")
+    b = sub.add_parser("build", help="build the @gradc.export functions of a module ahead of time")
+    b.add_argument("module", help="the Python file that marks functions with @gradc.export")
+    b.add_argument("-o", "--outdir", required=True, help="directory to write the result to")
+    b.add_argument("--format", choices=("python", "ext", "c"), default="python",
+                   help="python: a numba module; ext: a native extension (needs only NumPy); "
+                        "c: lib<name>.so and <name>.h (no Python)")
+    b.add_argument("--name", help="the module / library name (default: MODULE's file name)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo()
+    elif args.command == "build":
+        return build(args.module, args.outdir, args.format, args.name)
+    return 0
+
+
+def build(module, outdir, fmt, name=None, out=None, err=None):
+    """``gradc build``: print the files written, or the gradc error (status 1)."""
+    from .aot import build as aot_build
+    from .errors import GradcError
+
+    try:
+        files = aot_build(module, outdir, fmt, name)
+    except GradcError as exc:
+        print(f"gradc: error: {exc}", file=err or sys.stderr)
+        return 1
+    for f in files:
+        print(f, file=out or sys.stdout)
     return 0
 
 
