@@ -8,6 +8,7 @@
 __version__ = "0.1.0"
 
 from . import gmath as math  # noqa: E402  (gradc.math.exp, gradc.math.sigmoid, ...)
+from .aot import BuildError, export  # noqa: E402
 from .api import GradcFunction, compile, grad, value_and_grad  # noqa: E402
 from .batch import vmap  # noqa: E402
 from .errors import (  # noqa: E402
@@ -15,12 +16,14 @@ from .errors import (  # noqa: E402
     TracingError,
     UnsupportedFunctionError)
 from .explain import explain  # noqa: E402
+from .higher_api import hessian, hvp, jacobian, jvp, value_grad_hessian  # noqa: E402
 from .symbolic import from_sympy, to_sympy  # noqa: E402
 from .trace import where  # noqa: E402
 
 __all__ = [
     "value_and_grad", "grad", "compile", "vmap", "explain", "where", "math", "from_sympy", "to_sympy",
-    "GradcFunction",
+    "GradcFunction", "export", "BuildError",
+    "hessian", "value_grad_hessian", "hvp", "jvp", "jacobian",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
     "UnsupportedFunctionError", "ArgumentError", "ShapeError", "CacheWarning", "__version__",
 ]
