@@ -39,7 +39,7 @@ def _active(graph, out, wrt_ids):
     """Ids of float nodes that depend on a differentiated input and lead to ``out``."""
     depends = set(wrt_ids)
     for n in graph.nodes:
-        if n.result == "float" and any(a.id in depends for a in n.args):
+        if n.result != "bool" and any(a.id in depends for a in n.args):
             depends.add(n.id)
     leads = {out.id}
     for n in reversed(graph.nodes):
@@ -54,15 +54,8 @@ def adjoint_name(graph, node):
     return None if name is None else "d" + name
 
 
-def value_and_grad(graph, argnums, bare=False, with_value=True):
-    """A graph returning ``(value, grads)`` (or only ``grads``).
-
-    ``argnums`` are parameter numbers; grads is a tuple over them (bare if
-    asked). An array parameter's gradient is an array of its shape.
-    """
-    g = graph.copy()
-    out = g.outputs[0]
-    wrt = [n for p in argnums for n in g.param_inputs(p)]
+def _reverse(g, out, wrt, seed):
+    """The reverse sweep over ``g`` (in place): node id -> adjoint node, seeded with ``seed``."""
     active = _active(g, out, {n.id for n in wrt})
     pending = {n.id: 0 for n in g.nodes}           # uses still to be visited, per node
     for n in g.nodes:
@@ -82,7 +75,7 @@ def value_and_grad(graph, argnums, bare=False, with_value=True):
         adjoint[node.id] = g.add("alias", (total,), (name,)) if name else total
 
     if out.id in active:
-        contributions[out.id] = [g.const(1.0)]
+        contributions[out.id] = [seed]
         finalize(out)
     for node in reversed(list(g.nodes)):
         if node.id not in active or node.op in ("input", "const"):
@@ -103,11 +96,28 @@ def value_and_grad(graph, argnums, bare=False, with_value=True):
             pending[arg.id] -= 1
             if pending[arg.id] == 0 and arg.id in contributions:
                 finalize(arg)
+    return adjoint
+
+
+def _gradient(g, adjoint, node):
+    if node.id in adjoint:
+        return adjoint[node.id]
+    return g.add("zeros", (), (node.shape, g.dtype)) if node.shape else g.const(0.0)
+
+
+def value_and_grad(graph, argnums, bare=False, with_value=True):
+    """A graph returning ``(value, grads)`` (or only ``grads``).
+
+    ``argnums`` are parameter numbers; grads is a tuple over them (bare if
+    asked). An array parameter's gradient is an array of its shape.
+    """
+    g = graph.copy()
+    out = g.outputs[0]
+    wrt = [n for p in argnums for n in g.param_inputs(p)]
+    adjoint = _reverse(g, out, wrt, g.const(1.0))
     outputs, leaves = [out] if with_value else [], []
     for p in argnums:
-        nodes = [adjoint.get(n.id) or (g.add("zeros", (), (n.shape, g.dtype)) if n.shape
-                                          else g.const(0.0))
-                 for n in g.param_inputs(p)]
+        nodes = [_gradient(g, adjoint, n) for n in g.param_inputs(p)]
         first = len(outputs)
         outputs.extend(nodes)
         name, shape = g.params[p]
@@ -115,4 +125,20 @@ def value_and_grad(graph, argnums, bare=False, with_value=True):
                       ArrayOut("d" + name, shape, tuple(range(first, len(outputs)))))
     grads = leaves[0] if bare else tuple(leaves)
     g.set_outputs(outputs, (0, grads) if with_value else grads)
+    return g
+
+
+def vjp(graph):
+    """``f(p0, ..., pn) -> out`` becomes ``f_vjp(p0, ..., pn, g) -> (dp0, ..., dpn)``.
+
+    The cotangent ``g`` of the (scalar or whole-array) output is a new last
+    parameter; every parameter gets its cotangent. Loops use this for their bodies.
+    """
+    g = graph.copy()
+    out = g.outputs[0]
+    seed = g.param("g" + (graph.names.get(out.id) or "out"), out.shape or None, whole=bool(out.shape))
+    wrt = [n for n in g.inputs if n is not seed]
+    adjoint = _reverse(g, out, wrt, seed)
+    grads = [_gradient(g, adjoint, n) for n in wrt]
+    g.set_outputs(grads, tuple(range(len(grads))))
     return g

@@ -49,9 +49,12 @@ class _Namer:
         return name
 
 
-def assign_names(graph, result_name):
-    """Node id -> identifier for every non-constant node, and the aliases folded into their targets."""
-    namer, names, absorbed = _Namer(), {}, set()
+def assign_names(graph, result_name, namer=None):
+    """Node id -> identifier for every non-constant node, and the aliases folded into their targets.
+
+    A loop body shares its enclosing function's ``namer``, so no name is used twice.
+    """
+    namer, names, absorbed = namer or _Namer(), {}, set()
     uses = graph.users()
     outputs = {o.id for o in graph.outputs}
     params = [namer.fresh(name if name.isidentifier() and not _reserved(name) else f"arg{p}")
@@ -186,6 +189,73 @@ def out_arrays(graph):
     return [leaf for leaf in _leaves(graph.out_tree) if isinstance(leaf, ArrayOut)]
 
 
+def _statements(graph, names, absorbed, namer, np_alias):
+    """One statement per node (loops: several), unindented."""
+    lines = []
+    for node in graph.nodes:
+        if node.op in ("input", "const") or node.id in absorbed:
+            continue
+        op = OPS[node.op]
+        if node.op in ("scan", "scan_bwd"):
+            lines.extend(_loop(graph, node, names, namer, np_alias))
+            continue
+        strong = op.shape is not None or op.name == "where"
+        args = [_arg_text(a, names, np_alias, i in op.int_args, graph.dtype, strong)
+                for i, a in enumerate(node.args)]
+        if op.statement:
+            lines.extend(op.render(args, node.attrs, np_alias, out=names[node.id]).split("\n"))
+        else:
+            text = op.render(args, node.attrs, np_alias, is_array=node.shape != ())
+            lines.append(f"{names[node.id]} = {text}")
+    return lines
+
+
+def _loop(graph, node, names, namer, np_alias):
+    """A scan as a ``for`` loop storing each step's carry; its reverse as a loop walking them back.
+
+    The body's statements are emitted inside the loop, its parameters bound to
+    the carry, this step's slices of ``xs`` and the captured outer values.
+    """
+    body, length = node.attrs
+    g = body.graph
+    bnames, babsorbed, _ = assign_names(g, "step", namer)
+    text = lambda n, nm=names, gr=graph: _arg_text(n, nm, np_alias, False, gr.dtype, True)  # noqa: E731
+    args = [text(a) for a in node.args]
+    dt = "" if graph.dtype == "float64" else f", {np_alias}.{graph.dtype}"
+    t, out = namer.fresh("t"), names[node.id]
+    inner = lambda binds: [f"    {bnames[p.id]} = {b}" for p, b in zip(g.inputs, binds)] + [  # noqa: E731
+        "    " + line for line in _statements(g, bnames, babsorbed, namer, np_alias)]
+    results = [text(o, bnames, g) for o in g.outputs]
+    xs = args[1:1 + body.n_xs]
+    if node.op == "scan":
+        carry, states = namer.fresh(f"{out}_carry"), namer.fresh(f"{out}_states")
+        caps = args[1 + body.n_xs:]
+        return [f"{carry} = {args[0]}",
+                f"{states} = {np_alias}.empty({(length,) + node.args[0].shape}{dt})",
+                f"for {t} in range({length}):  # the loop gradc.scan keeps",
+                f"    {states}[{t}] = {carry}",
+                *inner([carry, *(f"{x}[{t}]" for x in xs), *caps]),
+                f"    {carry} = {results[0]}",
+                f"{out} = ({carry}, {states})"]
+    # scan_bwd: args are (cotangent, init, xs..., captures..., states)
+    caps, states = args[2 + body.n_xs:-1], args[-1]
+    xs = args[2:2 + body.n_xs]
+    dc = namer.fresh(f"{out}_dcarry")
+    dxs = [namer.fresh(f"{out}_dx{k}") for k in range(len(xs))]
+    dcaps = [namer.fresh(f"{out}_dc{k}") for k in range(len(caps))]
+    shapes = [a.shape for a in node.args[2:-1]]
+    zeros = lambda shape: f"{np_alias}.zeros({shape}{dt})" if shape else "0.0"  # noqa: E731
+    lines = [f"{dc} = {args[0]}"]
+    lines += [f"{d} = {zeros(s)}" for d, s in zip(dxs + dcaps, shapes)]
+    lines += [f"for {t} in range({length - 1}, -1, -1):  # the reverse of the loop above",
+              *inner([f"{states}[{t}]", *(f"{x}[{t}]" for x in xs), *caps, dc]),
+              f"    {dc} = {results[0]}"]
+    lines += [f"    {d}[{t}] = {r}" for d, r in zip(dxs, results[1:])]
+    lines += [f"    {d} = {d} + {r}" for d, r in zip(dcaps, results[1 + len(xs):])]
+    lines.append(f"{out} = ({', '.join([dc, *dxs, *dcaps])})")
+    return lines
+
+
 def _emit(graph, func_name, result_name, out_params=False):
     names, absorbed, namer = assign_names(graph, result_name)
     np_alias = namer.fresh("np")
@@ -198,19 +268,7 @@ def _emit(graph, func_name, result_name, out_params=False):
         _, _, p, index = node.attrs
         if index is not None and uses[node.id]:
             lines.append(f"    {names[node.id]} = {names['params'][p]}[{_index_text(index)}]")
-    for node in graph.nodes:
-        if node.op in ("input", "const") or node.id in absorbed:
-            continue
-        op = OPS[node.op]
-        strong = op.shape is not None or op.name == "where"
-        args = [_arg_text(a, names, np_alias, i in op.int_args, graph.dtype, strong)
-                for i, a in enumerate(node.args)]
-        if op.statement:
-            text = op.render(args, node.attrs, np_alias, out=names[node.id])
-            lines.extend("    " + line for line in text.split("\n"))
-        else:
-            text = op.render(args, node.attrs, np_alias, is_array=node.shape != ())
-            lines.append(f"    {names[node.id]} = {text}")
+    lines.extend("    " + line for line in _statements(graph, names, absorbed, namer, np_alias))
     lines.extend(_array_lines(graph, names, np_alias, out_params))
     ret = _return_text(graph.out_tree, graph, names, np_alias)
     if isinstance(graph.out_tree, tuple):

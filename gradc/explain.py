@@ -13,24 +13,9 @@ import numpy as np
 from . import ad
 from .api import GradcFunction, _origin, function_name
 from .emit import assign_names, literal
+from .ir import evaluate
 from .ops import OPS
 from .trace import trace
-
-
-def evaluate(graph, args):
-    """Node id -> value of every node, computed in Python with NumPy semantics."""
-    values = {}
-    with np.errstate(all="ignore"):
-        for node in graph.nodes:
-            if node.op == "input":
-                _, _, p, index = node.attrs
-                values[node.id] = np.float64(args[p] if index is None else args[p][index])
-            elif node.op == "const":
-                values[node.id] = node.attrs[0]
-            else:
-                values[node.id] = OPS[node.op].compute([values[a.id] for a in node.args],
-                                                       node.attrs)
-    return values
 
 
 def _expression(node, names):

@@ -69,6 +69,36 @@ class ArrayOut:
     indices: tuple
 
 
+class Body:
+    """A graph used as an op's attribute (a loop body): hashed by identity, printed by name."""
+
+    __slots__ = ("graph", "n_xs")
+
+    def __init__(self, graph, n_xs=0):
+        self.graph, self.n_xs = graph, n_xs  # parameters: carry, n_xs per-step slices, captures
+
+    def __repr__(self):
+        return f"<body {self.graph.name}>"
+
+
+def evaluate(graph, args):
+    """Node id -> value of every node of ``graph`` at ``args`` (one value per parameter),
+    computed in Python with NumPy semantics (the interpreter behind ``explain``)."""
+    values = {}
+    with np.errstate(all="ignore"):
+        for node in graph.nodes:
+            if node.op == "input":
+                _, _, p, index = node.attrs
+                values[node.id] = (np.float64(args[p]) if not node.shape and index is None
+                                   else args[p] if index is None else np.float64(args[p][index]))
+            elif node.op == "const":
+                values[node.id] = node.attrs[0]
+            else:
+                values[node.id] = OPS[node.op].compute([values[a.id] for a in node.args],
+                                                       node.attrs)
+    return values
+
+
 class Graph:
     """An ordered SSA program with inputs, outputs and name hints.
 
@@ -91,6 +121,8 @@ class Graph:
         self.out_tree = 0
         self.names: dict[int, str] = {}
         self._memo: dict[tuple, Node] = {}
+        self.parent = None                   # a loop body's enclosing graph, while it is traced
+        self.captures: list[Node] = []       # outer nodes a body uses: its parameters after xs
 
     # --- building -------------------------------------------------------------------
     def _new(self, op, args, attrs, result, shape=()):
@@ -177,7 +209,7 @@ class Graph:
         """
         new = Graph(self.name, self.origin)
         new.params, new.whole_params = list(self.params), set(self.whole_params)
-        new.dtype = self.dtype
+        new.dtype, new.captures = self.dtype, list(self.captures)
         mapped: dict[int, Node] = {}
         for node in self.nodes:
             if node.op == "input":

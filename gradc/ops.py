@@ -421,13 +421,74 @@ _ARRAY_TABLE = [
 ]
 
 
+# --- loops: gradc.scan keeps repeated structure a loop (see trace.scan) -----------------------
+# A scan node runs its body ``length`` times over a carry; its value is a pair (final carry,
+# stacked carries), taken apart by ``part`` nodes whose attributes carry their shapes.
+def _scan_impl(init, *rest):
+    from .ir import evaluate
+
+    *arrays, body, length = rest
+    graph, n_xs = body.graph, body.n_xs
+    xs, caps = arrays[:n_xs], arrays[n_xs:]
+    carry, states = init, []
+    for t in range(length):
+        states.append(carry)
+        values = evaluate(graph, [carry, *(x[t] for x in xs), *caps])
+        carry = values[graph.outputs[0].id]
+    return carry, np.array(states)
+
+
+def _scan_vjp(g, out, init, *rest):
+    from .ad import vjp
+    from .ir import Body
+    from .optimize import optimize
+
+    body, length = out.node.attrs
+    bwd = Body(optimize(vjp(body.graph)), body.n_xs)
+    states = call("part", (out,), (1, (length,) + init.shape))
+    result = call("scan_bwd", (g, init, *rest, states), (bwd, length))
+    return tuple(call("part", (result,), (k, a.shape)) for k, a in enumerate((init, *rest)))
+
+
+def _scan_bwd_impl(g, init, *rest):
+    from .ir import evaluate
+
+    *arrays, states, body, length = rest
+    graph, n_xs = body.graph, body.n_xs
+    xs, caps = arrays[:n_xs], arrays[n_xs:]
+    dxs = [np.zeros(np.shape(x)) for x in xs]
+    dcaps = [np.zeros(np.shape(c)) for c in caps]
+    for t in reversed(range(length)):
+        values = evaluate(graph, [states[t], *(x[t] for x in xs), *caps, g])
+        outs = [values[o.id] for o in graph.outputs]
+        g = outs[0]
+        for k in range(n_xs):
+            dxs[k][t] = outs[1 + k]
+        for k in range(len(caps)):
+            dcaps[k] = dcaps[k] + outs[1 + n_xs + k]
+    return (g, *dxs, *dcaps)
+
+
+_LOOP_TABLE = [
+    Op("scan", None, "<loop>", _scan_impl, _scan_vjp, attrs=("body", "length"),
+       shape=lambda a, init, *rest: init, result="tuple", statement=True),
+    Op("scan_bwd", None, "<loop>", _scan_bwd_impl, attrs=("body", "length"),
+       shape=lambda a, g, *rest: g, result="tuple", statement=True),
+    # Component k of a loop's tuple value; the part of a scan's final carry passes the
+    # cotangent through to the scan (the stored states feed only the reverse loop).
+    Op("part", 1, "{0}[{k}]", lambda v, k, shape: v[k],
+       lambda g, out, x: (g if out.node.attrs[0] == 0 and x.node.op == "scan" else None,),
+       attrs=("k", "shape"), shape=lambda a, s: a[1]),
+]
+
+
 def _scatter(g, index, shape):
     out = np.zeros(shape, np.result_type(g))
     out[python_index(index)] = g
     return out
 
 
-_TABLE += _ARRAY_TABLE
+_TABLE += _ARRAY_TABLE + _LOOP_TABLE
 
 OPS: dict[str, Op] = {op.name: op for op in _TABLE}
 

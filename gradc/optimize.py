@@ -27,7 +27,7 @@ def fold(graph):
     """
 
     def rule(new, node, args):
-        if node.op == "alias" or not args:
+        if node.op == "alias" or not args or OPS[node.op].result == "tuple":
             return None
         values = [a.value for a in args]
         if node.op == "where" and values[0] is not None and np.ndim(values[0]) == 0:

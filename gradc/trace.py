@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from . import errors
-from .ir import ArrayOut, Graph
+from .ir import ArrayOut, Body, Graph
 from . import ops as _ops
 from .ops import MATH_FUNCTIONS, OPS, UFUNCS
 
@@ -42,6 +42,8 @@ class Tracer:
     # --- building -------------------------------------------------------------------
     def _lift(self, value):
         if isinstance(value, Tracer):
+            if value.graph is not self.graph and _encloses(value.graph, self.graph):
+                return _capture(self.graph, value)  # a loop body using an outer value
             if value.graph is not self.graph:
                 raise errors.TracingError(
                     f"{errors.where()}: a value traced by another gradc function leaked into "
@@ -58,6 +60,9 @@ class Tracer:
             "gradc traces functions of floats and float arrays.")
 
     def _apply(self, op, args, attrs=()):
+        for a in args:  # inside a loop body, the body's graph builds (outer values are captured)
+            if isinstance(a, Tracer) and a.graph is not self.graph and _encloses(self.graph, a.graph):
+                return a._apply(op, args, attrs)
         if not self.graph.whole_params and any(
                 isinstance(a, np.ndarray) and a.ndim > 0 for a in args) and all(
                 a.shape == () for a in args if isinstance(a, Tracer)):
@@ -255,6 +260,95 @@ def _method(op_name):
 for _ufunc, _op in UFUNCS.items():
     if OPS[_op].result == "float" and not hasattr(Tracer, _ufunc):
         setattr(Tracer, _ufunc, _method(_op))
+
+
+def _encloses(outer, inner):
+    """True when ``inner`` is a loop body (at any depth) inside ``outer``."""
+    graph = inner.parent
+    while graph is not None:
+        if graph is outer:
+            return True
+        graph = graph.parent
+    return False
+
+
+def _capture(body, value):
+    """The input node of ``body`` standing for the outer traced ``value`` (added once)."""
+    if value.graph is not body.parent:  # nested loops: the enclosing body captures it first
+        value = Tracer(body.parent, _capture(body.parent, value))
+    for k, outer in enumerate(body.captures):
+        if outer is value.node:
+            return body.param_inputs(len(body.params) - len(body.captures) + k)[0]
+    body.captures.append(value.node)
+    return body.param(f"c{len(body.captures) - 1}", value.shape or None, whole=bool(value.shape))
+
+
+class NeedsWholeArrays(errors.ControlFlowError):
+    """A construct that needs arrays traced whole met an unrolled one (auto mode retraces)."""
+
+
+def scan(f, init, xs):
+    """``carry = f(carry, x)`` for each ``x`` of ``xs`` (stacked along axis 0); the final carry.
+
+    ``xs`` is an array or a tuple of arrays with one common length; ``f`` gets one
+    slice (or a tuple of slices) per step. Traced, the loop stays a loop in the
+    emitted source (its reverse pass walks the stored carries backwards), so
+    repeated structure — a chain of identical layers, a time-stepping model —
+    compiles in time independent of its length. ``f`` may use other traced
+    values of the enclosing function. On plain numbers it simply runs the loop.
+    """
+    multiple = isinstance(xs, (tuple, list))
+    xs_t = tuple(xs) if multiple else (xs,)
+    for x in (init, *xs_t):
+        if isinstance(x, np.ndarray) and x.dtype == object:
+            raise NeedsWholeArrays(f"{errors.where()}: gradc.scan needs arrays traced whole; "
+                                   "use arrays='numpy' (arrays='auto' does this by itself).")
+    t = _any_tracer((init, *xs_t))
+    if t is None:
+        carry = init
+        for k in range(len(xs_t[0])):
+            carry = f(carry, tuple(x[k] for x in xs_t) if multiple else xs_t[0][k])
+        return carry
+    outer = t.graph
+    init_node = t._lift(init)
+    xs_nodes = [t._lift(x) for x in xs_t]
+    if any(not n.shape for n in xs_nodes) or len({n.shape[0] for n in xs_nodes}) != 1:
+        raise errors.ShapeError(
+            f"{errors.where()}: gradc.scan needs xs stacked along a first axis of one length; "
+            f"got shapes {[n.shape for n in xs_nodes]}.")
+    length = xs_nodes[0].shape[0]
+    names = _parameter_names(f, 2)
+    body = Graph(f"{outer.name}_step", outer.origin)
+    body.parent, body.dtype = outer, outer.dtype
+    carry = _traced_param(body, names[0], init_node.shape or None, True)
+    slices = [_traced_param(body, f"{names[1]}{k if multiple else ''}", n.shape[1:] or None, True)
+              for k, n in enumerate(xs_nodes)]
+    try:
+        out = carry._lift(f(carry, tuple(slices) if multiple else slices[0]))
+    finally:
+        body.parent = None
+    if out.shape != init_node.shape:
+        raise errors.ShapeError(
+            f"{errors.where()}: the scan step returned shape {out.shape} for a carry of shape "
+            f"{init_node.shape}; it must return the new carry, of the same shape.")
+    body.set_outputs([out], 0)
+    from .optimize import optimize
+
+    body = optimize(body)
+    node = outer.add("scan", (init_node, *xs_nodes, *body.captures),
+                     (Body(body, len(xs_nodes)), length))
+    return Tracer(outer, outer.add("part", (node,), (0, init_node.shape)))
+
+
+def _parameter_names(f, count):
+    try:
+        import inspect
+
+        names = [p for p in inspect.signature(f).parameters][:count]
+    except (TypeError, ValueError):
+        names = []
+    names = [n if identifier_or_none(n) else f"a{k}" for k, n in enumerate(names)]
+    return names + [("carry", "x")[k] for k in range(len(names), count)]
 
 
 def _elementwise(op, args, attrs):
