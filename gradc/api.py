@@ -357,12 +357,17 @@ class GradcFunction:
         return self._default_spec().path
 
     def cache_info(self):
-        """numba's cache statistics for the compiled entry point (numba backend)."""
+        """Where the source lives, what runs it, and numba's cache statistics when numba does.
+
+        ``runs`` is ``"numba"``, ``"numpy"`` (NumPy-level code for arrays traced
+        whole: numba is not used even with backend="numba") or ``"python"``.
+        """
         spec = self._default_spec()
         if spec.entry is None:
-            return {"path": spec.path, "backend": self._backend}
+            runs = "numpy" if spec.graph.whole_params else "python"
+            return {"path": spec.path, "backend": self._backend, "runs": runs}
         stats = spec.entry.stats
-        return {"path": spec.path, "backend": self._backend,
+        return {"path": spec.path, "backend": self._backend, "runs": "numba",
                 "cache_hits": sum(stats.cache_hits.values()),
                 "cache_misses": sum(stats.cache_misses.values())}
 
