@@ -87,16 +87,29 @@ def test_array_op_against_central_differences(name, k):
     assert name in {n.op for n in f.graph.nodes} | {"scatter", "zeros"}
 
 
+def _broadcast_pair(seed):
+    """Two random shapes that broadcast together (some axes 1, some missing)."""
+    g = np.random.default_rng(seed)
+    full = tuple(int(n) for n in g.integers(1, 4, size=g.integers(1, 4)))
+    a = tuple(n if g.random() < 0.7 else 1 for n in full)
+    b = tuple(n if g.random() < 0.7 else 1 for n in full)[int(g.integers(0, len(full))):]
+    return a, b
+
+
 @pytest.mark.parametrize("name", FLOAT_OPS)
-def test_scalar_ops_elementwise_with_broadcasting(name):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scalar_ops_elementwise_with_broadcasting(name, seed):
     op = OPS[name]
     lo, hi = op.domain
-    x = rng.uniform(lo, hi, (2, 3))
-    y = rng.uniform(lo, hi, 3)  # broadcasts along the first axis
+    shape_a, shape_b = _broadcast_pair(seed + 10 * FLOAT_OPS.index(name))
+    g = np.random.default_rng(seed)
+    x, y = g.uniform(lo, hi, shape_a), g.uniform(lo, hi, shape_b)
+    weight = g.uniform(0.5, 1.5, np.broadcast_shapes(shape_a, shape_b))  # distinct terms
     if op.arity == 1:
-        _check(lambda a: np.sum(_apply(name, a) * W[:2, :3]), x, rtol=1e-5, atol=1e-6)
+        _check(lambda a: np.sum(_apply(name, a) * weight[(0,) * (weight.ndim - a.ndim)]), x,
+               rtol=1e-5, atol=1e-6)
     else:
-        _check(lambda a, b: np.sum(_apply(name, a, b) * W[:2, :3]), x, y, rtol=1e-5, atol=1e-6)
+        _check(lambda a, b: np.sum(_apply(name, a, b) * weight), x, y, rtol=1e-5, atol=1e-6)
 
 
 def _apply(name, *args):
@@ -169,8 +182,7 @@ def test_shape_errors_name_both_shapes():
         gradc.grad(lambda a: np.sum(a @ a), arrays="numpy", backend="python")(A)
 
 
-@pytest.mark.parametrize("name, k", [("matmul", 0), ("max", 0), ("sum", 1), ("getitem", 0),
-                                     ("broadcast_to", 0), ("stack", 0)])
+@pytest.mark.parametrize("name, k", [(n, k) for n in CASES for k in range(len(CASES[n]))])
 def test_float32_stays_float32(name, k):
     fn, args = CASES[name][k]
     f = gradc.value_and_grad(fn, backend="python")
@@ -178,10 +190,10 @@ def test_float32_stays_float32(name, k):
     value32, grads32 = f(*(a.astype(np.float32) for a in args))
     grads64 = grads64 if isinstance(grads64, tuple) else (grads64,)
     grads32 = grads32 if isinstance(grads32, tuple) else (grads32,)
-    assert value32 == pytest.approx(value64, rel=1e-5)
+    assert value32 == pytest.approx(value64, rel=1e-4)
     for g32, g64 in zip(grads32, grads64):
         assert g32.dtype == np.float32
-        np.testing.assert_allclose(g32, g64, rtol=2e-4, atol=1e-5)
+        np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-4)
 
 
 def test_float32_mlp_step_stays_float32():
