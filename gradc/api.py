@@ -23,13 +23,16 @@ from .optimize import optimize
 from .trace import identifier_or_none, trace
 
 BACKENDS = ("numba", "python")
-ARRAY_MODES = ("auto", "unroll", "numpy")
+ARRAY_MODES = ("auto", "unroll", "numpy", "numba")
 #: arrays="auto" unrolls array arguments into scalar code for numba while the
 #: arguments hold at most this many elements in all ...
 UNROLL_MAX_ELEMENTS = 256
 #: ... and the unrolled program stays under this many nodes (numba compiles
 #: straight-line code at ~3-4 ms a statement: 2,000 nodes is a few seconds).
 UNROLL_MAX_NODES = 2000
+#: NumPy-level code with a gradc.scan loop is compiled by numba (arrays="auto") while
+#: the array arguments hold at most this many elements.
+NUMBA_LOOP_MAX_ELEMENTS = 4096
 _ndarray = np.ndarray
 
 
@@ -192,7 +195,7 @@ class GradcFunction:
         names = self._arg_names(nargs)
         elements = sum(int(np.prod(s)) for s in shapes if s is not None)
         whole = any(s is not None for s in shapes) and (
-            self._arrays == "numpy" or dtype == "float32"
+            self._arrays in ("numpy", "numba") or dtype == "float32"
             or self._arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
         retrace = lambda: trace(self._fn, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
                                 self._name, _origin(self._fn))
@@ -224,16 +227,40 @@ class GradcFunction:
         if spec is not None:
             return spec
         graph, source, func_name, entry_name = self.lower(shapes, dtype)
-        if self._backend == "numba" and not graph.whole_params:
-            dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes)
-            dispatcher._explain_matching_error = self._numba_mismatch
-            spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
-        else:
+        spec = None
+        if self._backend == "numba" and self._numba_runs(graph, shapes):
+            try:
+                dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes,
+                                                  dtype=dtype, layout=_layout(graph))
+            except errors.GradcError:
+                if not graph.whole_params or self._arrays == "numba":
+                    raise
+                # arrays="auto": numba lacks something this NumPy-level code uses; NumPy runs it
+            else:
+                dispatcher._explain_matching_error = self._numba_mismatch
+                spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
+        if spec is None:
             func, path = jit.load_python(source, func_name)
             scalar = np.float32 if dtype == "float32" else np.float64
             spec = _Spec(graph, source, path, _python_caller(func, scalar), func_name)
         self._specs[key] = spec
         return spec
+
+    def _numba_runs(self, graph, shapes):
+        """Whether numba compiles this specialisation (backend="numba" assumed).
+
+        Unrolled code always. NumPy-level code when forced (arrays="numba"), or in
+        auto mode when it holds a loop over small arrays: numba runs loops far
+        faster than Python does, while for large arrays NumPy's BLAS is as fast
+        and numba's array code costs seconds to compile.
+        """
+        if not graph.whole_params:
+            return True
+        if self._arrays == "numba":
+            return True
+        elements = sum(int(np.prod(s)) for s in shapes if s is not None)
+        has_loop = any(n.op == "scan" for n in graph.nodes)
+        return self._arrays == "auto" and has_loop and elements <= NUMBA_LOOP_MAX_ELEMENTS
 
     def _numba_mismatch(self, *args, **kwargs):
         """numba found no compiled signature for a call: let gradc say what is wrong."""
@@ -288,7 +315,7 @@ class GradcFunction:
         spec = self._spec(shapes, dtype)
         tree = spec.graph.out_tree[1] if self._kind == "value_and_grad" else spec.graph.out_tree
         buffers = self._check_out(out, tree, spec.graph, dtype)
-        if spec.entry is not None:
+        if spec.entry is not None and not spec.graph.whole_params:
             key = (shapes, "out")
             out_spec = self._specs.get(key)
             if out_spec is None:
@@ -388,6 +415,10 @@ def _as_float(value):
     if isinstance(value, tuple):
         return tuple(_as_float(v) for v in value)
     return value if isinstance(value, np.ndarray) else float(value)
+
+
+def _layout(graph):
+    return "C" if graph.whole_params else "A"
 
 
 def _describe(value):

@@ -203,7 +203,8 @@ def _statements(graph, names, absorbed, namer, np_alias):
         args = [_arg_text(a, names, np_alias, i in op.int_args, graph.dtype, strong)
                 for i, a in enumerate(node.args)]
         if op.statement:
-            lines.extend(op.render(args, node.attrs, np_alias, out=names[node.id]).split("\n"))
+            text = op.render(args, node.attrs, np_alias, out=names[node.id], dtype=graph.dtype)
+            lines.extend(text.split("\n"))
         else:
             text = op.render(args, node.attrs, np_alias, is_array=node.shape != ())
             lines.append(f"{names[node.id]} = {text}")

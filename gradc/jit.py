@@ -133,14 +133,19 @@ def _numba_cache_files(path):
     return sorted(glob.glob(pattern))
 
 
-def _njit_all(module, func_name, entry_name, shapes):
+def _njit_all(module, func_name, entry_name, shapes, dtype="float64", layout="A"):
     from numba import float64, njit, types
 
     inner = njit(cache=True, error_model="numpy")(getattr(module, func_name))
     setattr(module, func_name, inner)  # the entry point calls the compiled inner function
-    signature = tuple(float64 if shape is None else types.Array(float64, len(shape), "A")
+    element = getattr(types, dtype)
+    signature = tuple(float64 if shape is None else types.Array(element, len(shape), layout)
                       for shape in shapes) + (types.StarArgTuple(()),)  # *extra is always empty
-    return njit(signature, cache=True, error_model="numpy")(getattr(module, entry_name))
+    from numba.core.errors import NumbaPerformanceWarning
+
+    with warnings.catch_warnings():  # '@ is faster on contiguous arrays': transposes are views
+        warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        return njit(signature, cache=True, error_model="numpy")(getattr(module, entry_name))
 
 
 def _njit_batched(module, func_name, batched_name, batched, n_outputs, parallel):
@@ -176,10 +181,15 @@ def load_numba_batched(source, func_name, batched_name, batched, n_outputs, para
         module, func_name, batched_name, batched, n_outputs, parallel))
 
 
-def load_numba(source, func_name, entry_name, shapes, build=None):
-    """The numba dispatcher of the entry point, compiled once per machine and cached on disk."""
+def load_numba(source, func_name, entry_name, shapes, build=None, dtype="float64", layout="A"):
+    """The numba dispatcher of the entry point, compiled once per machine and cached on disk.
+
+    ``layout`` is the array layout of the signature: "A" (any) for unrolled code,
+    which reads elements; "C" for NumPy-level code, whose reshapes need C order.
+    """
     path = source_path(source)
-    build = build or (lambda module: _njit_all(module, func_name, entry_name, shapes))
+    build = build or (lambda module: _njit_all(module, func_name, entry_name, shapes, dtype,
+                                               layout))
     with _locked(path):
         write_source(path, source)
         try:

@@ -63,17 +63,21 @@ class Op:
         """The op on concrete values (NumPy semantics), attributes appended."""
         return self.impl(*values, *attrs) if self.attrs else self.impl(*values)
 
-    def render(self, args, attrs, np_alias, is_array=False, out=None):
-        """This op applied to ``args`` (source text) as Python source."""
+    def render(self, args, attrs, np_alias, is_array=False, out=None, dtype="float64"):
+        """This op applied to ``args`` (source text) as Python source; ``{dt}`` is the
+        program's float dtype (``np.float64``)."""
         template = self.array_template if is_array and self.array_template else self.template
         named = {name: attr_text(name, value) for name, value in zip(self.attrs, attrs)}
-        return template.format(*args, np=np_alias, args=", ".join(args), out=out, **named)
+        return template.format(*args, np=np_alias, args=", ".join(args), out=out,
+                               dt=f"{np_alias}.{dtype}", name=self.name, **named)
 
 
 def attr_text(name, value):
     """An attribute as source text (indices print as ``1:3, None``)."""
     if name == "index":
         return index_text(value)
+    if name == "dtype":
+        return value  # printed after the NumPy alias: np.float32
     return repr(value)
 
 
@@ -255,11 +259,19 @@ def call(name, args, attrs=()):
 
 
 def reshape(x, shape):
-    return x if x.shape == tuple(shape) else call("reshape", (x,), (tuple(shape),))
+    if x.shape == tuple(shape):
+        return x
+    if not x.shape:  # a scalar into a one-element array
+        return call("fill", (x,), (tuple(shape),))
+    return call("reshape", (x,), (tuple(shape),))
 
 
 def broadcast_to(x, shape):
-    return x if x.shape == tuple(shape) else call("broadcast_to", (x,), (tuple(shape),))
+    if x.shape == tuple(shape):
+        return x
+    if not x.shape:
+        return call("fill", (x,), (tuple(shape),))
+    return call("broadcast_to", (x,), (tuple(shape),))
 
 
 def reduce_sum(x, axis=None, keepdims=False):
@@ -384,16 +396,19 @@ def _check_broadcast(attrs, shape):
     return attrs[0]
 
 
+# A reduction to a scalar prints as np.sum(x) (which numba compiles too); others name axis.
+_REDUCE = "{np}.{name}({0}, axis={axis}, keepdims={keepdims})"
+
 _ARRAY_TABLE = [
-    Op("sum", 1, "{np}.sum({0}, axis={axis}, keepdims={keepdims})",
+    Op("sum", 1, "{np}.sum({0})",
        lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims), _sum_vjp,
-       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s)),
-    Op("max", 1, "{np}.max({0}, axis={axis}, keepdims={keepdims})",
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE),
+    Op("max", 1, "{np}.max({0})",
        lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _extreme_vjp,
-       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s)),
-    Op("min", 1, "{np}.min({0}, axis={axis}, keepdims={keepdims})",
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE),
+    Op("min", 1, "{np}.min({0})",
        lambda x, axis, keepdims: np.min(x, axis=axis, keepdims=keepdims), _extreme_vjp,
-       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s)),
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE),
     Op("matmul", 2, "{0} @ {1}", np.matmul, _matmul_vjp, shape=_matmul_shape, ufuncs=("matmul",)),
     Op("transpose", 1, "{np}.transpose({0}, {axes})", lambda x, axes: np.transpose(x, axes),
        lambda g, out, x: (transpose(g, tuple(np.argsort(out.node.attrs[0]))),),
@@ -403,11 +418,14 @@ _ARRAY_TABLE = [
     Op("broadcast_to", 1, "{np}.broadcast_to({0}, {shape})",
        lambda x, shape: np.broadcast_to(x, shape), lambda g, out, x: (sum_to(g, x.shape),),
        attrs=("shape",), shape=_check_broadcast),
+    Op("fill", 1, "{np}.full({shape}, {0})", lambda x, shape: np.full(shape, x),
+       lambda g, out, x: (reduce_sum(g),), attrs=("shape",),
+       shape=lambda a, s: _check_broadcast(a, s)),
     Op("getitem", 1, "{0}[{index}]", lambda x, index: x[python_index(index)],
        lambda g, out, x: (call("scatter", (g,), (out.node.attrs[0], x.shape)),),
        attrs=("index",), shape=_index_shape),
     # The adjoint of indexing: zeros with the cotangent written into the indexed part.
-    Op("scatter", 1, "{out} = {np}.zeros({shape}, {0}.dtype)\n{out}[{index}] = {0}",
+    Op("scatter", 1, "{out} = {np}.zeros({shape}, {dt})\n{out}[{index}] = {0}",
        lambda g, index, shape: _scatter(g, index, shape),
        lambda g, out, x: (call("getitem", (g,), (out.node.attrs[0],)),),
        attrs=("index", "shape"), shape=lambda a, s: a[1], statement=True),
@@ -416,7 +434,7 @@ _ARRAY_TABLE = [
        attrs=("axis",), shape=_concatenate_shape),
     Op("stack", None, "{np}.stack(({args},), axis={axis})",
        lambda *a: np.stack(a[:-1], axis=a[-1]), _stack_vjp, attrs=("axis",), shape=_stack_shape),
-    Op("zeros", 0, "{np}.zeros({shape}, {dtype})", lambda shape, dtype: np.zeros(shape, dtype),
+    Op("zeros", 0, "{np}.zeros({shape}, {np}.{dtype})", lambda shape, dtype: np.zeros(shape, dtype),
        attrs=("shape", "dtype"), shape=lambda a: a[0]),
 ]
 

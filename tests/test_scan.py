@@ -82,3 +82,20 @@ def test_float32_scan():
     g32 = f(W.astype(np.float32), b.astype(np.float32), x.astype(np.float32))
     assert g32.dtype == np.float32
     np.testing.assert_allclose(g32, f(W, b, x), rtol=1e-4, atol=1e-6)
+
+
+def deep_scalar_chain(p, x):
+    h = gradc.scan(lambda h, q: np.tanh(q[0] * h + q[1]), x, p)
+    return 0.5 * (h - 0.3) ** 2
+
+
+def test_numba_compiles_the_loop():
+    p = np.linspace(-1, 1, 100).reshape(50, 2)
+    f = gradc.value_and_grad(deep_scalar_chain)  # auto: a loop over small arrays -> numba
+    value, (dp, dx) = f(p, 0.5)
+    assert f.cache_info()["runs"] == "numba"
+    ref_value, (ref_dp, ref_dx) = gradc.value_and_grad(deep_scalar_chain, backend="python")(p, 0.5)
+    assert value == pytest.approx(ref_value, rel=1e-14)
+    np.testing.assert_allclose(dp, ref_dp, rtol=1e-12, atol=1e-16)
+    assert dx == pytest.approx(ref_dx, rel=1e-12)
+    assert gradc.value_and_grad(deep_scalar_chain, arrays="numpy")(p, 0.5)[0] == value
