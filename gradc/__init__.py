@@ -19,9 +19,10 @@ from .explain import explain  # noqa: E402
 from .higher_api import hessian, hvp, jacobian, jvp, value_grad_hessian  # noqa: E402
 from .symbolic import from_sympy, to_sympy  # noqa: E402
 from .trace import scan, where  # noqa: E402
+from . import nn  # noqa: E402  (gradc.nn: layers, losses, optimizers, fit)
 
 __all__ = [
-    "value_and_grad", "grad", "compile", "vmap", "explain", "where", "scan", "math", "from_sympy", "to_sympy",
+    "value_and_grad", "grad", "compile", "vmap", "nn", "explain", "where", "scan", "math", "from_sympy", "to_sympy",
     "GradcFunction", "export", "BuildError",
     "hessian", "value_grad_hessian", "hvp", "jvp", "jacobian",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",

@@ -1,0 +1,154 @@
+"""Layers: plain NumPy code on a dict of parameter arrays, so the same forward pass runs
+on concrete arrays (``predict``) and on gradc's traced values (the compiled step).
+
+A layer has ``init(seed, dtype)`` -> ``{name: array}`` and ``apply(params, x)``.
+Nothing is stored in the layer but its sizes: parameters live in the dict, which
+is what the optimizer updates and what the compiled step takes and returns.
+
+>>> import numpy as np
+>>> net = Chain(Dense(2, 3), Tanh(), Dense(3, 1))
+>>> params = net.init(seed=0)
+>>> list(params)
+['0.W', '0.b', '2.W', '2.b']
+>>> net.apply(params, np.ones((4, 2))).shape
+(4, 1)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..trace import apply as _apply_op
+
+
+def _activation(op, x):
+    """``op`` elementwise on ``x``: a float, a NumPy array, a traced value, or an unrolled
+    array (a NumPy object array of traced scalars).
+
+    Object arrays go element by element through the op itself: NumPy's own
+    object loops would rebuild ``sigmoid`` from ``exp`` (a bigger gradient) or
+    compare elements for ``relu`` (which cannot be traced).
+    """
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        return np.frompyfunc(lambda e: _apply_op(op, e), 1, 1)(x)
+    return _apply_op(op, x)
+
+
+class Layer:
+    """Base class: a layer with no parameters is the identity."""
+
+    def init_params(self, rng, dtype):
+        """This layer's parameters drawn from ``rng`` (a ``numpy.random.Generator``)."""
+        return {}
+
+    def init(self, seed=0, dtype=np.float64):
+        """Fresh parameters, the same for the same ``seed`` on every machine."""
+        return self.init_params(np.random.default_rng(seed), np.dtype(dtype))
+
+    def apply(self, params, x):
+        return x
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Dense(Layer):
+    """``x @ W + b`` for ``x`` of shape ``(batch, n_in)``.
+
+    ``W`` is Glorot-uniform (limit ``sqrt(6 / (n_in + n_out))``), ``b`` zero.
+    """
+
+    def __init__(self, n_in, n_out):
+        self.n_in, self.n_out = int(n_in), int(n_out)
+
+    def init_params(self, rng, dtype):
+        limit = np.sqrt(6.0 / (self.n_in + self.n_out))
+        W = rng.uniform(-limit, limit, size=(self.n_in, self.n_out)).astype(dtype)
+        return {"W": W, "b": np.zeros(self.n_out, dtype)}
+
+    def apply(self, params, x):
+        return x @ params["W"] + params["b"]
+
+    def __repr__(self):
+        return f"Dense({self.n_in}, {self.n_out})"
+
+
+class Scale(Layer):
+    """The seed's one-neuron layer: ``w * x`` with one weight ``w`` (a 0-d array).
+
+    ``w`` starts uniform in [-0.5, 0.5], as the seed's ``random.random() - 0.5``.
+    """
+
+    def init_params(self, rng, dtype):
+        return {"w": np.asarray(rng.uniform(-0.5, 0.5), dtype=dtype)}
+
+    def apply(self, params, x):
+        return params["w"] * x
+
+
+class Tanh(Layer):
+    def apply(self, params, x):
+        return _activation("tanh", x)
+
+
+class Sigmoid(Layer):
+    def apply(self, params, x):
+        return _activation("sigmoid", x)
+
+
+class ReLU(Layer):
+    """``max(x, 0)``; its derivative at 0 is 0."""
+
+    def apply(self, params, x):
+        return _activation("relu", x)
+
+
+class Softplus(Layer):
+    """``log(1 + exp(x))``, computed as ``logaddexp(0, x)`` (no overflow)."""
+
+    def apply(self, params, x):
+        return _activation("softplus", x)
+
+
+class Chain(Layer):
+    """Layers applied one after the other. Parameters are named ``"<position>.<name>"``
+    (``"0.W"``, ``"2.b"``; nested chains give ``"1.0.W"``).
+
+    The chain unrolls when traced: each layer's ops appear in the emitted code.
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for layer in layers:
+            if not hasattr(layer, "apply"):
+                raise TypeError(f"Chain takes layers (with .apply), not {type(layer).__name__}")
+        self.layers = tuple(layers)
+
+    def init_params(self, rng, dtype):
+        # One generator drawn in layer order: the same seed gives the same network,
+        # and two layers of one chain never get the same numbers.
+        params = {}
+        for i, layer in enumerate(self.layers):
+            for name, value in layer.init_params(rng, dtype).items():
+                params[f"{i}.{name}"] = value
+        return params
+
+    def apply(self, params, x):
+        for i, layer in enumerate(self.layers):
+            prefix = f"{i}."
+            own = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+            x = layer.apply(own, x)
+        return x
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __repr__(self):
+        return f"Chain({', '.join(map(repr, self.layers))})"
+
+
+#: Keras/PyTorch spelling of :class:`Chain`.
+Sequential = Chain

@@ -1,0 +1,397 @@
+"""The fused training step, ``fit`` and ``predict``.
+
+:func:`step_graph` is a pure ``Graph -> Graph`` pipeline: trace the loss over
+``(params..., X, Y)``, take ``ad.value_and_grad`` with respect to the parameters,
+then build the optimizer's update on the gradient nodes *in the same graph*
+(through :class:`~gradc.trace.Tracer` operators) and make the loss, the new
+parameters and the new optimizer state the outputs. The optimizer's inputs —
+the learning rate, then its state — are new parameters appended after ``Y``.
+One emitted function therefore does forward, backward and update:
+
+    loss__<opt>_step(W0, b0, ..., X, Y, lr, <state>...) -> (loss, W0_new, ..., <state>_new...)
+
+It returns new arrays; its arguments are never written to.
+
+Which code is emitted follows ``gradc.value_and_grad(..., arrays=...)``: small
+problems (every array argument together at most ``UNROLL_MAX_ELEMENTS``
+elements, float64) unroll into straight-line scalar code compiled by numba —
+the seed's three ``Scale`` layers on one sample are a dozen statements —
+and everything else is traced whole into NumPy-level code run by NumPy
+(float32 stays float32 there).
+"""
+from __future__ import annotations
+
+import re
+import time
+import weakref
+
+import numpy as np
+
+from .. import ad, errors, jit
+from ..api import UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES
+from ..emit import emit_module
+from ..ir import ArrayOut
+from ..optimize import optimize
+from ..trace import Tracer, trace
+from .losses import as_loss
+from .optim import Optimizer
+
+ARRAY_MODES = ("auto", "unroll", "numpy")
+
+
+# --- names ------------------------------------------------------------------------------
+def param_identifiers(keys):
+    """Identifiers for parameter keys in emitted source: ``"0.W"`` -> ``W0``,
+    ``"1.0.b"`` -> ``b1_0``."""
+    out, taken = [], set()
+    for key in keys:
+        *where, last = str(key).split(".")
+        base = re.sub(r"\W", "_", last) + "_".join(re.sub(r"\W", "_", w) for w in where)
+        if not base.isidentifier() or base in ("X", "Y", "lr", "loss"):
+            base = "p_" + base
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        out.append(name)
+    return out
+
+
+# --- the step graph ---------------------------------------------------------------------
+def _structure(graph, nodes, shape):
+    """Traced value(s) for one argument's input nodes: a Tracer (scalar or whole array) or an
+    object array of scalar Tracers (an unrolled array)."""
+    if shape is None or len(nodes) == 1 and nodes[0].shape == tuple(shape):
+        return Tracer(graph, nodes[0])
+    values = np.empty(len(nodes), dtype=object)
+    for i, n in enumerate(nodes):
+        values[i] = Tracer(graph, n)
+    return values.reshape(shape)
+
+
+def _gradient_values(graph, leaf, shape):
+    """The gradient of one parameter from ``value_and_grad``'s out_tree leaf, as traced value(s)."""
+    if isinstance(leaf, ArrayOut):
+        return _structure(graph, [graph.outputs[i] for i in leaf.indices], leaf.shape)
+    return Tracer(graph, graph.outputs[leaf])
+
+
+def _outputs_of(graph, value, shape, name, outputs):
+    """Append ``value``'s nodes to ``outputs``; return its out_tree leaf (an index, or an
+    ArrayOut for an unrolled array)."""
+    lift = Tracer(graph, graph.inputs[0])._lift
+    if shape is None or not isinstance(value, np.ndarray):
+        node = lift(value.item() if isinstance(value, np.ndarray) else value)
+        if node.op not in ("input", "const"):
+            graph.names.setdefault(node.id, name)
+        outputs.append(node)
+        return len(outputs) - 1
+    first = len(outputs)
+    outputs.extend(lift(v) for v in value.flat)  # an unrolled array: element nodes, C order
+    return ArrayOut(name, tuple(shape), tuple(range(first, len(outputs))))
+
+
+def step_graph(model, loss, optimizer, keys, shapes, x_shape, y_shape, whole, dtype="float64"):
+    """The fused training step as a Graph (see the module docstring).
+
+    ``shapes`` has one entry per parameter (None for a 0-d parameter, traced as a
+    float); ``whole`` traces arrays whole (NumPy-level) instead of element by element.
+    """
+    loss = as_loss(loss)
+    names = param_identifiers(keys)
+    n = len(keys)
+
+    def loss_fn(*args):
+        params = dict(zip(keys, args[:n]))
+        out = model.apply(params, args[n])
+        return loss(out, args[n + 1])
+
+    specs = [(nm, s, whole) for nm, s in zip(names, shapes)]
+    specs += [("X", x_shape, whole), ("Y", y_shape, whole)]
+    traced = trace(loss_fn, specs, "loss", _origin(model))
+    traced.dtype = dtype
+    return add_update(ad.value_and_grad(traced, tuple(range(n))), optimizer, n)
+
+
+def add_update(graph, optimizer, n_params):
+    """``graph`` (from ``ad.value_and_grad`` over its first ``n_params`` parameters) with the
+    optimizer's update appended: new parameters ``lr``, then the state; outputs
+    ``(loss, new params..., new slots..., new scalars...)``.
+    """
+    g = graph.copy()
+    loss_node = g.outputs[g.out_tree[0]]
+    grad_leaves = g.out_tree[1]
+    shapes = [g.params[p][1] for p in range(n_params)]
+    whole = [p in g.whole_params for p in range(n_params)]
+    names = [g.params[p][0] for p in range(n_params)]
+    params = [_structure(g, g.param_inputs(p), shapes[p]) for p in range(n_params)]
+    grads = [_gradient_values(g, leaf, shapes[p]) for p, leaf in enumerate(grad_leaves)]
+    lr = Tracer(g, g.param("lr"))
+    slots = {}
+    for slot in optimizer.slots:
+        slots[slot] = []
+        for p in range(n_params):
+            shape = shapes[p]
+            nodes = g.param(f"{slot}_{names[p]}", shape, whole=whole[p])
+            slots[slot].append(_structure(g, nodes if isinstance(nodes, list) else [nodes], shape))
+    scalars = {name: Tracer(g, g.param(name)) for name in optimizer.scalars}
+    new_params, new_slots, new_scalars = optimizer.update(params, grads, slots, scalars, lr)
+
+    outputs = [loss_node]
+    tree = [0]
+    for p in range(n_params):
+        tree.append(_outputs_of(g, new_params[p], shapes[p], f"{names[p]}_new", outputs))
+    for slot in optimizer.slots:
+        for p in range(n_params):
+            tree.append(_outputs_of(g, new_slots[slot][p], shapes[p], f"{slot}_{names[p]}_new",
+                                    outputs))
+    for name in optimizer.scalars:
+        tree.append(_outputs_of(g, new_scalars[name], None, f"{name}_new", outputs))
+    g.set_outputs(outputs, tuple(tree))
+    return g
+
+
+def _origin(model):
+    code = getattr(getattr(type(model), "apply", None), "__code__", None)
+    return (code.co_filename, code.co_firstlineno) if code else None
+
+
+# --- compiled steps ---------------------------------------------------------------------
+class TrainStep:
+    """One compiled training step for one signature (parameter shapes, batch shapes, dtype).
+
+    ``step(params, state, X, Y)`` -> ``(loss, new_params, new_state)`` with dicts
+    like :meth:`Optimizer.init`'s; ``step.raw`` is the emitted function itself
+    (flat positional arguments, see :attr:`arg_names`), for hot loops.
+    Attributes: ``source``, ``graph``, ``path``, ``whole`` (NumPy-level code).
+    """
+
+    def __init__(self, model, loss, optimizer, keys, shapes, x_shape, y_shape, dtype="float64",
+                 arrays="auto", backend="numba"):
+        if arrays not in ARRAY_MODES:
+            raise errors.ArgumentError(f"arrays must be one of {ARRAY_MODES}, not {arrays!r}.")
+        self.model, self.loss, self.optimizer = model, as_loss(loss), optimizer
+        self.keys, self.shapes, self.dtype = tuple(keys), tuple(shapes), dtype
+        self.x_shape, self.y_shape = tuple(x_shape), tuple(y_shape)
+        arrays_shapes = [s for s in shapes if s is not None]
+        # Optimizer slots are parameter-shaped arguments too: count them like api.lower does.
+        elements = (sum(int(np.prod(s)) for s in arrays_shapes) * (1 + len(optimizer.slots))
+                    + int(np.prod(x_shape)) + int(np.prod(y_shape)))
+        whole = arrays == "numpy" or dtype == "float32" or (
+            arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
+        build = lambda w: step_graph(model, self.loss, optimizer, keys, shapes,  # noqa: E731
+                                     x_shape, y_shape, w, dtype)
+        graph = None
+        if not whole:
+            try:
+                graph = optimize(build(False))
+            except errors.ControlFlowError:
+                # NumPy's object loops compare elements (np.max in log_softmax); the
+                # NumPy-level form has ops for them.
+                if arrays != "auto":
+                    raise
+            else:
+                # numba compiles straight-line code at ~3-4 ms a statement: a step of more
+                # than UNROLL_MAX_NODES statements runs as NumPy-level code instead.
+                if arrays == "auto" and len(graph.nodes) > UNROLL_MAX_NODES:
+                    graph = None
+        if graph is None:
+            graph = optimize(build(True))
+        self.whole = bool(graph.whole_params)
+        self.graph = graph
+        kind = f"{optimizer.name}_step"
+        self.source, self.func_name, entry = emit_module(self.graph, "loss", kind,
+                                                         self.graph.origin)
+        self.arg_names = tuple(name for name, _ in self.graph.params)
+        self._scalar = np.float32 if dtype == "float32" else np.float64
+        if backend == "numba" and not self.whole:
+            arg_shapes = [s for _, s in self.graph.params]
+            self.raw, self.path = jit.load_numba(self.source, self.func_name, entry, arg_shapes)
+        else:
+            func, self.path = jit.load_python(self.source, self.func_name)
+            self.raw = _quiet(func)
+
+    def flatten(self, params, state):
+        """The emitted function's arguments after X, Y and lr's place: parameters, then state."""
+        ps = [self._arg(params[k]) for k in self.keys]
+        st = [self._arg(state[slot][k]) for slot in self.optimizer.slots for k in self.keys]
+        st += [self._scalar(state[name]) for name in self.optimizer.scalars]
+        return ps, st
+
+    def _arg(self, value):
+        value = np.asarray(value)
+        return self._scalar(value) if value.shape == () else value
+
+    def unflatten(self, values):
+        """``(params, state)`` dicts from the emitted function's outputs after the loss."""
+        n = len(self.keys)
+        as_array = lambda v: np.asarray(v, dtype=self.dtype)  # noqa: E731  (floats -> 0-d arrays)
+        params = {k: as_array(v) for k, v in zip(self.keys, values[:n])}
+        state, at = {}, n
+        for slot in self.optimizer.slots:
+            state[slot] = {k: as_array(v) for k, v in zip(self.keys, values[at:at + n])}
+            at += n
+        for name in self.optimizer.scalars:
+            state[name] = float(values[at])
+            at += 1
+        return params, state
+
+    def __call__(self, params, state, X, Y, lr=None):
+        ps, st = self.flatten(params, state)
+        lr = self.optimizer.lr if lr is None else lr
+        out = self.raw(*ps, np.asarray(X, self.dtype), np.asarray(Y, self.dtype), self._scalar(lr),
+                       *st)
+        new_params, new_state = self.unflatten(out[1:])
+        return float(out[0]), new_params, new_state
+
+
+def _quiet(func):
+    """NumPy-level code under NumPy's float rules: inf/nan propagate without warnings."""
+
+    def call(*args):
+        with np.errstate(all="ignore"):
+            return func(*args)
+
+    call.__wrapped__ = func
+    return call
+
+
+_STEPS = weakref.WeakKeyDictionary()  # model -> {signature: TrainStep}
+
+
+def compile_step(model, params, X, Y, loss, optimizer, arrays="auto", backend="numba"):
+    """The compiled step for ``model`` on batches shaped like ``X`` and ``Y`` (cached per
+    model and signature; the source is cached on disk like every gradc function).
+
+    ``Y`` must already be targets (see :meth:`Loss.targets`).
+    """
+    loss = as_loss(loss)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a gradc.nn optimizer (SGD, Adam), not {optimizer!r}")
+    keys = tuple(params)
+    shapes = tuple(None if np.ndim(v) == 0 else tuple(np.shape(v)) for v in params.values())
+    dtype = _dtype_of(params)
+    key = (loss.fn, optimizer.key(), keys, shapes, tuple(np.shape(X)), tuple(np.shape(Y)), dtype,
+           arrays, backend)
+    try:
+        cache = _STEPS.setdefault(model, {})
+    except TypeError:  # a model that cannot be weakly referenced: no reuse across calls
+        cache = {}
+    step = cache.get(key)
+    if step is None:
+        step = cache[key] = TrainStep(model, loss, optimizer, keys, shapes, np.shape(X),
+                                      np.shape(Y), dtype, arrays, backend)
+    return step
+
+
+def _dtype_of(params):
+    """``"float32"`` when every parameter is float32, else ``"float64"`` (as gradc's arrays)."""
+    dtypes = {np.asarray(v).dtype for v in params.values()}
+    return "float32" if dtypes == {np.dtype(np.float32)} else "float64"
+
+
+# --- fit and predict --------------------------------------------------------------------
+def predict(model, params, X):
+    """The model's output on ``X``: the forward pass in plain NumPy (no compilation)."""
+    dtype = _dtype_of(params) if params else "float64"
+    with np.errstate(all="ignore"):
+        return model.apply(params, np.asarray(X, dtype=dtype))
+
+
+def _progress(iterable, enabled, total):
+    """A tqdm bar when asked for and tqdm is installed; else the plain iterable."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return iterable
+        return tqdm(iterable, total=total, unit="epoch")
+    return iterable
+
+
+def fit(model, params, X, Y, loss="mse", optimizer=None, epochs=1, batch_size=32, seed=0,
+        shuffle=True, progress=True, arrays="auto", backend="numba"):
+    """Train ``params`` of ``model`` on ``(X, Y)``; return ``(params, history)``.
+
+    - Each epoch visits the samples in an order drawn from ``seed`` (``shuffle=False``:
+      data order) in mini-batches of ``batch_size``; the last batch may be smaller and
+      gets its own compiled step (one per distinct batch shape, compiled before the
+      first epoch and reused).
+    - ``loss``: a gradc.nn loss (or its name, or any ``f(output, target)``); labels are
+      converted by :meth:`Loss.targets` (class indices are fine for cross-entropy).
+    - ``optimizer``: SGD or Adam (default ``SGD(0.01)``), fused into the step.
+    - ``history``: ``"loss"`` per epoch (the mean of that epoch's batch losses, weighted
+      by batch size, computed before each update), ``"accuracy"`` per epoch (on the
+      training data after the epoch; classification losses only, else None),
+      ``"state"`` (the final optimizer state), ``"steps"`` and ``"step_time"`` (mean
+      seconds per compiled step call).
+    - ``progress``: a tqdm bar over epochs, when tqdm is installed.
+
+    ``params`` is not modified; the returned dict holds new arrays.
+    """
+    loss = as_loss(loss)
+    optimizer = optimizer if optimizer is not None else _default_optimizer()
+    params = {k: np.asarray(v) for k, v in params.items()}
+    dtype = _dtype_of(params)
+    X = np.ascontiguousarray(X, dtype=dtype)
+    n = len(X)
+    if n == 0:
+        raise ValueError("fit needs at least one sample")
+    if len(Y) != n:
+        raise ValueError(f"X has {n} samples but Y has {len(Y)}")
+    out_shape = np.shape(predict(model, params, X[:1]))[1:]
+    targets = loss.targets(Y, out_shape, dtype)
+    batch_size = max(1, min(int(batch_size), n))
+
+    full = compile_step(model, params, X[:batch_size], targets[:batch_size], loss, optimizer,
+                        arrays, backend)
+    rest = n % batch_size
+    last = (compile_step(model, params, X[:rest], targets[:rest], loss, optimizer, arrays,
+                         backend) if rest else full)
+    state = optimizer.init(params)
+    ps, st = full.flatten(params, state)
+    values, n_params = ps + st, len(ps)
+    lr = full._scalar(optimizer.lr)
+    rng = np.random.default_rng(seed)
+    starts = range(0, n, batch_size)
+    history = {"loss": [], "accuracy": [] if loss.kind != "regression" else None}
+    step_seconds, steps = 0.0, 0
+    bar = _progress(range(epochs), progress, epochs)
+    for _ in bar:
+        order = rng.permutation(n) if shuffle else None
+        total = 0.0
+        for start in starts:
+            stop = min(start + batch_size, n)
+            if order is None:  # slices: views, no copies
+                xb, yb = X[start:stop], targets[start:stop]
+            else:
+                idx = order[start:stop]
+                xb, yb = X[idx], targets[idx]
+            step = full if stop - start == batch_size else last
+            t0 = time.perf_counter()
+            out = step.raw(*values[:n_params], xb, yb, lr, *values[n_params:])
+            step_seconds += time.perf_counter() - t0
+            steps += 1
+            total += float(out[0]) * (stop - start)
+            values = out[1:]
+        history["loss"].append(total / n)
+        if history["accuracy"] is not None:
+            params, _ = full.unflatten(values)
+            history["accuracy"].append(loss.accuracy(predict(model, params, X), Y))
+        if hasattr(bar, "set_postfix"):
+            postfix = {"loss": f"{history['loss'][-1]:.4g}"}
+            if history["accuracy"] is not None:
+                postfix["acc"] = f"{history['accuracy'][-1]:.3f}"
+            bar.set_postfix(postfix)
+    if hasattr(bar, "close"):
+        bar.close()
+    params, state = full.unflatten(values)
+    history.update(state=state, steps=steps, step_time=step_seconds / max(steps, 1))
+    return params, history
+
+
+def _default_optimizer():
+    from .optim import SGD
+
+    return SGD(0.01)
