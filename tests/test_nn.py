@@ -341,3 +341,30 @@ def test_fit_regression_with_column_output():
     assert history["accuracy"] is None
     np.testing.assert_allclose(trained["0.W"][:, 0], [1.5, -2.0], atol=1e-3)
     np.testing.assert_allclose(trained["0.b"], [0.3], atol=1e-3)
+
+
+def test_repeat_is_one_loop_and_equals_the_unrolled_chain():
+    from gradc import nn
+
+    block = nn.Repeat(nn.Chain(nn.Dense(3, 3), nn.Tanh()), 5)
+    stacked = block.init(seed=2)
+    twin = nn.Chain(*[nn.Chain(nn.Dense(3, 3), nn.Tanh()) for _ in range(5)])
+    X = np.random.default_rng(0).normal(size=(4, 3))
+
+    def rolled(W, b):
+        return 0.5 * np.sum(block.apply({"0.W": W, "0.b": b}, X) ** 2)
+
+    def unrolled(W, b):
+        params = {f"{i}.0.{n}": v[i] for i in range(5) for n, v in (("W", W), ("b", b))}
+        return 0.5 * np.sum(twin.apply(params, X) ** 2)
+
+    f = gradc.value_and_grad(rolled, backend="python")
+    g = gradc.value_and_grad(unrolled, backend="python", arrays="numpy")
+    (v1, (dW1, db1)), (v2, (dW2, db2)) = f(stacked["0.W"], stacked["0.b"]), g(stacked["0.W"],
+                                                                              stacked["0.b"])
+    assert v1 == pytest.approx(v2, rel=1e-13)
+    np.testing.assert_allclose(dW1, dW2, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(db1, db2, rtol=1e-11, atol=1e-14)
+    assert f.source.count("np.tanh(") == 2 and g.source.count("np.tanh(") >= 5
+    assert block.apply(stacked, X) == pytest.approx(twin.apply(
+        {f"{i}.0.{n}": stacked[f"0.{n}"][i] for i in range(5) for n in "Wb"}, X))

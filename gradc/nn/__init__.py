@@ -11,13 +11,13 @@ and the optimizer's update.
 >>> [int(np.sign(nn.predict(model, params, x))) for x in (1.0, -1.0)]
 [-1, 1]
 """
-from .layers import Chain, Dense, Layer, ReLU, Scale, Sequential, Sigmoid, Softplus, Tanh
+from .layers import Chain, Dense, Layer, ReLU, Repeat, Scale, Sequential, Sigmoid, Softplus, Tanh
 from .losses import Loss, binary_cross_entropy, mse, softmax_cross_entropy
 from .optim import SGD, Adam, Optimizer
 from .train import TrainStep, add_update, compile_step, fit, predict, step_graph
 
 __all__ = [
-    "Layer", "Chain", "Sequential", "Dense", "Scale", "Tanh", "Sigmoid", "ReLU", "Softplus",
+    "Layer", "Chain", "Sequential", "Repeat", "Dense", "Scale", "Tanh", "Sigmoid", "ReLU", "Softplus",
     "Loss", "mse", "softmax_cross_entropy", "binary_cross_entropy",
     "Optimizer", "SGD", "Adam",
     "fit", "predict", "compile_step", "TrainStep", "step_graph", "add_update",

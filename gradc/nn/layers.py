@@ -152,3 +152,44 @@ class Chain(Layer):
 
 #: Keras/PyTorch spelling of :class:`Chain`.
 Sequential = Chain
+
+
+class Repeat(Layer):
+    """``layer`` applied ``n`` times with ``n`` sets of parameters, as one loop.
+
+    The parameters are stacked along a new first axis (``"W"`` of shape ``(n, k, k)``)
+    and the forward pass is a :func:`gradc.scan` over them, so the emitted code — and
+    its reverse pass — is one loop however deep the stack: compile time does not grow
+    with ``n``. The layer must map its input shape to itself (``Dense(k, k)``, or a
+    ``Chain(Dense(k, k), Tanh())``).
+
+    >>> block = Repeat(Chain(Dense(3, 3), Tanh()), 4)
+    >>> params = block.init(seed=0)
+    >>> params["0.W"].shape
+    (4, 3, 3)
+    >>> block.apply(params, np.ones((2, 3))).shape
+    (2, 3)
+    """
+
+    def __init__(self, layer, n):
+        if n < 1:
+            raise ValueError("Repeat needs n >= 1")
+        self.layer, self.n = layer, int(n)
+
+    def init_params(self, rng, dtype):
+        draws = [self.layer.init_params(rng, dtype) for _ in range(self.n)]
+        return {name: np.stack([d[name] for d in draws]) for name in draws[0]}
+
+    def apply(self, params, x):
+        from ..trace import scan
+
+        names = list(params)
+        if not names:
+            for _ in range(self.n):
+                x = self.layer.apply({}, x)
+            return x
+        step = lambda h, slices: self.layer.apply(dict(zip(names, slices)), h)  # noqa: E731
+        return scan(step, x, tuple(params[name] for name in names))
+
+    def __repr__(self):
+        return f"Repeat({self.layer!r}, {self.n})"
