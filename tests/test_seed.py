@@ -96,3 +96,27 @@ def test_graph_prints_as_program():
     text = str(gradc.value_and_grad(J, backend="python").graph)
     assert text.splitlines()[0] == "def J(a, b, c):"
     assert "    return J, (da, db, dc)" in text
+
+
+def test_explain_second_order(capsys):
+    def K(a, b, c):
+        u = b * c
+        v = a + u
+        return 3 * v * u
+
+    gradc.explain(gradc.hessian(K), 5, 3, 2)
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^\s+(\w+)\s+=.*=\s+(\S+)$", out, re.M))
+    H = gradc.hessian(K, backend="python")(5.0, 3.0, 2.0)
+    assert "second order, forward over reverse" in out
+    assert float(rows["dda_db"]) == H[0, 1] and float(rows["ddb_dc"]) == H[1, 2]
+    assert float(rows["ddc_dc"]) == H[2, 2] and float(rows["db"]) == 102
+
+
+def test_explain_array_arguments(capsys):
+    import numpy as np
+
+    gradc.explain(lambda x: np.sum(x ** 2), np.arange(3.0))
+    out = capsys.readouterr().out
+    assert "lambda(x=[0., 1., 2.]) = 5" in out
+    assert re.search(r"dx_2 = .* = 4$", out, re.M)
