@@ -46,7 +46,7 @@ import numpy as np
 
 from . import __version__, errors
 from .emit import assign_names, literal
-from .ir import ArrayOut
+from .ir import ArrayOut, leaves
 from .ops import OPS
 
 FORMATS = ("python", "ext", "c")
@@ -269,14 +269,6 @@ def python_source(kernels, module_name, source_name):
 
 
 # --- out-parameter kernels (format "c") ------------------------------------------------
-def _leaves(tree):
-    if isinstance(tree, tuple):
-        for t in tree:
-            yield from _leaves(t)
-    else:
-        yield tree
-
-
 def _c_names(k):
     """C parameter names: the inputs, then one output per leaf of the result, with labels."""
     taken, names = set(_C_KEYWORDS), []
@@ -310,8 +302,8 @@ def kernel_source(k, func_name):
     names, absorbed, namer = assign_names(g, g.name)
     np_alias = namer.fresh("np")
     params = names["params"]
-    leaves = list(_leaves(g.out_tree))
-    outs = [namer.fresh(f"out{i}") for i in range(len(leaves))]
+    out_leaves = list(leaves(g.out_tree))
+    outs = [namer.fresh(f"out{i}") for i in range(len(out_leaves))]
     lines = [f"def {func_name}({', '.join(params + outs)}):"]
     uses = g.users()
 
@@ -329,7 +321,7 @@ def kernel_source(k, func_name):
         op = OPS[node.op]
         args = [text(a, i in op.int_args) for i, a in enumerate(node.args)]
         lines.append(f"    {names[node.id]} = {op.template.format(*args, np=np_alias)}")
-    for out, leaf in zip(outs, leaves):
+    for out, leaf in zip(outs, out_leaves):
         if isinstance(leaf, ArrayOut):
             for j, i in enumerate(leaf.indices):
                 lines.append(f"    {out}[{j}] = {text(g.outputs[i])}")

@@ -18,6 +18,8 @@ import os
 import subprocess
 import sys
 
+from .ir import leaves
+
 
 def _compile_kernel(kernel, workdir):
     """numba's compile result for the out-parameter form of ``kernel``."""
@@ -34,7 +36,7 @@ def _compile_kernel(kernel, workdir):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     ptr = types.CPointer(float64)
-    nout = sum(1 for _ in _leaf_count(kernel.graph.out_tree))
+    nout = sum(1 for _ in leaves(kernel.graph.out_tree))
     sig = int32(*[float64 if s is None else ptr for s in kernel.shapes], *[ptr] * nout)
     dispatcher = njit(sig, error_model="numpy", no_cpython_wrapper=True,
                       no_cfunc_wrapper=True)(getattr(module, func_name))
@@ -42,12 +44,6 @@ def _compile_kernel(kernel, workdir):
     return dispatcher.overloads[sig.args]
 
 
-def _leaf_count(tree):
-    if isinstance(tree, tuple):
-        for t in tree:
-            yield from _leaf_count(t)
-    else:
-        yield tree
 
 
 def _object(cres, export_name, target_machine, llvm):

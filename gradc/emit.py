@@ -16,7 +16,7 @@ import unicodedata
 import numpy as np
 
 from . import __version__
-from .ir import ArrayOut
+from .ir import ArrayOut, leaves
 from .ops import OPS
 
 _KINDS = {"value", "grad", "value_and_grad", "hessian", "value_grad_hessian"}
@@ -80,21 +80,13 @@ def assign_names(graph, result_name, namer=None):
             absorbed.add(node.id)
         else:
             names[node.id] = namer.fresh(node.attrs[0])
-    arrays = {leaf.name: namer.fresh(leaf.name) for leaf in _leaves(graph.out_tree)
+    arrays = {leaf.name: namer.fresh(leaf.name) for leaf in leaves(graph.out_tree)
               if isinstance(leaf, ArrayOut)}
     for node in graph.nodes:
         if node.op not in ("const", "input") and node.id not in names:
             names[node.id] = namer.fresh()
     names["params"], names["arrays"] = params, arrays
     return names, absorbed, namer
-
-
-def _leaves(tree):
-    if isinstance(tree, tuple):
-        for t in tree:
-            yield from _leaves(t)
-    else:
-        yield tree
 
 
 def _nested(items, np_alias):
@@ -163,7 +155,7 @@ def _array_lines(graph, names, np_alias, out_params=False):
     With ``out_params`` the arrays are the caller's (parameters), not allocated.
     """
     lines = []
-    for leaf in _leaves(graph.out_tree):
+    for leaf in leaves(graph.out_tree):
         if isinstance(leaf, ArrayOut):
             name = names["arrays"][leaf.name]
             shape = leaf.shape[0] if len(leaf.shape) == 1 else leaf.shape
@@ -186,7 +178,7 @@ def emit_function(graph, func_name, result_name=None, header=True):
 
 def out_arrays(graph):
     """The ArrayOut leaves of the result, in order: what ``out_params`` turns into parameters."""
-    return [leaf for leaf in _leaves(graph.out_tree) if isinstance(leaf, ArrayOut)]
+    return [leaf for leaf in leaves(graph.out_tree) if isinstance(leaf, ArrayOut)]
 
 
 def _statements(graph, names, absorbed, namer, np_alias):

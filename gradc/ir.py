@@ -99,6 +99,17 @@ def evaluate(graph, args):
     return values
 
 
+def leaves(tree):
+    """The leaves of an ``out_tree`` (ints and ArrayOuts), in order, nested tuples flattened."""
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):
+            stack.extend(reversed(item))
+        else:
+            yield item
+
+
 class Graph:
     """An ordered SSA program with inputs, outputs and name hints.
 
