@@ -1,7 +1,8 @@
 """``python -m benchmarks``: run the gradc benchmarks and write benchmarks/results/.
 
-Workloads: W1, W2, W3 (value+gradient latency), C (compile cost in fresh processes), R (cheap-gradient
-ratio); W4 and W5 are stubs until gradc has batched/array training support.
+Workloads: W1, W2, W3 (value+gradient latency), W4 (batched value+gradient at 1e6 points), W5 (one
+MLP training step, float64 and float32), C (compile cost in fresh processes), R (cheap-gradient
+ratio, W2, W3, W5), A (array path choice: unrolled numba against NumPy-level code, per size).
 """
 from __future__ import annotations
 
@@ -15,22 +16,25 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_ENABLE_X64", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 from . import report  # noqa: E402
+from .array_choice import run_array_choice  # noqa: E402
 from .compile_cost import run_compile_cost  # noqa: E402
-from .harness import load_average, machine_description, pin_threads  # noqa: E402
+from .harness import load_average, machine_description, pin_threads, w4_note  # noqa: E402
 from .suite import run_ratio, run_workload  # noqa: E402
 from .tools import BASELINE, TOOLS  # noqa: E402
 from .workloads import build_workloads  # noqa: E402
 
-ALL = ["W1", "W2", "W3", "W4", "W5", "C", "R"]
-STUBS = {"W4": "W4 (batched 2-D Rosenbrock at 1e6 points): not yet: needs arrays/batched (issue 3/4)",
-         "W5": "W5 (MLP training step, 64-64-10, batch 64): not yet: needs arrays/batched (issue 3/4)"}
+ALL = ["W1", "W2", "W3", "W4", "W5", "C", "R", "A"]
+STUBS = {}
 R_TOOLS = ["gradc", "gradc-python", "numba-hand", "numpy-hand", "jax", "torch"]
 TITLES = {"C": "compile cost, decoration to first result (fresh subprocesses, GRADC_CACHE_DIR)",
-          "R": "cheap-gradient ratio time(value+gradient) / time(value)"}
+          "R": "cheap-gradient ratio time(value+gradient) / time(value)",
+          "A": "array path choice: arrays=\"unroll\" (numba) against arrays=\"numpy\", per size "
+               "(fresh subprocesses, empty GRADC_CACHE_DIR)"}
 
 
 def select_tools(spec):
@@ -45,6 +49,13 @@ def select_tools(spec):
     if BASELINE not in picked:                     # every ratio is to this baseline
         picked.insert(0, BASELINE)
     return picked
+
+
+def custom_tools(w, tools):
+    """A workload's own tools (W4, W5) whose family (the part before the first "-") was selected;
+    the workload's baseline always runs."""
+    families = {t.split("-")[0] for t in tools}
+    return [t for t in w.custom if t.split("-")[0] in families or t == w.baseline]
 
 
 def main(argv=None):
@@ -81,21 +92,33 @@ def main(argv=None):
         if name in STUBS:
             print(STUBS[name])
             stubs.append(STUBS[name])
-        elif name in workloads:
-            print(f"{name}: {workloads[name].title}")
-            rows = run_workload(workloads[name], tools, timing)
-            sections[name] = ("workload", rows)
-            p = report.plot_latency(os.path.join(args.out, f"{name}.png"), f"{name}: "
-                                    + workloads[name].title, rows)
+            continue
+        for wname in [k for k in workloads if k == name or k.startswith(name + "/")]:
+            w = workloads[wname]
+            print(f"{wname}: {w.title}")
+            # W4 calls take milliseconds: repeats of >= 50 ms even with --quick (fewer outliers)
+            t = dict(timing, min_time=max(timing["min_time"], 0.05)) if w.points else timing
+            rows = run_workload(w, custom_tools(w, tools) if w.custom else tools, t)
+            sections[wname] = ("workload", rows)
+            if wname == "W4":
+                notes.append(w4_note())
+            p = report.plot_latency(os.path.join(args.out, wname.replace("/", "-") + ".png"),
+                                    f"{wname}: " + w.title, rows)
             if p:
-                plots[name] = p
+                plots[wname] = p
     if "R" in chosen:
         r_tools = [t for t in tools if t in R_TOOLS]
-        for name in ("W2", "W3"):
+        for name in ("W2", "W3", "W5/float64", "W5/float32"):
+            w = workloads[name]
+            if w.custom:                      # W5: value+gradient without the SGD update
+                w = dataclasses.replace(w, mode="vg")
+                tl = [t for t in custom_tools(w, tools) if t in R_TOOLS]
+            else:
+                tl = r_tools
             print(f"R/{name}: time(value+grad) / time(value)")
-            sections[f"R/{name}"] = ("ratio", run_ratio(workloads[name], r_tools, timing))
-            titles[f"R/{name}"] = TITLES["R"] + f", {name} (tools: {', '.join(R_TOOLS)})"
-        stubs.append("R/W5: not yet: needs W5 (issue 3/4)")
+            sections[f"R/{name}"] = ("ratio", run_ratio(w, tl, timing))
+            titles[f"R/{name}"] = TITLES["R"] + f", {name} (tools: {', '.join(R_TOOLS)})" + (
+                "; loss and gradients, without the SGD update" if w.custom else "")
     if "C" in chosen:
         print(f"C: compile cost, depths {depths}")
         rows = run_compile_cost(tools, depths, repeats=1 if args.quick else 3)
@@ -103,6 +126,14 @@ def main(argv=None):
         p = report.plot_compile(os.path.join(args.out, "compile_vs_depth.png"), rows)
         if p:
             plots["C"] = p
+
+    if "A" in chosen:
+        print("A: array path choice, unroll (numba) against numpy, fresh subprocesses")
+        rows = run_array_choice(args.quick)
+        sections["A"] = ("choice", rows)
+        p = report.plot_choice(os.path.join(args.out, "array_choice.png"), rows)
+        if p:
+            plots["A"] = p
 
     machine = machine_description(notes)
     machine["total benchmark wall time"] = f"{time.perf_counter() - started:.0f} s"

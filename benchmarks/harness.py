@@ -67,6 +67,22 @@ def numba_threading_layer():
         return f"{numba.config.THREADING_LAYER} (configured; no parallel region executed)"
 
 
+def w4_note():
+    """The threading facts behind W4's parallel rows (call after a prange loop has run)."""
+    try:
+        import numba
+    except ImportError:
+        return "W4: numba not installed"
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = f"{numba.config.THREADING_LAYER} (configured; no parallel region executed)"
+    env = os.environ.get("NUMBA_THREADING_LAYER")
+    return (f"W4: numba threading layer used by the prange rows: {layer} "
+            f"(NUMBA_THREADING_LAYER={env!r}), {numba.get_num_threads()} numba threads; "
+            "BLAS pools pinned to 1 thread; torch rows set torch.set_num_threads per call")
+
+
 def _version(dist):
     """Version of an installed distribution, else of an importable module (a source checkout of
     gradc on sys.path), else None."""

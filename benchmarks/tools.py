@@ -56,6 +56,10 @@ def to_v(out):
 
 def build(tool, w, value_only=False):
     """Return ``(call, unpack)`` for ``tool`` on workload ``w``; raises Skip or any build error."""
+    if tool in w.custom:                          # W4, W5: workload-specific adapters
+        return w.custom[tool][1](w, "value" if value_only else w.mode)
+    if w.custom:
+        raise Skip(f"no adapter for {w.name}")
     if tool in w.hand:
         vg, v = w.hand[tool]
         return (v, to_v) if value_only else (vg, to_vg)
@@ -204,8 +208,10 @@ _BUILDERS = {
 }
 
 
-def tool_label(tool):
+def tool_label(tool, w=None):
     """Display name, with the backend where the tool picked one at build time."""
+    if w is not None and tool in w.custom:
+        return w.custom[tool][0]
     if tool == "symengine" and getattr(_symengine, "backend", None):
         return f"symengine ({_symengine.backend})"
     if tool == "gradc":

@@ -1,4 +1,4 @@
-"""The workloads W1-W3: the function (written once, over a math namespace), its inputs, a reference
+"""The workloads W1-W3 (W4, W5: see ``workloads_arrays``): the function (written once, over a math namespace), its inputs, a reference
 result, and the "careful human" baselines: a hand-written numba adjoint and hand-written NumPy/Python.
 
 Every function is built by a factory ``make(xp)`` where ``xp`` supplies ``sum`` and ``tanh`` (NumPy,
@@ -6,8 +6,8 @@ jax.numpy, torch, autograd.numpy, ...), so every tool differentiates the same pr
 builds the same function over an indexable of scalar symbols (for SymPy / SymEngine, which have no
 vector slicing); for W1 and W3 it is the same factory.
 
-W4 (batched Rosenbrock) and W5 (MLP training step) are not here yet: they need gradc's array and
-batched support (issues 3/4); ``__main__`` prints a stub line for them.
+W4 (batched Rosenbrock) and W5 (MLP training step) live in ``workloads_arrays``: their tools are
+workload-specific adapters (``Workload.custom``), and ``build_workloads`` adds them here.
 """
 from __future__ import annotations
 
@@ -27,13 +27,21 @@ except ImportError:                         # the harness still runs the other t
 class Workload:
     name: str
     title: str
-    kind: str                               # "scalars": f(a, b, c); "vector": f(x) with x a 1-D array
+    kind: str                               # "scalars": f(a, b, c); "vector": f(x) with x a 1-D array;
+                                            # "batched" (W4), "mlp" (W5): see workloads_arrays
     args: tuple                             # the inputs every tool is called with
     make: Callable                          # make(xp) -> f
     reference: Callable                     # () -> (value, gradient as 1-D array)
     hand: dict = field(default_factory=dict)   # tool name -> (value_and_grad fn, value fn)
     make_scalar: Callable | None = None     # make over scalar symbols (defaults to make)
     n: int = 0                              # number of inputs (vector length or scalar count)
+    custom: dict = field(default_factory=dict)  # tool -> (label, builder(w, mode)) (W4, W5)
+    baseline: str = "numba-hand"            # the ratio column is relative to this tool
+    points: int = 0                         # W4: points per call (a points/s column)
+    rtol: float = 1e-8                      # agreement with the reference
+    atol: float = 1e-10
+    mode: str = "vg"                        # what a custom builder times: "vg" or "step" (W5)
+    params: tuple = ()                      # W5: initial parameters (each tool updates a copy)
 
 
 def _jit(fn):
@@ -240,4 +248,5 @@ def build_workloads():
     if njit is None:
         for w in (w1, w2, w3):
             del w.hand["numba-hand"]
-    return {w.name: w for w in (w1, w2, w3)}
+    from .workloads_arrays import build_array_workloads
+    return {**{w.name: w for w in (w1, w2, w3)}, **build_array_workloads(Workload)}
