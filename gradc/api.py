@@ -27,13 +27,15 @@ ARRAY_MODES = ("auto", "unroll", "numpy", "numba")
 #: arrays="auto" unrolls array arguments into scalar code for numba while the
 #: arguments hold at most this many elements in all ...
 UNROLL_MAX_ELEMENTS = 256
-#: ... and the unrolled program stays under this many nodes (numba compiles
-#: straight-line code at ~3-4 ms a statement: 2,000 nodes is a few seconds).
-UNROLL_MAX_NODES = 2000
+#: ... and the unrolled program stays under this many nodes. Measured (benchmarks, workload
+#: A): cold compile is ~1.5 s plus ~5 ms per node, so 500 nodes keeps it near 4 s, while
+#: unrolled code ran 11-24x faster per call than NumPy-level code at every size tried.
+UNROLL_MAX_NODES = 500
 #: NumPy-level code with a gradc.scan loop is compiled by numba (arrays="auto") while
 #: the array arguments hold at most this many elements.
 NUMBA_LOOP_MAX_ELEMENTS = 4096
 _ndarray = np.ndarray
+_float64 = np.dtype(np.float64)
 
 
 def function_name(fn):
@@ -63,11 +65,12 @@ class _NeedsConversion(errors.ArgumentError):
 class _Spec:
     """One compiled specialisation: its graph, source, file and callable."""
 
-    __slots__ = ("graph", "source", "path", "call", "func_name", "entry")
+    __slots__ = ("graph", "source", "path", "call", "func_name", "entry", "plain")
 
-    def __init__(self, graph, source, path, call, func_name, entry=None):
+    def __init__(self, graph, source, path, call, func_name, entry=None, plain=None):
         self.graph, self.source, self.path, self.call = graph, source, path, call
         self.func_name, self.entry = func_name, entry
+        self.plain = plain  # NumPy-level code: the emitted function, callable as it is
 
 
 class GradcFunction:
@@ -242,7 +245,11 @@ class GradcFunction:
         if spec is None:
             func, path = jit.load_python(source, func_name)
             scalar = np.float32 if dtype == "float32" else np.float64
-            spec = _Spec(graph, source, path, _python_caller(func, scalar), func_name)
+            # NumPy-level code behaves exactly as NumPy (its warnings included); scalar code
+            # runs under errstate(ignore) to match numba's silent error_model="numpy".
+            call = _python_caller(func, scalar, quiet=not graph.whole_params)
+            plain = call if graph.whole_params and dtype == "float64" else None
+            spec = _Spec(graph, source, path, call, func_name, plain=plain)
         self._specs[key] = spec
         return spec
 
@@ -282,11 +289,14 @@ class GradcFunction:
                 spec = self._specs.get((a.shape if type(a) is _ndarray else None,))
             else:
                 spec = self._specs.get(tuple(map(_shape_or_none, args)))
-            if spec is not None and spec.entry is not None:
-                try:
-                    return spec.entry(*args)
-                except _NeedsConversion:
-                    pass  # ints, float32, lists of the right shape: convert below
+            if spec is not None:
+                if spec.entry is not None:
+                    try:
+                        return spec.entry(*args)
+                    except _NeedsConversion:
+                        pass  # ints, float32, lists of the right shape: convert below
+                elif spec.plain is not None and all(map(_plain, args)):
+                    return spec.plain(*args)  # NumPy-level code, float64 arguments as they are
         values = self._bind(args, kwargs)
         spec = self._spec(_shapes(values), _dtype(values))
         if (spec.entry is not None and self._simple_signature() and len(self._specs) == 1
@@ -437,6 +447,12 @@ def _copy_into(result, out):
     return result
 
 
+def _plain(value):
+    """An argument NumPy-level float64 code takes as it is: a float, or a float64 array."""
+    t = type(value)
+    return t is float or t is _ndarray and value.dtype == _float64
+
+
 def _dtype(values):
     """``"float32"`` when every array argument is float32 (and there is one), else ``"float64"``."""
     arrays = [v for v in values if isinstance(v, np.ndarray)]
@@ -445,13 +461,18 @@ def _dtype(values):
     return "float64"
 
 
-def _python_caller(func, scalar=np.float64):
-    """Run the emitted source in plain Python with NumPy float semantics (inf/nan, no exceptions)."""
+def _python_caller(func, scalar=np.float64, quiet=True):
+    """Run the emitted source in plain Python with NumPy float semantics (inf/nan, no exceptions).
+
+    Scalars become ``scalar`` (np.float64: 1/0 is inf, not ZeroDivisionError).
+    """
 
     def call(*values):
-        values = [v if isinstance(v, np.ndarray) else scalar(v) for v in values]
+        values = [v if type(v) is _ndarray else scalar(v) for v in values]
         if scalar is np.float64:  # mixed float32/float64 arrays compute in float64
             values = [v.astype(np.float64) if v.dtype == np.float32 else v for v in values]
+        if not quiet:
+            return _as_float(func(*values))
         with np.errstate(all="ignore"):
             return _as_float(func(*values))
 

@@ -56,7 +56,7 @@ class BatchedFunction:
                         f"{errors.where()}: argument {k} has {len(a)} points but an earlier "
                         f"argument has {n}; every array argument needs the same length.")
                 n = len(a)
-                values.append(np.asarray(a, dtype=np.float64))
+                values.append(np.ascontiguousarray(a, dtype=np.float64))
             else:
                 values.append(self._fn._check_number(k, a))
         if n is None:

@@ -53,11 +53,24 @@ def simplify(graph):
     """Algebraic identities that hold for every float, NaN and inf included.
 
     ``x+0, 0+x, x-0, x*1, 1*x, x/1, x**1 -> x``; ``0-x, x*-1, -1*x -> -x``;
-    ``x**0 -> 1``; ``--x -> x``; ``x + (-y) -> x - y``; ``x + (-c) -> x - c``.
+    ``x**0 -> 1``; ``--x -> x``; ``x + (-y) -> x - y``; ``x + (-c) -> x - c``; explicit
+    broadcasts feeding elementwise ops that broadcast anyway go; a reshape that drops
+    the kept axes of a reduction becomes the reduction without ``keepdims``.
     """
 
     def rule(new, node, args):
         op = node.op
+        spec = OPS[op]
+        if node.shape and spec.shape is None and spec.arity and op != "alias":
+            narrowed = _unbroadcast_args(args, node.shape)
+            if narrowed is not None:
+                return new.add(op, narrowed, node.attrs)
+        if op in ("reshape", "broadcast_to") and args[0].op == "fill":
+            return new.add("fill", args[0].args, node.attrs)  # a spread scalar, spread again
+        if op == "broadcast_to" and args[0].op == "broadcast_to":
+            return new.add("broadcast_to", args[0].args, node.attrs)
+        if op == "reshape":
+            return _reshape_rule(new, node, args)
         if op == "add":
             x, y = args
             if _is(y, 0.0):
@@ -98,6 +111,34 @@ def simplify(graph):
         return None
 
     return graph.rebuild(rule)
+
+
+def _unbroadcast_args(args, shape):
+    """Elementwise ops broadcast by themselves: ``broadcast_to(y) * x`` is ``y * x`` when the
+    result keeps its shape (and a ``fill`` of a scalar is the scalar). None if nothing changes."""
+    out, changed = list(args), False
+    for i, a in enumerate(args):
+        if a.op in ("broadcast_to", "fill"):
+            inner = a.args[0]
+            others = [b.shape for j, b in enumerate(out) if j != i]
+            if np.broadcast_shapes(inner.shape, *others) == shape:
+                out[i], changed = inner, True
+    return tuple(out) if changed else None
+
+
+def _reshape_rule(new, node, args):
+    """``reshape(sum(x, axis, keepdims=True))`` to the reduced shape is ``sum(x, axis)``;
+    reshapes of reshapes collapse."""
+    x, (shape,) = args[0], node.attrs
+    if x.op in ("sum", "max", "min") and x.attrs[1]:
+        axis, source = x.attrs[0], x.args[0]
+        if shape == tuple(n for i, n in enumerate(source.shape)
+                          if axis is not None and i not in axis):
+            return new.add(x.op, (source,), (axis, False))
+    if x.op == "reshape":
+        inner = x.args[0]
+        return inner if inner.shape == shape else new.add("reshape", (inner,), (shape,))
+    return None
 
 
 def dce(graph):
