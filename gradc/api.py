@@ -35,7 +35,6 @@ UNROLL_MAX_NODES = 500
 #: the array arguments hold at most this many elements.
 NUMBA_LOOP_MAX_ELEMENTS = 4096
 _ndarray = np.ndarray
-_float64 = np.dtype(np.float64)
 
 
 def function_name(fn):
@@ -92,6 +91,7 @@ class GradcFunction:
         self._argnums = _normalize_argnums(argnums)
         self._name = function_name(fn)
         self._specs: dict[tuple, _Spec] = {}  # key: one shape per argument (None: a scalar)
+        self._plain: dict[tuple, object] = {}  # NumPy-level code by (shape, dtype) per argument
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -248,9 +248,12 @@ class GradcFunction:
             # NumPy-level code behaves exactly as NumPy (its warnings included); scalar code
             # runs under errstate(ignore) to match numba's silent error_model="numpy".
             call = _python_caller(func, scalar, quiet=not graph.whole_params)
-            plain = call if graph.whole_params and dtype == "float64" else None
+            plain = call if graph.whole_params else None
             spec = _Spec(graph, source, path, call, func_name, plain=plain)
         self._specs[key] = spec
+        if spec.plain is not None:
+            self._plain[tuple(None if shape is None else (shape, np.dtype(dtype).char)
+                              for shape in shapes)] = spec.plain
         return spec
 
     def _numba_runs(self, graph, shapes):
@@ -289,14 +292,15 @@ class GradcFunction:
                 spec = self._specs.get((a.shape if type(a) is _ndarray else None,))
             else:
                 spec = self._specs.get(tuple(map(_shape_or_none, args)))
-            if spec is not None:
-                if spec.entry is not None:
-                    try:
-                        return spec.entry(*args)
-                    except _NeedsConversion:
-                        pass  # ints, float32, lists of the right shape: convert below
-                elif spec.plain is not None and all(map(_plain, args)):
-                    return spec.plain(*args)  # NumPy-level code, float64 arguments as they are
+            if spec is not None and spec.entry is not None:
+                try:
+                    return spec.entry(*args)
+                except _NeedsConversion:
+                    pass  # ints, float32, lists of the right shape: convert below
+            elif self._plain:  # NumPy-level code: arrays of the compiled dtype, as they are
+                plain = self._plain.get(tuple(map(_shape_and_dtype, args)))
+                if plain is not None:
+                    return plain(*args)
         values = self._bind(args, kwargs)
         spec = self._spec(_shapes(values), _dtype(values))
         if (spec.entry is not None and self._simple_signature() and len(self._specs) == 1
@@ -447,10 +451,13 @@ def _copy_into(result, out):
     return result
 
 
-def _plain(value):
-    """An argument NumPy-level float64 code takes as it is: a float, or a float64 array."""
-    t = type(value)
-    return t is float or t is _ndarray and value.dtype == _float64
+def _shape_and_dtype(a):
+    """A quick-path key entry: (shape, dtype char) of a float array, None for a Python float;
+    anything else gets a key no specialisation has."""
+    t = type(a)
+    if t is _ndarray:
+        return (a.shape, a.dtype.char)
+    return None if t is float else t
 
 
 def _dtype(values):
