@@ -42,12 +42,32 @@ def main(argv=None):
                    help="python: a numba module; ext: a native extension (needs only NumPy); "
                         "c: lib<name>.so and <name>.h (no Python)")
     b.add_argument("--name", help="the module / library name (default: MODULE's file name)")
-    args = parser.parse_args(argv)
+    sub.add_parser("bench", add_help=False,
+                   help="run the benchmarks of a gradc checkout (python -m benchmarks; options pass on)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
         demo()
     elif args.command == "build":
         return build(args.module, args.outdir, args.format, args.name)
     return 0
+
+
+def bench(options):
+    """``gradc bench``: ``python -m benchmarks`` in the current directory (a gradc checkout:
+    the benchmarks are not installed with the package)."""
+    import os
+    import subprocess
+
+    if not os.path.isfile(os.path.join("benchmarks", "__main__.py")):
+        print("gradc: error: gradc bench runs the benchmarks/ folder of a gradc checkout; "
+              "run it from the repository root (or use python -m benchmarks there).",
+              file=sys.stderr)
+        return 1
+    return subprocess.call([sys.executable, "-m", "benchmarks", *options])
 
 
 def build(module, outdir, fmt, name=None, out=None, err=None):

@@ -20,3 +20,9 @@ def test_python_dash_m_gradc_demo():
     out = subprocess.run([sys.executable, "-m", "gradc", "demo"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert "dc = du * b   = 9" in out and "(3.0, 6.0, 9.0)" in out
+
+
+def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--quick"]) == 1
+    assert "repository root" in capsys.readouterr().err
