@@ -39,6 +39,21 @@ NUMBA_LOOP_MAX_ELEMENTS = 4096
 _ndarray = np.ndarray
 
 
+def numba_runs(graph, shapes, arrays):
+    """Whether numba compiles this specialisation (given backend="numba").
+
+    Unrolled code always. NumPy-level code when forced (arrays="numba"), or in
+    auto mode when it holds a loop over small arrays: numba runs loops far faster
+    than Python does, while for large arrays NumPy's BLAS is as fast and numba's
+    array code costs seconds to compile.
+    """
+    if not graph.whole_params or arrays == "numba":
+        return True
+    elements = sum(int(np.prod(s)) for s in shapes if s is not None)
+    has_loop = any(n.op == "scan" for n in graph.nodes)
+    return arrays == "auto" and has_loop and elements <= NUMBA_LOOP_MAX_ELEMENTS
+
+
 def function_name(fn):
     """An identifier naming ``fn`` in emitted source (``lambda`` for lambdas)."""
     name = getattr(fn, "__name__", None) or type(fn).__name__
@@ -233,7 +248,7 @@ class GradcFunction:
             return spec
         graph, source, func_name, entry_name = self.lower(shapes, dtype)
         spec = None
-        if self._backend == "numba" and self._numba_runs(graph, shapes):
+        if self._backend == "numba" and numba_runs(graph, shapes, self._arrays):
             try:
                 dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes,
                                                   dtype=dtype, layout=_layout(graph))
@@ -257,22 +272,6 @@ class GradcFunction:
             self._plain[tuple(None if shape is None else (shape, np.dtype(dtype).char)
                               for shape in shapes)] = spec.plain
         return spec
-
-    def _numba_runs(self, graph, shapes):
-        """Whether numba compiles this specialisation (backend="numba" assumed).
-
-        Unrolled code always. NumPy-level code when forced (arrays="numba"), or in
-        auto mode when it holds a loop over small arrays: numba runs loops far
-        faster than Python does, while for large arrays NumPy's BLAS is as fast
-        and numba's array code costs seconds to compile.
-        """
-        if not graph.whole_params:
-            return True
-        if self._arrays == "numba":
-            return True
-        elements = sum(int(np.prod(s)) for s in shapes if s is not None)
-        has_loop = any(n.op == "scan" for n in graph.nodes)
-        return self._arrays == "auto" and has_loop and elements <= NUMBA_LOOP_MAX_ELEMENTS
 
     def _numba_mismatch(self, *args, **kwargs):
         """numba found no compiled signature for a call: let gradc say what is wrong."""

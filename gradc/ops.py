@@ -68,6 +68,9 @@ class Op:
         program's float dtype (``np.float64``)."""
         template = self.array_template if is_array and self.array_template else self.template
         named = {name: attr_text(name, value) for name, value in zip(self.attrs, attrs)}
+        if template is _REDUCE and len(attrs[0] or ()) == 1 and not attrs[1]:
+            # one axis, no keepdims: the form that reads best and that numba compiles
+            template, named["axis"] = _REDUCE_ONE, str(attrs[0][0])
         return template.format(*args, np=np_alias, args=", ".join(args), out=out,
                                dt=f"{np_alias}.{dtype}", name=self.name, **named)
 
@@ -398,6 +401,7 @@ def _check_broadcast(attrs, shape):
 
 # A reduction to a scalar prints as np.sum(x) (which numba compiles too); others name axis.
 _REDUCE = "{np}.{name}({0}, axis={axis}, keepdims={keepdims})"
+_REDUCE_ONE = "{np}.{name}({0}, axis={axis})"
 
 _ARRAY_TABLE = [
     Op("sum", 1, "{np}.sum({0})",

@@ -368,3 +368,22 @@ def test_repeat_is_one_loop_and_equals_the_unrolled_chain():
     assert f.source.count("np.tanh(") == 2 and g.source.count("np.tanh(") >= 5
     assert block.apply(stacked, X) == pytest.approx(twin.apply(
         {f"{i}.0.{n}": stacked[f"0.{n}"][i] for i in range(5) for n in "Wb"}, X))
+
+
+def test_repeat_step_compiles_its_loop_with_numba():
+    from gradc import nn
+
+    model = nn.Chain(nn.Dense(3, 4), nn.Tanh(), nn.Repeat(nn.Chain(nn.Dense(4, 4), nn.Tanh()), 6),
+                     nn.Dense(4, 1))
+    params = model.init(seed=1)
+    X = np.random.default_rng(1).normal(size=(8, 3))
+    Y = np.sin(X.sum(axis=1, keepdims=True))
+    step = nn.compile_step(model, params, X, Y, nn.mse, nn.SGD(0.1))
+    assert step.whole and "for t in range(6)" in step.source
+    assert type(step.raw).__name__ == "CPUDispatcher"  # the loop runs compiled
+    reference = nn.compile_step(model, params, X, Y, nn.mse, nn.SGD(0.1), backend="python")
+    loss, new, _ = step(params, {}, X, Y)
+    loss_py, new_py, _ = reference(params, {}, X, Y)
+    assert loss == pytest.approx(loss_py, rel=1e-12)
+    for k in new:
+        np.testing.assert_allclose(new[k], new_py[k], rtol=1e-10, atol=1e-14)

@@ -28,15 +28,13 @@ import weakref
 import numpy as np
 
 from .. import ad, errors, jit
-from ..api import UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES
+from ..api import ARRAY_MODES, UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES, numba_runs
 from ..emit import emit_module
 from ..ir import ArrayOut
 from ..optimize import optimize
 from ..trace import Tracer, trace
 from .losses import as_loss
 from .optim import Optimizer
-
-ARRAY_MODES = ("auto", "unroll", "numpy")
 
 
 # --- names ------------------------------------------------------------------------------
@@ -178,7 +176,7 @@ class TrainStep:
         # Optimizer slots are parameter-shaped arguments too: count them like api.lower does.
         elements = (sum(int(np.prod(s)) for s in arrays_shapes) * (1 + len(optimizer.slots))
                     + int(np.prod(x_shape)) + int(np.prod(y_shape)))
-        whole = arrays == "numpy" or dtype == "float32" or (
+        whole = arrays in ("numpy", "numba") or dtype == "float32" or (
             arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
         build = lambda w: step_graph(model, self.loss, optimizer, keys, shapes,  # noqa: E731
                                      x_shape, y_shape, w, dtype)
@@ -205,10 +203,17 @@ class TrainStep:
                                                          self.graph.origin)
         self.arg_names = tuple(name for name, _ in self.graph.params)
         self._scalar = np.float32 if dtype == "float32" else np.float64
-        if backend == "numba" and not self.whole:
-            arg_shapes = [s for _, s in self.graph.params]
-            self.raw, self.path = jit.load_numba(self.source, self.func_name, entry, arg_shapes)
-        else:
+        arg_shapes = [s for _, s in self.graph.params]
+        self.raw = None
+        if backend == "numba" and numba_runs(self.graph, arg_shapes, arrays):
+            try:
+                self.raw, self.path = jit.load_numba(
+                    self.source, self.func_name, entry, arg_shapes, dtype=dtype,
+                    layout="C" if self.whole else "A")
+            except errors.GradcError:
+                if not self.whole or arrays == "numba":
+                    raise  # arrays="auto": NumPy runs what numba cannot compile
+        if self.raw is None:
             func, self.path = jit.load_python(self.source, self.func_name)
             self.raw = _quiet(func)
 
