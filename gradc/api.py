@@ -39,6 +39,17 @@ NUMBA_LOOP_MAX_ELEMENTS = 4096
 _ndarray = np.ndarray
 
 
+def array_elements(shapes):
+    """How many elements the array arguments hold in all (shapes: None for a float)."""
+    return sum(int(np.prod(s)) for s in shapes if s is not None)
+
+
+def numba_layout(graph):
+    """The array layout numba's signature takes: unrolled code reads elements of any layout;
+    NumPy-level code reshapes, which numba allows on C-order arrays only."""
+    return "C" if graph.whole_params else "A"
+
+
 def numba_runs(graph, shapes, arrays):
     """Whether numba compiles this specialisation (given backend="numba").
 
@@ -49,7 +60,7 @@ def numba_runs(graph, shapes, arrays):
     """
     if not graph.whole_params or arrays == "numba":
         return True
-    elements = sum(int(np.prod(s)) for s in shapes if s is not None)
+    elements = array_elements(shapes)
     has_loop = any(n.op == "scan" for n in graph.nodes)
     return arrays == "auto" and has_loop and elements <= NUMBA_LOOP_MAX_ELEMENTS
 
@@ -213,7 +224,7 @@ class GradcFunction:
         """
         nargs = len(shapes)
         names = self._arg_names(nargs)
-        elements = sum(int(np.prod(s)) for s in shapes if s is not None)
+        elements = array_elements(shapes)
         whole = any(s is not None for s in shapes) and (
             self._arrays in ("numpy", "numba") or dtype == "float32"
             or self._arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
@@ -251,7 +262,7 @@ class GradcFunction:
         if self._backend == "numba" and numba_runs(graph, shapes, self._arrays):
             try:
                 dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes,
-                                                  dtype=dtype, layout=_layout(graph))
+                                                  dtype=dtype, layout=numba_layout(graph))
             except errors.GradcError:
                 if not graph.whole_params or self._arrays == "numba":
                     raise
@@ -292,7 +303,7 @@ class GradcFunction:
                 a = args[0]
                 spec = self._specs.get((a.shape if type(a) is _ndarray else None,))
             else:
-                spec = self._specs.get(tuple(map(_shape_or_none, args)))
+                spec = self._specs.get(_shapes(args))
             if spec is not None and spec.entry is not None:
                 try:
                     return spec.entry(*args)
@@ -423,17 +434,13 @@ def _shape_or_none(a):
 
 def _shapes(values):
     """The specialisation key of a call: each argument's shape, None for a scalar."""
-    return tuple(None if isinstance(v, float) else v.shape for v in values)
+    return tuple(map(_shape_or_none, values))
 
 
 def _as_float(value):
     if isinstance(value, tuple):
         return tuple(_as_float(v) for v in value)
     return value if isinstance(value, np.ndarray) else float(value)
-
-
-def _layout(graph):
-    return "C" if graph.whole_params else "A"
 
 
 def _describe(value):

@@ -18,7 +18,8 @@ import numpy as np
 
 from . import errors, jit
 from .api import GradcFunction
-from .emit import _paths, emit_batched
+from .emit import emit_batched
+from .ir import leaves
 
 
 def _unflatten(tree, leaves):
@@ -71,7 +72,7 @@ class BatchedFunction:
             graph, source, func_name, _ = self._fn.lower((None,) * nargs)
             source, name = emit_batched(source, graph, func_name, self._fn._arg_names(nargs),
                                         batched, self._parallel)
-            n_out = len(list(_paths(graph.out_tree)))
+            n_out = len(list(leaves(graph.out_tree)))
             if self._fn._backend == "numba":
                 call, path = jit.load_numba_batched(source, func_name, name, batched, n_out,
                                                     self._parallel)

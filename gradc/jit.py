@@ -133,11 +133,18 @@ def _numba_cache_files(path):
     return sorted(glob.glob(pattern))
 
 
+def _jit_inner(module, func_name):
+    """Compile the fused function lazily, in place in its module, so that the entry point or
+    the batched loop that calls it (a module global) calls the compiled one."""
+    from numba import njit
+
+    setattr(module, func_name, njit(cache=True, error_model="numpy")(getattr(module, func_name)))
+
+
 def _njit_all(module, func_name, entry_name, shapes, dtype="float64", layout="A"):
     from numba import float64, njit, types
 
-    inner = njit(cache=True, error_model="numpy")(getattr(module, func_name))
-    setattr(module, func_name, inner)  # the entry point calls the compiled inner function
+    _jit_inner(module, func_name)
     element = getattr(types, dtype)
     signature = tuple(float64 if shape is None else types.Array(element, len(shape), layout)
                       for shape in shapes) + (types.StarArgTuple(()),)  # *extra is always empty
@@ -151,11 +158,9 @@ def _njit_all(module, func_name, entry_name, shapes, dtype="float64", layout="A"
 def _njit_batched(module, func_name, batched_name, batched, n_outputs, parallel):
     from numba import float64, int64, njit, types
 
-    inner = njit(cache=True, error_model="numpy")(getattr(module, func_name))
-    setattr(module, func_name, inner)
+    _jit_inner(module, func_name)
     vector = types.Array(float64, 1, "C")  # contiguous loads vectorise: ~1.5x over "A"
-    signature = ((int64,) + tuple(vector if b else float64 for b in batched)
-                 + (types.Array(float64, 1, "C"),) * n_outputs)
+    signature = (int64,) + tuple(vector if b else float64 for b in batched) + (vector,) * n_outputs
     if parallel:
         use_threading_layer()
     return njit(signature, cache=True, parallel=parallel, error_model="numpy")(

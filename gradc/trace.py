@@ -417,10 +417,17 @@ def _any_tracer(args):
 
 
 def apply(op_name, *args):
-    """``op(*args)``: traced when any argument is traced, else computed with NumPy."""
+    """``op(*args)``: traced when any argument is traced, else computed with NumPy.
+
+    An unrolled array (an object array of traced scalars) goes element by element
+    through the op itself: NumPy's own object loops would rebuild ``sigmoid`` from
+    ``exp`` (a bigger gradient) or compare elements for ``relu`` (untraceable).
+    """
     t = _any_tracer(args)
     if t is not None:
         return t._apply(op_name, args)
+    if any(isinstance(a, np.ndarray) and a.dtype == object for a in args):
+        return _elementwise(op_name, args, ())
     with np.errstate(all="ignore"):
         return OPS[op_name].compute(args, ())
 

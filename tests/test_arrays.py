@@ -92,3 +92,14 @@ def test_out_buffers_for_gradients(backend, arrays):
         vg(x, 2.0, A, out=(np.empty(3), None, dA))
     with pytest.raises(gradc.ArgumentError, match="None"):
         vg(x, 2.0, A, out=(dx, np.empty(1), dA))
+
+
+def test_gradc_math_on_unrolled_arrays_applies_the_op_per_element():
+    f = gradc.value_and_grad(lambda x: np.sum(gradc.math.relu(x) + gradc.math.sigmoid(x)),
+                             arrays="unroll", backend="python")
+    x = np.array([-1.0, 0.5])
+    value, grad = f(x)
+    s = 1 / (1 + np.exp(-x))
+    assert value == pytest.approx(0.5 + s.sum())
+    np.testing.assert_allclose(grad, (x > 0) + s * (1 - s))
+    assert f.source.count("np.exp(") == 2  # sigmoid as one op per element, not rebuilt from exp

@@ -17,20 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..trace import apply as _apply_op
-
-
-def _activation(op, x):
-    """``op`` elementwise on ``x``: a float, a NumPy array, a traced value, or an unrolled
-    array (a NumPy object array of traced scalars).
-
-    Object arrays go element by element through the op itself: NumPy's own
-    object loops would rebuild ``sigmoid`` from ``exp`` (a bigger gradient) or
-    compare elements for ``relu`` (which cannot be traced).
-    """
-    if isinstance(x, np.ndarray) and x.dtype == object:
-        return np.frompyfunc(lambda e: _apply_op(op, e), 1, 1)(x)
-    return _apply_op(op, x)
+from ..trace import apply as _activation  # elementwise on floats, arrays and traced values
 
 
 class Layer:

@@ -28,7 +28,8 @@ import weakref
 import numpy as np
 
 from .. import ad, errors, jit
-from ..api import ARRAY_MODES, UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES, numba_runs
+from ..api import (ARRAY_MODES, UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES, array_elements,
+                   numba_layout, numba_runs)
 from ..emit import emit_module
 from ..ir import ArrayOut
 from ..optimize import optimize
@@ -172,10 +173,9 @@ class TrainStep:
         self.model, self.loss, self.optimizer = model, as_loss(loss), optimizer
         self.keys, self.shapes, self.dtype = tuple(keys), tuple(shapes), dtype
         self.x_shape, self.y_shape = tuple(x_shape), tuple(y_shape)
-        arrays_shapes = [s for s in shapes if s is not None]
         # Optimizer slots are parameter-shaped arguments too: count them like api.lower does.
-        elements = (sum(int(np.prod(s)) for s in arrays_shapes) * (1 + len(optimizer.slots))
-                    + int(np.prod(x_shape)) + int(np.prod(y_shape)))
+        elements = (array_elements(shapes) * (1 + len(optimizer.slots))
+                    + array_elements((x_shape, y_shape)))
         whole = arrays in ("numpy", "numba") or dtype == "float32" or (
             arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
         build = lambda w: step_graph(model, self.loss, optimizer, keys, shapes,  # noqa: E731
@@ -209,7 +209,7 @@ class TrainStep:
             try:
                 self.raw, self.path = jit.load_numba(
                     self.source, self.func_name, entry, arg_shapes, dtype=dtype,
-                    layout="C" if self.whole else "A")
+                    layout=numba_layout(self.graph))
             except errors.GradcError:
                 if not self.whole or arrays == "numba":
                     raise  # arrays="auto": NumPy runs what numba cannot compile
