@@ -19,8 +19,6 @@ from . import __version__
 from .ir import ArrayOut, leaves
 from .ops import OPS
 
-_KINDS = {"value", "grad", "value_and_grad", "hessian", "value_grad_hessian"}
-
 
 def _reserved(name):
     return keyword.iskeyword(name) or name == "__debug__"
@@ -167,12 +165,9 @@ def _array_lines(graph, names, np_alias, out_params=False):
     return lines
 
 
-def emit_function(graph, func_name, result_name=None, header=True):
-    """The ``def`` of the fused function (and, with ``header``, the module alias it needs).
-
-    Returns the function's source; with ``header=False`` no imports are assumed
-    and NumPy is written ``np``.
-    """
+def emit_function(graph, func_name, result_name=None):
+    """The ``def`` of the fused function alone (no imports; NumPy is ``np`` unless a
+    local takes that name). ``print(graph)`` shows this."""
     return _emit(graph, func_name, result_name or graph.name)[0]
 
 

@@ -257,6 +257,6 @@ class Graph:
     def __str__(self):
         from .emit import emit_function
 
-        return emit_function(self, self.name, header=False).rstrip("\n")
+        return emit_function(self, self.name).rstrip("\n")
 
     __repr__ = __str__

@@ -130,12 +130,17 @@ def index_text(canon):
 
 # Graph-building helpers used by the rules: each finds the traced argument and
 # asks it to apply the named op, so rules read like the maths.
+def call(name, args, attrs=()):
+    """``name`` applied to ``args`` (attributes ``attrs``), built by the traced argument."""
+    for a in args:
+        if hasattr(a, "_apply"):
+            return a._apply(name, args, attrs)
+    raise TypeError(f"{name}: no traced argument")
+
+
 def _builder(name):
     def build(*args):
-        for a in args:
-            if hasattr(a, "_apply"):
-                return a._apply(name, args)
-        raise TypeError(f"{name}: no traced argument")
+        return call(name, args)
 
     build.__name__ = name
     return build
@@ -254,13 +259,6 @@ _TABLE = [
 
 # --- arrays traced whole: shapes, reductions, products, views -----------------------------
 # Their rules read attributes from ``out.node.attrs``; ``call`` builds any op with attributes.
-def call(name, args, attrs=()):
-    for a in args:
-        if hasattr(a, "_apply"):
-            return a._apply(name, args, attrs)
-    raise TypeError(f"{name}: no traced argument")
-
-
 def reshape(x, shape):
     if x.shape == tuple(shape):
         return x
