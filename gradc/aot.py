@@ -45,9 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__, errors
-from .emit import assign_names, literal
+from .emit import statements, assign_names, literal
 from .ir import ArrayOut, leaves
-from .ops import OPS
 
 FORMATS = ("python", "ext", "c")
 KINDS = ("value", "grad", "value_and_grad")
@@ -307,20 +306,16 @@ def kernel_source(k, func_name):
     lines = [f"def {func_name}({', '.join(params + outs)}):"]
     uses = g.users()
 
-    def text(node, as_int=False):
-        return literal(node.attrs[0], np_alias, as_int) if node.op == "const" else names[node.id]
+    def text(node):
+        return literal(node.attrs[0], np_alias) if node.op == "const" else names[node.id]
 
     for node in g.inputs:
         _, _, p, index = node.attrs
         if index is not None and uses[node.id]:
             flat = int(np.ravel_multi_index(index, g.params[p][1]))
             lines.append(f"    {names[node.id]} = {params[p]}[{flat}]")
-    for node in g.nodes:
-        if node.op in ("input", "const") or node.id in absorbed:
-            continue
-        op = OPS[node.op]
-        args = [text(a, i in op.int_args) for i, a in enumerate(node.args)]
-        lines.append(f"    {names[node.id]} = {op.template.format(*args, np=np_alias)}")
+    # the body is the same statements the JIT path emits
+    lines.extend("    " + line for line in statements(g, names, absorbed, namer, np_alias))
     for out, leaf in zip(outs, out_leaves):
         if isinstance(leaf, ArrayOut):
             for j, i in enumerate(leaf.indices):

@@ -176,7 +176,7 @@ def out_arrays(graph):
     return [leaf for leaf in leaves(graph.out_tree) if isinstance(leaf, ArrayOut)]
 
 
-def _statements(graph, names, absorbed, namer, np_alias):
+def statements(graph, names, absorbed, namer, np_alias):
     """One statement per node (loops: several), unindented."""
     lines = []
     for node in graph.nodes:
@@ -212,7 +212,7 @@ def _loop(graph, node, names, namer, np_alias):
     dt = "" if graph.dtype == "float64" else f", {np_alias}.{graph.dtype}"
     t, out = namer.fresh("t"), names[node.id]
     inner = lambda binds: [f"    {bnames[p.id]} = {b}" for p, b in zip(g.inputs, binds)] + [  # noqa: E731
-        "    " + line for line in _statements(g, bnames, babsorbed, namer, np_alias)]
+        "    " + line for line in statements(g, bnames, babsorbed, namer, np_alias)]
     results = [text(o, bnames, g) for o in g.outputs]
     xs = args[1:1 + body.n_xs]
     if node.op == "scan":
@@ -256,7 +256,7 @@ def _emit(graph, func_name, result_name, out_params=False):
         _, _, p, index = node.attrs
         if index is not None and uses[node.id]:
             lines.append(f"    {names[node.id]} = {names['params'][p]}[{_index_text(index)}]")
-    lines.extend("    " + line for line in _statements(graph, names, absorbed, namer, np_alias))
+    lines.extend("    " + line for line in statements(graph, names, absorbed, namer, np_alias))
     lines.extend(_array_lines(graph, names, np_alias, out_params))
     ret = _return_text(graph.out_tree, graph, names, np_alias)
     if isinstance(graph.out_tree, tuple):
