@@ -1,11 +1,13 @@
 """Optimization passes, each a pure ``Graph -> Graph`` function.
 
 Every pass replays the graph through the hash-consing builder, so each one also
-merges common subexpressions. No pass changes a result: ``x * 1`` and ``x + 0``
-go, but ``x * 0`` stays (it is NaN when x is inf or NaN).
+merges common subexpressions. No pass changes a result, for any float: NaN, inf
+and the sign of zero included. So ``x * 1`` and ``x - 0.0`` go, but ``x + 0.0``
+stays (it turns -0.0 into +0.0), and so does ``x * 0`` (it is NaN when x is inf
+or NaN). tests/test_exactness.py checks every rule at -0.0, 0.0, ±inf and NaN.
 
 >>> from gradc.trace import trace
->>> g = trace(lambda x, y: (x * 1.0 + 0.0) * (2.0 * 3.0) + y * 0.0, ["x", "y"], "f")
+>>> g = trace(lambda x, y: (x * 1.0 - 0.0) * (2.0 * 3.0) + y * 0.0, ["x", "y"], "f")
 >>> print(optimize(g))
 def f(x, y):
     t0 = x * 6.0
@@ -14,6 +16,8 @@ def f(x, y):
     return f
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -45,17 +49,25 @@ def fold(graph):
 
 
 def _is(node, number):
+    """True when ``node`` is the float constant ``number``; 0.0 and -0.0 are different numbers."""
     v = node.value
-    return isinstance(v, float) and v == number
+    return (isinstance(v, float) and v == number
+            and math.copysign(1.0, v) == math.copysign(1.0, number))
 
 
 def simplify(graph):
-    """Algebraic identities that hold for every float, NaN and inf included.
+    """Algebraic identities that hold for every float: NaN, inf and the sign of zero included.
 
-    ``x+0, 0+x, x-0, x*1, 1*x, x/1, x**1 -> x``; ``0-x, x*-1, -1*x -> -x``;
-    ``x**0 -> 1``; ``--x -> x``; ``x + (-y) -> x - y``; ``x + (-c) -> x - c``; explicit
-    broadcasts feeding elementwise ops that broadcast anyway go; a reshape that drops
-    the kept axes of a reduction becomes the reduction without ``keepdims``.
+    ``x + (-0.0), (-0.0) + x, x - 0.0, x*1, 1*x, x/1, x**1 -> x``;
+    ``(-0.0) - x, x*-1, -1*x -> -x``; ``x**0 -> 1`` (NumPy's power gives 1 even for NaN);
+    ``--x -> x``; ``x + (-y) -> x - y``; ``x + (-c) -> x - c`` (IEEE defines ``x - y``
+    as ``x + (-y)``). Explicit broadcasts feeding elementwise ops that broadcast anyway
+    go; a reshape that drops the kept axes of a reduction becomes the reduction without
+    ``keepdims``.
+
+    Not here, because they are not exact: ``x + 0.0 -> x`` (-0.0 + 0.0 is +0.0),
+    ``0.0 - x -> -x`` (0.0 - 0.0 is +0.0, -0.0 is not) and ``x - (-0.0) -> x``
+    (that is ``x + 0.0``); ``x * 0 -> 0`` (inf * 0 is NaN).
     """
 
     def rule(new, node, args):
@@ -71,46 +83,61 @@ def simplify(graph):
             return new.add("broadcast_to", args[0].args, node.attrs)
         if op == "reshape":
             return _reshape_rule(new, node, args)
-        if op == "add":
-            x, y = args
-            if _is(y, 0.0):
-                return x
-            if _is(x, 0.0):
-                return y
-            if y.op == "neg":
-                return new.add("sub", (x, y.args[0]))
-            if y.op == "const" and isinstance(y.value, float) and y.value < 0:
-                return new.add("sub", (x, new.const(-y.value)))  # x + (-0.5) reads x - 0.5
-        elif op == "sub":
-            x, y = args
-            if _is(y, 0.0):
-                return x
-            if _is(x, 0.0):
-                return new.add("neg", (y,))
-        elif op == "mul":
-            x, y = args
-            if _is(y, 1.0):
-                return x
-            if _is(x, 1.0):
-                return y
-            if _is(y, -1.0):
-                return new.add("neg", (x,))
-            if _is(x, -1.0):
-                return new.add("neg", (y,))
-        elif op == "div":
-            if _is(args[1], 1.0):
-                return args[0]
-        elif op == "pow":
-            if _is(args[1], 1.0):
-                return args[0]
-            if _is(args[1], 0.0) and args[0].shape == ():
-                return new.const(1.0)
-        elif op == "neg":
-            if args[0].op == "neg":
-                return args[0].args[0]
+        if op in _ARITHMETIC:
+            return _ARITHMETIC[op](new, *args)
         return None
 
     return graph.rebuild(rule)
+
+
+def _add_rule(new, x, y):
+    if _is(y, -0.0):  # x + -0.0 is x for every x (and x + 0.0 is not: -0.0 + 0.0 = +0.0)
+        return x
+    if _is(x, -0.0):
+        return y
+    if y.op == "neg":
+        return new.add("sub", (x, y.args[0]))
+    if y.op == "const" and isinstance(y.value, float) and y.value < 0:
+        return new.add("sub", (x, new.const(-y.value)))  # x + (-0.5) reads x - 0.5
+    return None
+
+
+def _sub_rule(new, x, y):
+    if _is(y, 0.0):  # x - 0.0 is x + (-0.0): x for every x
+        return x
+    if _is(x, -0.0):  # -0.0 - x is -x for every x (0.0 - x is not: 0.0 - 0.0 = +0.0)
+        return new.add("neg", (y,))
+    return None
+
+
+def _mul_rule(new, x, y):
+    for one, other in ((y, x), (x, y)):
+        if _is(one, 1.0):
+            return other
+        if _is(one, -1.0):
+            return new.add("neg", (other,))
+    return None
+
+
+def _div_rule(new, x, y):
+    return x if _is(y, 1.0) else None
+
+
+def _pow_rule(new, x, y):
+    if _is(y, 1.0):
+        return x
+    if (_is(y, 0.0) or _is(y, -0.0)) and x.shape == ():
+        return new.const(1.0)  # pow(x, ±0) is 1 for every x, NaN included
+    return None
+
+
+def _neg_rule(new, x):
+    return x.args[0] if x.op == "neg" else None
+
+
+# op -> rule(new graph, *args): a replacement node or None (keep the op).
+_ARITHMETIC = {"add": _add_rule, "sub": _sub_rule, "mul": _mul_rule, "div": _div_rule,
+               "pow": _pow_rule, "neg": _neg_rule}
 
 
 def _unbroadcast_args(args, shape):
