@@ -3,6 +3,11 @@
 ``numba.pycc`` is pending deprecation; this module is the only place that uses
 it, so another extension builder can replace it behind :func:`build_extension`.
 The module it builds needs NumPy at run time, neither numba nor gradc.
+
+pycc's wrappers convert Python arguments to the exported signature without any
+check (a float32 array is read as float64 memory, ``None`` as an array crashes),
+so the functions compiled here are private kernels: the package
+:func:`gradc.aot.build` writes around them checks every argument in Python first.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ import warnings
 def build_extension(source_path, module_name, names, outdir, workdir):
     """Compile the functions ``names`` of the generated Python module at ``source_path``
     (``@njit`` dispatchers with explicit argument types) into extension ``module_name``
-    in ``outdir``, with the signatures numba inferred for them."""
+    in ``outdir``, exported under the same names with the signatures numba inferred.
+    The callers must check arguments: the extension does not."""
     from .aot import BuildError
 
     with warnings.catch_warnings():
