@@ -96,7 +96,11 @@ def _nested(items, np_alias):
 def literal(value, np_alias="np", as_int=False, dtype="float64"):
     """A Python literal for a constant (negative numbers parenthesised; arrays as np.array).
 
-    In float32 programs, array constants are float32 too.
+    In float32 programs, array constants are float32 too. ``as_int`` (an op's
+    ``int_args``, the exponent of ``**``) writes a non-negative integral float as an
+    int, so numba computes ``x ** 2`` by multiplication. Negative ones stay floats:
+    numba's float ** negative int raises ZeroDivisionError at 0.0 (``0.0 ** -2``)
+    even under ``error_model="numpy"``, where pow, NumPy and the Python backend give inf.
     """
     if isinstance(value, np.ndarray):
         kind = "bool" if value.dtype == bool else dtype
@@ -108,7 +112,8 @@ def literal(value, np_alias="np", as_int=False, dtype="float64"):
         return f"{np_alias}.nan"
     if math.isinf(value):
         return f"{np_alias}.inf" if value > 0 else f"(-{np_alias}.inf)"
-    text = str(int(value)) if as_int and value.is_integer() and abs(value) < 2**31 else repr(value)
+    whole = as_int and value.is_integer() and 0 <= value < 2**31
+    text = str(int(value)) if whole else repr(value)
     return f"({text})" if text.startswith("-") else text
 
 
