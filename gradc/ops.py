@@ -148,7 +148,34 @@ def _builder(name):
 
 sin, cos, exp, log, sqrt, sign = map(_builder, ("sin", "cos", "exp", "log", "sqrt", "sign"))
 cosh, sinh, sigmoid, where = map(_builder, ("cosh", "sinh", "sigmoid", "where"))
-gt, ge = map(_builder, ("gt", "ge"))
+gt, ge, eq = map(_builder, ("gt", "ge", "eq"))
+
+
+def _power(x, y):
+    """``x ** y`` as the emitted source computes it: on scalars NumPy's scalar ``**``
+    (the C library's pow, as numba's), on arrays the ``power`` ufunc.
+
+    The two differ at a few special points: on AVX-512 machines the ufunc gives
+    ``power(-0.0, 0.5) = -0.0`` and ``power(-inf, 0.5) = nan``, C's pow +0.0 and inf.
+    Constant folding uses this, so a folded ``x ** y`` is what the running code gives.
+    """
+    if np.ndim(x) == 0 and np.ndim(y) == 0:
+        return np.asarray(x)[()] ** np.asarray(y)[()]  # NumPy scalars of their own dtype
+    return np.power(x, y)
+
+
+def _pow_vjp(g, out, x, y):
+    """``d(x**y) = y * x**(y-1) dx + log(x) * x**y dy``, exact where x is 0.
+
+    At x = 0 both terms read 0 * inf = NaN although the derivatives exist: x**0 is 1
+    for every x (its derivative is 0), and 0**y is 0 for every y > 0 (its derivative
+    in y is 0). ``where`` selects those zeros; it is graph, so Hessians differentiate
+    the rule again (and a constant exponent folds the selection away: ``x ** 2``
+    still gives ``2.0 * x``).
+    """
+    dx = where(eq(y, 0.0), 0.0, g * y * x ** (y - 1.0))
+    dy = where(eq(x, 0.0), 0.0, g * log(x) * out)
+    return dx, dy
 
 
 def _div_vjp(g, out, x, y):
@@ -170,15 +197,16 @@ _TABLE = [
        lambda x, y: x * y, ufuncs=("multiply",)),
     Op("div", 2, "{0} / {1}", np.divide, _div_vjp,
        lambda x, y: x / y, domain=(0.3, 2.0), ufuncs=("divide", "true_divide")),
-    Op("pow", 2, "{0} ** {1}", np.power,
-       lambda g, out, x, y: (g * y * x ** (y - 1.0), g * log(x) * out),
+    Op("pow", 2, "{0} ** {1}", _power, _pow_vjp,
        lambda x, y: x ** y, domain=(0.3, 2.0), ufuncs=("power", "float_power"), int_args=(1,)),
     Op("neg", 1, "-{0}", np.negative, lambda g, out, x: (-g,),
        lambda x: -x, ufuncs=("negative",)),
     Op("abs", 1, "{np}.abs({0})", np.abs, lambda g, out, x: (g * sign(x),),
        lambda x: _sp().Abs(x), ufuncs=("absolute", "fabs")),
-    Op("sign", 1, "{np}.sign({0})", np.sign, lambda g, out, x: (None,),
-       lambda x: _sp().sign(x), ufuncs=("sign",)),
+    # NumPy's sign(-0.0) is +0.0, numba's -0.0: adding 0.0 makes both +0.0 (and changes
+    # nothing else), so the two backends agree (and abs's derivative at -0.0 is +0.0).
+    Op("sign", 1, "{np}.sign({0}) + 0.0", np.sign, lambda g, out, x: (None,),
+       lambda x: _sp().sign(x), ufuncs=("sign",), array_template="{np}.sign({0})"),
     # --- elementary functions ----------------------------------------------------------
     Op("exp", 1, "{np}.exp({0})", np.exp, lambda g, out, x: (g * out,),
        lambda x: _sp().exp(x), ufuncs=("exp",)),
@@ -214,13 +242,17 @@ _TABLE = [
     Op("hypot", 2, "{np}.hypot({0}, {1})", np.hypot,
        lambda g, out, x, y: (g * x / out, g * y / out),
        lambda x, y: _sp().sqrt(x * x + y * y), domain=(0.2, 2.0), ufuncs=("hypot",)),
-    # Ties send the whole gradient to the first argument (a subgradient).
-    Op("maximum", 2, "{np}.maximum({0}, {1})", np.maximum,
+    # Ties send the whole gradient to the first argument (a subgradient). The scalar forms
+    # spell out NumPy's choice (NaN wins; on a tie the second argument, so maximum(-0.0,
+    # 0.0) is 0.0), which numba's np.maximum makes differently (the first).
+    Op("maximum", 2, "({0} if {0} > {1} or {np}.isnan({0}) else {1})", np.maximum,
        lambda g, out, x, y: (where(ge(x, y), g, 0.0), where(ge(x, y), 0.0, g)),
-       lambda x, y: _sp().Max(x, y), ufuncs=("maximum", "fmax")),
-    Op("minimum", 2, "{np}.minimum({0}, {1})", np.minimum,
+       lambda x, y: _sp().Max(x, y), ufuncs=("maximum", "fmax"),
+       array_template="{np}.maximum({0}, {1})"),
+    Op("minimum", 2, "({0} if {0} < {1} or {np}.isnan({0}) else {1})", np.minimum,
        lambda g, out, x, y: (where(ge(y, x), g, 0.0), where(ge(y, x), 0.0, g)),
-       lambda x, y: _sp().Min(x, y), ufuncs=("minimum", "fmin")),
+       lambda x, y: _sp().Min(x, y), ufuncs=("minimum", "fmin"),
+       array_template="{np}.minimum({0}, {1})"),
     # --- neural-network activations (gradc.math) ---------------------------------------
     Op("sigmoid", 1, "1.0 / (1.0 + {np}.exp(-{0}))", lambda x: 1.0 / (1.0 + np.exp(-x)),
        lambda g, out, x: (g * out * (1.0 - out),),
@@ -228,9 +260,10 @@ _TABLE = [
     Op("softplus", 1, "{np}.logaddexp(0.0, {0})", _logaddexp0,
        lambda g, out, x: (g * sigmoid(x),),
        lambda x: _sp().log(1 + _sp().exp(x))),
-    Op("relu", 1, "{np}.maximum({0}, 0.0)", lambda x: np.maximum(x, 0.0),
+    # + 0.0: relu(-0.0) is +0.0 in NumPy, -0.0 in numba's np.maximum (see maximum).
+    Op("relu", 1, "{np}.maximum({0}, 0.0) + 0.0", lambda x: np.maximum(x, 0.0),
        lambda g, out, x: (where(gt(x, 0.0), g, 0.0),),
-       lambda x: _sp().Max(x, 0)),
+       lambda x: _sp().Max(x, 0), array_template="{np}.maximum({0}, 0.0)"),
     # --- conditions and selection ------------------------------------------------------
     Op("where", 3, "({1} if {0} else {2})", lambda c, a, b: np.where(c, a, b)[()],
        lambda g, out, c, a, b: (None, where(c, g, 0.0), where(c, 0.0, g)),

@@ -135,3 +135,111 @@ def test_numba_backend_agrees_with_python_on_every_op():
         v2, g2 = nb(*point)
         assert v2 == pytest.approx(v1, rel=1e-13)
         assert g2 == pytest.approx(g1, rel=1e-12)
+
+
+# --- domain edges: both backends agree bitwise, and derivatives are right where they exist ----
+
+EDGES = [0.0, -0.0, np.inf, -np.inf, np.nan]
+REGULAR = [1.0, -1.0]  # arcsin's and log1p's edges; transcendental results may differ by an ulp
+
+
+def _edge_table(x, y, z):
+    """Every scalar op and condition as ``z * op(x, y)``: at z = 1 the Jacobian's rows are
+    (d op/dx, d op/dy, op), values and gradients of the whole table from one compile."""
+    rows = []
+    for name in FLOAT_OPS:
+        rows.append(z * apply(name, *(x, y)[:OPS[name].arity]))
+    for name in BOOL_OPS:
+        if name == "not":
+            cond = apply("not", x > y)
+        elif name in ("and", "or"):
+            cond = apply(name, x > 0.0, y > 0.0)
+        else:
+            cond = apply(name, x, y)
+        rows.append(z * gradc.where(cond, x, y))
+    return tuple(rows)
+
+
+def _same(a, b, ulps=0):
+    """Equal floats, NaN equal to NaN and signed zeros told apart; finite results may
+    differ by ``ulps`` units in the last place."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    if not np.array_equal(nan_a, nan_b):
+        return False
+    a, b = a[~nan_a], b[~nan_b]
+    with np.errstate(invalid="ignore"):  # inf - inf: such entries must be equal anyway
+        close = np.abs(a - b) <= ulps * np.spacing(np.maximum(np.abs(a), np.abs(b)))
+    return bool(np.all((a == b) | (np.isfinite(a) & close))
+                and np.array_equal(np.signbit(a), np.signbit(b)))
+
+
+def test_same_tells_signed_zeros_and_nans_apart():
+    assert _same([np.nan, -0.0, np.inf], [-np.nan, -0.0, np.inf])
+    assert not _same(0.0, -0.0) and not _same(np.nan, 0.0) and not _same(1.0, np.nextafter(1, 2))
+    assert _same(1.0, np.nextafter(1, 2), ulps=1) and not _same(np.inf, -np.inf, ulps=2)
+
+
+def test_numba_and_python_agree_bitwise_at_domain_edges():
+    """Values and reverse-mode gradients of every op, at 0, -0.0, +-inf, NaN (and +-1)."""
+    py = gradc.jacobian(_edge_table, mode="reverse", backend="python")
+    nb = gradc.jacobian(_edge_table, mode="reverse", backend="numba")
+    assert py.source == nb.source
+    names = FLOAT_OPS + BOOL_OPS
+    for x in EDGES + REGULAR:
+        for y in EDGES + REGULAR:
+            ulps = 0 if x in EDGES and y in EDGES else 2  # NumPy's SVML against libm
+            j1, j2 = py(x, y, 1.0), nb(x, y, 1.0)
+            bad = [(n, j1[k], j2[k]) for k, n in enumerate(names) if not _same(j1[k], j2[k], ulps)]
+            assert not bad, f"at x={x}, y={y}, (d/dx, d/dy, value) python vs numba: {bad}"
+
+
+inf = np.inf
+# (op, point, the true derivative there): the edges of each op's domain where it exists
+EDGE_DERIVATIVES = [
+    ("pow", (0.0, 0.5), (inf, 0.0)), ("pow", (0.0, 1.0), (1.0, 0.0)),
+    ("pow", (0.0, 2.0), (0.0, 0.0)), ("pow", (0.0, 3.0), (0.0, 0.0)),
+    ("pow", (-0.0, 2.0), (0.0, 0.0)), ("pow", (2.0, 0.0), (0.0, np.log(2.0))),
+    ("sqrt", (0.0,), (inf,)), ("sqrt", (inf,), (0.0,)), ("log", (0.0,), (inf,)),
+    ("log", (inf,), (0.0,)), ("log1p", (-1.0,), (inf,)), ("log1p", (inf,), (0.0,)),
+    ("abs", (0.0,), (0.0,)), ("abs", (-0.0,), (0.0,)), ("relu", (0.0,), (0.0,)),
+    ("relu", (-0.0,), (0.0,)), ("exp", (-inf,), (0.0,)), ("expm1", (-inf,), (0.0,)),
+    ("tanh", (inf,), (0.0,)), ("tanh", (-inf,), (0.0,)), ("sigmoid", (inf,), (0.0,)),
+    ("sigmoid", (-inf,), (0.0,)), ("softplus", (-inf,), (0.0,)), ("softplus", (inf,), (1.0,)),
+    ("arctan", (inf,), (0.0,)), ("arcsin", (1.0,), (inf,)), ("arccos", (1.0,), (-inf,)),
+    ("div", (1.0, inf), (0.0, 0.0)), ("div", (0.0, 2.0), (0.5, 0.0)),
+    ("hypot", (0.0, 1.0), (0.0, 1.0)), ("hypot", (1.0, 0.0), (1.0, 0.0)),
+    ("arctan2", (0.0, 1.0), (1.0, 0.0)), ("arctan2", (1.0, 0.0), (0.0, -1.0)),
+    ("maximum", (0.0, 0.0), (1.0, 0.0)), ("minimum", (0.0, 0.0), (1.0, 0.0)),
+    ("maximum", (0.0, -0.0), (1.0, 0.0)), ("mul", (0.0, inf), (inf, 0.0)),
+]
+
+
+@pytest.mark.parametrize("name, point, true", EDGE_DERIVATIVES,
+                         ids=[f"{n}{p}" for n, p, _ in EDGE_DERIVATIVES])
+def test_derivative_is_right_at_the_edge_of_the_domain(name, point, true):
+    grad = gradc.grad(lambda *xs: apply(name, *xs), backend="python")(*point)
+    assert _as_tuple(grad, len(point)) == pytest.approx(true, rel=1e-15, abs=0.0)
+
+
+def test_zero_base_power_derivatives():
+    # the findings: NaN where autograd and JAX give 0, and a numba ZeroDivisionError
+    assert gradc.grad(lambda y: 0.0 ** y, backend="python")(0.5) == 0.0
+    assert gradc.grad(lambda x, y: x ** y, backend="python")(0.0, 2.0) == (0.0, 0.0)
+    for backend in ("python", "numba"):
+        assert gradc.grad(lambda x: x ** 0.0, backend=backend)(0.0) == 0.0
+        assert gradc.compile(lambda x: x ** -2, backend=backend)(0.0) == np.inf
+        assert gradc.compile(lambda x: x ** -3, backend=backend)(-0.0) == -np.inf
+
+
+def test_power_hessian_at_a_zero_base():
+    # x**y at (0, 2): H = [[y(y-1) x**(y-2), 0], [0, log(x)**2 x**y]] -> [[2, 0], [0, 0]]
+    hess = gradc.hessian(lambda x, y: x ** y, backend="python")(0.0, 2.0)
+    assert np.array_equal(hess, [[2.0, 0.0], [0.0, 0.0]])
+    assert gradc.hessian(lambda x: x ** 3.0, backend="python")(0.0)[0, 0] == 0.0
+
+
+def test_positive_integral_exponents_stay_ints_for_numba():
+    # numba computes x ** 2 by multiplication; a float exponent would call pow (~10x slower)
+    src = gradc.compile(lambda x: x ** 2 + x ** 3.0 + x ** -2, backend="python").source
+    assert "x ** 2" in src and "x ** 3" in src and "x ** (-2.0)" in src
