@@ -1,0 +1,970 @@
+"""Loop lowering: a Graph of whole arrays -> one function of fused loop nests, for numba.
+
+This is the code a careful human writes by hand for numba. Elementwise chains
+over one iteration space become the body of one loop nest; a slice read is
+index arithmetic (``x[i + 1]``) and broadcasting is index mapping (a size-1 or
+missing axis reads index 0 or nothing); a reduction is an accumulator in the
+loop that computes its operand; the adjoint of a slice (a ``scatter``) and sums
+of such adjoints are accumulate loops (``dx[i + 1] += ...``) into one zeroed
+buffer. Matrix products are ``np.dot`` calls (BLAS inside numba) on arrays the
+nests have materialised. Values that do not depend on the loop index are
+computed once, before the loop.
+
+Loop bounds are read from the argument shapes at run time (``n = x.shape[0]``),
+so the same source serves every length of the same rank. The rule that makes
+this safe: every bound and offset written symbolically evaluates, at the traced
+shapes, to what the graph needs there; a dimension whose origin is unknown is
+written as its number. The source is therefore correct for the shapes it was
+traced at, and two shapes that lower to the *same text* can share one compiled
+function (the backends key compiled code by source). Shapes the trace depends on
+in another way (a Python loop over ``range(len(x))``) give different text, and so
+their own function.
+
+>>> import numpy as np
+>>> from gradc.trace import trace
+>>> from gradc import ad
+>>> from gradc.optimize import optimize
+>>> def rosen(x):
+...     return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+>>> g = optimize(ad.value_and_grad(trace(rosen, [("x", (5,), True)], "rosen"), (0,), bare=True))
+>>> print(lower_function(g, "rosen__value_and_grad"))
+def rosen__value_and_grad(x):
+    n = x.shape[0]
+    rosen = 0.0
+    dx = np.zeros((n,))
+    for i in range(n - 1):
+        t0 = x[i] ** 2
+        t1 = x[i + 1] - t0
+        t2 = t1 ** 2
+        t3 = 100.0 * t2
+        t4 = 1.0 - x[i]
+        t5 = t4 ** 2
+        t6 = t3 + t5
+        rosen += t6
+        t7 = -(2.0 * t4)
+        t8 = 200.0 * t1
+        t9 = -(t8 * 2.0)
+        t10 = t9 * x[i]
+        t11 = t7 + t10
+        dx[i] += t11
+        dx[i + 1] += t8
+    return rosen, dx
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .emit import _Namer, assign_names, literal
+from .ir import resolve
+from .ops import OPS
+
+
+class LoweringError(Exception):
+    """The graph uses something the loop lowering does not handle (the caller falls back)."""
+
+
+# --- integer affine forms: loop bounds, dimensions and indices ------------------------------
+class Lin:
+    """``const + sum(coeff * symbol)``: a dimension or an index as source text can say it."""
+
+    __slots__ = ("const", "terms")
+
+    def __init__(self, const=0, terms=()):
+        self.const = int(const)
+        self.terms = tuple(sorted((s, c) for s, c in dict(terms).items() if c))
+
+    @staticmethod
+    def sym(name):
+        return Lin(0, {name: 1})
+
+    def _combine(self, other, sign):
+        other = other if isinstance(other, Lin) else Lin(other)
+        terms = dict(self.terms)
+        for s, c in other.terms:
+            terms[s] = terms.get(s, 0) + sign * c
+        return Lin(self.const + sign * other.const, terms)
+
+    def __add__(self, other):
+        return self._combine(other, 1)
+
+    def __sub__(self, other):
+        return self._combine(other, -1)
+
+    def scale(self, k):
+        return Lin(self.const * k, {s: c * k for s, c in self.terms})
+
+    def value(self, env):
+        return self.const + sum(c * env[s] for s, c in self.terms)
+
+    def substitute(self, subst):
+        if not any(s in subst for s, _ in self.terms):
+            return self
+        out = Lin(self.const)
+        for s, c in self.terms:
+            out = out + (subst[s].scale(c) if s in subst else Lin(0, {s: c}))
+        return out
+
+    def rename(self, names):
+        return Lin(self.const, {names.get(s, s): c for s, c in self.terms})
+
+    def bare_symbol(self):
+        """The symbol when this form is exactly one symbol, else None."""
+        if self.const == 0 and len(self.terms) == 1 and self.terms[0][1] == 1:
+            return self.terms[0][0]
+        return None
+
+    @property
+    def is_const(self):
+        return not self.terms
+
+    def symbols(self):
+        return [s for s, _ in self.terms]
+
+    def __eq__(self, other):
+        return isinstance(other, Lin) and (self.const, self.terms) == (other.const, other.terms)
+
+    def __hash__(self):
+        return hash((self.const, self.terms))
+
+    def text(self):
+        parts = []
+        for s, c in self.terms:
+            if c == 1:
+                parts.append(("+", s))
+            elif c == -1:
+                parts.append(("-", s))
+            else:
+                parts.append(("+" if c > 0 else "-", f"{abs(c)} * {s}"))
+        if self.const or not parts:
+            parts.append(("+" if self.const >= 0 else "-", str(abs(self.const))))
+        sign, first = parts[0]
+        out = first if sign == "+" else f"-{first}"
+        for sign, item in parts[1:]:
+            out += f" {sign} {item}"
+        return out
+
+    __repr__ = text
+
+
+def _paren(text):
+    return text if text.replace("_", "").isalnum() else f"({text})"
+
+
+# --- symbolic shapes ---------------------------------------------------------------------------
+_ELEMENTWISE = {name for name, op in OPS.items()
+                if op.shape is None and op.arity and name != "alias" and op.result != "tuple"}
+_VIEWS = {"getitem", "broadcast_to", "fill", "transpose", "reshape"}
+# What recomputing an op costs, in additions: libm calls are worth keeping in memory when a
+# value is needed in several loops (see _Lowering._decide).
+_WEIGHT = {name: 8 for name in ("exp", "log", "log1p", "expm1", "sin", "cos", "tan", "arcsin",
+                                "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "hypot",
+                                "pow", "sigmoid", "softplus", "sqrt", "div")}
+
+
+def _slice_parts(item, length, form):
+    """``(start form, step, length form)`` of a slice of an axis of ``length`` (form ``form``),
+    exact at the traced length: clamped bounds are written as the numbers they clamp to."""
+    start, stop, step = slice(*item[1:]).indices(length)
+    count = len(range(start, stop, step))
+    step_ok = item[3] in (None, 1)
+    s0 = item[1]
+    if s0 is None:
+        start_form = Lin(0) if step > 0 else form - 1
+    elif 0 <= s0 <= length:
+        start_form = Lin(s0)
+    elif -length <= s0 < 0:
+        start_form = form + s0
+    else:
+        start_form = Lin(start)
+    if not step_ok:
+        return start_form if start_form.value is None else start_form, step, Lin(count)
+    s1 = item[2]
+    if s1 is None:
+        stop_form = form
+    elif 0 <= s1 <= length:
+        stop_form = Lin(s1)
+    elif s1 > length:
+        stop_form = form
+    elif -length <= s1 < 0:
+        stop_form = form + s1
+    else:
+        stop_form = Lin(0)
+    count_form = stop_form - start_form if stop - start >= 0 else Lin(0)
+    return start_form, step, count_form
+
+
+class Shapes:
+    """Node id -> tuple of Lin, one per axis, each exact at the traced shapes.
+
+    An argument's axis of length n > 1 is a symbol; the trace's own shape relations
+    (two axes an elementwise op or a product pairs up are one length) are applied as
+    substitutions, so ``y`` beside ``x[1:]`` is read over ``n - 1`` and ``Y`` beside
+    ``X @ W`` shares its batch axis. ``name(param, axis)`` names the symbols that remain.
+    """
+
+    def __init__(self, graph, name):
+        self.subst = {}
+        self.bindings = []  # (symbol, parameter number, axis)
+        for _ in range(8):  # each pass may find relations; a few passes settle them
+            before = dict(self.subst)
+            self._pass(graph)
+            if self.subst == before:
+                break
+        # give the symbols that remain their final names, in parameter order
+        rename = {}
+        for symbol, p, axis in self.bindings:
+            if symbol not in self.subst:
+                rename[symbol] = name(p, axis)
+        self.bindings = [(rename[s], p, axis) for s, p, axis in self.bindings if s in rename]
+        self.env = {rename[s]: v for s, v in self.env.items() if s in rename}
+        self.forms = {k: tuple(f.rename(rename) for f in fs) for k, fs in self.forms.items()}
+        self.by_value = {}
+
+    def _pass(self, graph):
+        self.env, self.forms, self.by_value, self.bindings = {}, {}, {}, []
+        for node in graph.inputs:  # every symbol has its value before any form is checked
+            _, _, p, _ = node.attrs
+            for axis, n in enumerate(node.shape):
+                if n != 1:
+                    self.env[f"#{p}.{axis}"] = n
+                    self.bindings.append((f"#{p}.{axis}", p, axis))
+        for node in graph.nodes:
+            resolved = tuple(f.substitute(self.subst) for f in self._forms(node))
+            for form, n in zip(resolved, node.shape):
+                assert form.value(self.env) == n, (node, form, n)
+                if not form.is_const:
+                    self.by_value.setdefault(n, form)
+            self.forms[node.id] = resolved
+
+    def relate(self, a, b):
+        """Two forms the trace requires to be one length: substitute a bare symbol away."""
+        a, b = a.substitute(self.subst), b.substitute(self.subst)
+        if a == b:
+            return
+        pairs = [(b, a), (a, b)]
+        if a.bare_symbol() and b.bare_symbol():  # replace the later argument's axis
+            pairs.sort(key=lambda pair: _symbol_order(pair[0].bare_symbol()), reverse=True)
+        for x, y in pairs:
+            bare = x.bare_symbol()
+            if bare is not None and bare not in y.symbols():
+                self.subst[bare] = y
+                self.subst = {s: f.substitute(self.subst) for s, f in self.subst.items()}
+                return
+
+    def _match(self, n, preferred=()):
+        for form in preferred:
+            if form.value(self.env) == n and not form.is_const:
+                return form
+        if n == 1:
+            return Lin(1)
+        return self.by_value.get(n, Lin(n))
+
+    def _target(self, shape, source_forms):
+        return tuple(self._match(n, source_forms) for n in shape)
+
+    def _forms(self, node):
+        shape, op = node.shape, node.op
+        if op == "input":
+            if not shape:
+                return ()
+            _, name, p, _ = node.attrs
+            forms = []
+            for axis, n in enumerate(shape):
+                if n == 1:
+                    forms.append(Lin(1))
+                    continue
+                forms.append(Lin.sym(f"#{p}.{axis}").substitute(self.subst))
+            return tuple(forms)
+        if not shape:
+            return ()
+        if op == "const":
+            return tuple(Lin(n) for n in shape)
+        args = [self.forms[a.id] for a in node.args]
+        if op in _ELEMENTWISE or op == "alias":
+            out = []
+            for axis in range(len(shape)):
+                form = None
+                for a, f in zip(node.args, args):
+                    k = axis - (len(shape) - len(a.shape))
+                    if k >= 0 and a.shape[k] == shape[axis] and (shape[axis] != 1):
+                        if form is None:
+                            form = f[k]
+                        else:
+                            self.relate(form, f[k])
+                out.append(form if form is not None else Lin(shape[axis]))
+            return tuple(out)
+        if op == "getitem":
+            return tuple(f for f, _ in _index_axes(node.args[0].shape, args[0], node.attrs[0]))
+        if op in ("sum", "max", "min"):
+            axis, keepdims = node.attrs
+            axes = range(len(node.args[0].shape)) if axis is None else axis
+            src = args[0]
+            return tuple(Lin(1) if i in axes else f for i, f in enumerate(src)
+                         if keepdims or i not in axes)
+        if op == "transpose":
+            return tuple(args[0][i] for i in node.attrs[0])
+        if op == "matmul":
+            a, b = args
+            self.relate(a[-1], b[0])
+            return tuple(a[:-1]) + tuple(b[1:])
+        flat = [f for fs in args for f in fs]
+        return self._target(shape, flat)
+
+
+def _weight(node):
+    if node.op == "pow":
+        k = resolve(node.args[1]).value
+        if isinstance(k, float) and k.is_integer() and 0 <= k <= 3:
+            return 1  # x ** 2 is a multiplication
+    return _WEIGHT.get(node.op, 1)
+
+
+def _symbol_order(symbol):
+    p, axis = symbol[1:].split(".")
+    return int(p), int(axis)
+
+
+def _index_axes(shape, forms, canon):
+    """For a getitem of an array of ``shape``: per result axis ``(length form, source)`` where
+    source is ``(source axis, start form, step)`` or None for a new unit axis; plus the ints."""
+    items = list(canon)
+    if ("e",) in items:
+        at = items.index(("e",))
+        used = sum(1 for it in items if it[0] in ("i", "s"))
+        items[at:at + 1] = [("s", None, None, None)] * (len(shape) - used)
+    used = sum(1 for it in items if it[0] in ("i", "s"))
+    items += [("s", None, None, None)] * (len(shape) - used)
+    out, axis = [], 0
+    for item in items:
+        if item[0] == "n":
+            out.append((Lin(1), None))
+        elif item[0] == "i":
+            axis += 1
+        else:
+            start, step, count = _slice_parts(item, shape[axis], forms[axis])
+            out.append((count, (axis, start, step)))
+            axis += 1
+    return out
+
+
+def _int_indices(shape, forms, canon):
+    """Source axis -> index form for the integer items of a getitem."""
+    items = list(canon)
+    if ("e",) in items:
+        at = items.index(("e",))
+        used = sum(1 for it in items if it[0] in ("i", "s"))
+        items[at:at + 1] = [("s", None, None, None)] * (len(shape) - used)
+    fixed, axis = {}, 0
+    for item in items:
+        if item[0] == "i":
+            k = item[1]
+            fixed[axis] = Lin(k) if k >= 0 else forms[axis] + k
+            axis += 1
+        elif item[0] == "s":
+            axis += 1
+    return fixed
+
+
+# --- the plan: what is materialised, and the loop nests -------------------------------------
+class _Nest:
+    def __init__(self, space, loop_vars):
+        self.space = space          # tuple of Lin
+        self.vars = loop_vars       # loop variable names
+        self.prelude = []           # statements before the loop (allocations, accumulators)
+        self.hoisted = []           # loop-invariant statements, also before the loop
+        self.body = []              # statements inside the innermost loop
+        self.locals = {}            # (node id, index texts) -> local name
+        self.made = set()           # node ids materialised in this nest at the identity index
+
+
+class _Lowering:
+    def __init__(self, graph, func_name, out_params=False):
+        self.g = graph
+        self.func_name = func_name
+        self.out_params = out_params
+        for node in graph.nodes:
+            if node.op not in _ELEMENTWISE and node.op not in _VIEWS and node.op not in (
+                    "input", "const", "alias", "sum", "max", "min", "matmul", "scatter",
+                    "zeros", "concatenate", "stack"):
+                raise LoweringError(f"the loop lowering has no rule for {node.op}")
+            if node.op in ("concatenate", "stack") and node.shape:
+                raise LoweringError(f"the loop lowering has no rule for {node.op}")
+        names, self.absorbed, _ = assign_names(graph, graph.name)
+        self.alias_targets = {graph.nodes[a].args[0].id for a in self.absorbed}
+        # Keep the names that mean something (parameters, the user's, adjoints, the result);
+        # loop locals and unnamed arrays get fresh counters in the order they are written.
+        named = {n.id for n in graph.nodes if n.op in ("input", "alias")} | set(graph.names) \
+            | self.alias_targets | {resolve(graph.outputs[0]).id if graph.outputs else -1}
+        self.names = {k: v for k, v in names.items() if not isinstance(k, int) or k in named}
+        self.namer = _Namer()
+        self.namer.taken.update(v for k, v in self.names.items() if isinstance(k, int))
+        self.namer.taken.update(names["params"])
+        self.np = self.namer.fresh("np")
+        self._consts = {}
+        self._dim_names = {}
+        self.shapes = Shapes(graph, self._dim_symbol)
+        self.uses = self._uses()
+        self.outputs = {resolve(o).id for o in graph.outputs}
+        self.lines = []             # (kind, payload): ("stmt", text) or ("nest", _Nest)
+        self.where = {}             # node id -> unit index where its value is complete
+        self.loop_names = {}
+        self.used_symbols = set()
+        self.materialised = self._decide()
+        self.buffers = {}           # accumulation root id -> buffer name
+        self.leaf_root = self._accumulations()
+
+    # names ----------------------------------------------------------------------------------
+    def _dim_symbol(self, p, axis):
+        key = (p, axis)
+        if key not in self._dim_names:
+            order = len(self._dim_names)
+            wanted = "nmkpqrsuvw"[order] if order < 10 else f"n{order}"
+            self._dim_names[key] = self.namer.fresh(wanted)
+        return self._dim_names[key]
+
+    def _loop_var(self, depth):
+        if depth not in self.loop_names:
+            wanted = "ijklabcdef"[depth] if depth < 10 else f"i{depth}"
+            self.loop_names[depth] = self.namer.fresh(wanted)
+        return self.loop_names[depth]
+
+    def name(self, node):
+        if node.id not in self.names:
+            self.names[node.id] = self.namer.fresh()
+        return self.names[node.id]
+
+    def const_value(self, node):
+        """The number an array node holds at every index (a spread constant), or None."""
+        node = resolve(node)
+        if node.id in self._consts:
+            return self._consts[node.id]
+        value = None
+        if node.op == "const" and not node.shape:
+            value = node.attrs[0]
+        elif node.op in ("fill", "broadcast_to", "reshape", "transpose", "getitem"):
+            value = self.const_value(node.args[0])
+        elif node.op in _ELEMENTWISE and OPS[node.op].result == "float":
+            values = [self.const_value(a) for a in node.args]
+            if all(v is not None for v in values):
+                with np.errstate(all="ignore"):
+                    value = float(OPS[node.op].compute(values, node.attrs))
+        self._consts[node.id] = value
+        return value
+
+    # analysis -------------------------------------------------------------------------------
+    def _uses(self):
+        count = {n.id: 0 for n in self.g.nodes}
+        for n in self.g.nodes:
+            for a in n.args:
+                count[resolve(a).id] += 1
+        for o in self.g.outputs:
+            count[resolve(o).id] += 1
+        return count
+
+    def _cost(self, node, memo):
+        """How many elementwise nodes recomputing ``node`` inline would evaluate."""
+        node = resolve(node)
+        if node.id in memo:
+            return memo[node.id]
+        if node.op in _ELEMENTWISE:
+            memo[node.id] = 0  # shared subtrees are counted once
+            total = _weight(node) + sum(self._cost(a, memo) for a in node.args)
+        elif node.op in _VIEWS:
+            total = sum(self._cost(a, memo) for a in node.args)
+        else:
+            total = 0
+        memo[node.id] = total
+        return total
+
+    def _decide(self):
+        """Array nodes kept in memory: outputs, arguments of products and reshapes, and
+        expensive elementwise values used more than once or read under a broadcast."""
+        keep = set()
+        for node in self.g.nodes:
+            if node.op == "matmul":  # np.dot takes arrays: views of them are fine (.T, reshape)
+                for a in node.args:
+                    keep.add(_view_base(a).id)
+        for o in self.g.outputs:
+            keep.add(resolve(o).id)
+        for node in self.g.nodes:  # computed by statements, not inline: always in memory
+            if node.shape and node.op in ("matmul", "zeros", "sum", "max", "min"):
+                keep.add(node.id)
+        for node in self.g.nodes:
+            if node.op in _ELEMENTWISE and node.shape:
+                cost = self._cost(node, {})
+                if cost > 8 and self.uses[node.id] > 1:
+                    keep.add(node.id)
+            if node.op in _ELEMENTWISE or node.op in ("sum", "max", "min"):
+                for a in node.args:
+                    a = resolve(a)
+                    if a.op in _ELEMENTWISE and a.shape and a.shape != node.shape and \
+                            self._cost(a, {}) > 1 and int(np.prod(a.shape)) < int(np.prod(node.shape)):
+                        keep.add(a.id)  # read under a broadcast: compute it once
+            if node.op == "reshape" and not _unit_reshape(node):
+                keep.add(resolve(node.args[0]).id)  # a view of an array in memory
+                keep.add(node.id)
+        keep = {k for k in keep if self._node(k).op not in ("input", "const")}
+        return keep
+
+    def _node(self, nid):
+        return self.g.nodes[nid]
+
+    def _accumulations(self):
+        """Leaf id -> root id for sums of scatters: ``scatter(a) + scatter(b)`` is one zeroed
+        buffer that each leaf's loop adds into."""
+        leaf_root, claimed = {}, set()
+        for node in reversed(self.g.nodes):  # the outermost sum first: it takes the inner ones
+            if node.op != "add" or not node.shape or node.id in claimed:
+                continue
+            leaves, inner, stack, ok = [], [], [node], True
+            while stack:
+                item = stack.pop()
+                for a in reversed(item.args):
+                    a = resolve(a)
+                    if a.shape != node.shape:
+                        ok = False
+                    elif a.op == "add" and self.uses[a.id] == 1 and a.id not in self.outputs:
+                        stack.append(a)
+                        inner.append(a.id)
+                    else:
+                        leaves.append(a)
+            if not ok or not any(l.op == "scatter" for l in leaves):
+                continue
+            if any(l.op != "scatter" and not _inline_op(l) for l in leaves):
+                continue  # a leaf computed by a statement (a product, a reshape): plain adds
+            if any(self.uses[l.id] != 1 or l.id in self.outputs for l in leaves):
+                continue
+            for l in leaves:
+                leaf_root[l.id] = node.id
+            claimed.update(inner)
+            claimed.update(l.id for l in leaves)
+            self.materialised.add(node.id)
+        for node in self.g.nodes:
+            if node.op == "scatter" and node.id not in leaf_root:
+                leaf_root[node.id] = node.id  # a lone scatter: its own zeroed buffer
+                self.materialised.add(node.id)
+        return leaf_root
+
+    # reading values -------------------------------------------------------------------------
+    def read(self, node, idx, nest):
+        """Source text of ``node``'s element at index ``idx`` (a tuple of Lin over loop
+        variables) inside ``nest``; returns ``(text, invariant)``."""
+        node = resolve(node)
+        if not node.shape:
+            return self.scalar(node), True
+        value = self.const_value(node) if node.id not in self.materialised else None
+        if value is not None:
+            return literal(value, self.np), True
+        if node.op == "const":
+            return self._element(self.const_name(node), idx), False
+        if node.op == "input" or node.id in self.materialised:
+            return self._element(self.name(node), idx), False
+        op = node.op
+        if op == "getitem":
+            src = node.args[0]
+            forms = self.shapes.forms[resolve(src).id]
+            axes = _index_axes(src.shape, forms, node.attrs[0])
+            fixed = _int_indices(src.shape, forms, node.attrs[0])
+            inner = [None] * len(src.shape)
+            for axis, f in fixed.items():
+                inner[axis] = f
+            for (count, source), index in zip(axes, idx):
+                if source is not None:
+                    axis, start, step = source
+                    inner[axis] = start + index.scale(step)
+            return self.read(src, tuple(inner), nest)
+        if op in ("broadcast_to", "fill", "alias") or op in _ELEMENTWISE:
+            return self._broadcast_read(node, idx, nest)
+        if op == "transpose":
+            axes = node.attrs[0]
+            inner = [None] * len(axes)
+            for k, a in enumerate(axes):
+                inner[a] = idx[k]
+            return self.read(node.args[0], tuple(inner), nest)
+        if op == "reshape" and _unit_reshape(node):
+            src = node.args[0]
+            kept = [ix for ix, n in zip(idx, node.shape) if n != 1]
+            inner, it = [], iter(kept)
+            for n in src.shape:
+                inner.append(Lin(0) if n == 1 else next(it))
+            return self.read(src, tuple(inner), nest)
+        raise LoweringError(f"cannot read {node.op} inline")
+
+    def _broadcast_read(self, node, idx, nest):
+        """An elementwise node (or broadcast) at ``idx``: its arguments read at their
+        broadcast indices, one local statement per (node, index) in the nest."""
+        if node.op in ("broadcast_to", "fill"):
+            src = node.args[0]
+            return self.read(src, _broadcast_index(src.shape, node.shape, idx), nest)
+        texts, invariant = [], True
+        spec = OPS[node.op]
+        for i, a in enumerate(node.args):
+            text, inv = self.read(a, _broadcast_index(resolve(a).shape, node.shape, idx), nest)
+            value = self.const_value(a)
+            if value is not None:
+                text = literal(value, self.np, i in spec.int_args)
+            texts.append(text)
+            invariant = invariant and inv
+        key = (node.id, tuple(i.text() for i in idx) if not invariant else ())
+        found = nest.locals.get(key)
+        if found is not None:
+            return found, invariant
+        text = spec.render(texts, node.attrs, self.np)
+        local = self.namer.fresh(self.names.get(node.id))
+        (nest.hoisted if invariant else nest.body).append(f"{local} = {text}")
+        nest.locals[key] = local
+        return local, invariant
+
+    def _identity(self, nest):
+        """The loop nest's own index; an axis of length 1 has no loop and reads index 0."""
+        return tuple(Lin(0) if bound == Lin(1) else Lin.sym(v)
+                     for v, bound in zip(nest.vars, nest.space))
+
+    def _element(self, name, idx):
+        if not idx:
+            return name
+        parts = []
+        for ix in idx:
+            self.used_symbols.update(s for s in ix.symbols() if s not in self.loop_names.values())
+            parts.append(ix.text())
+        return f"{name}[{', '.join(parts)}]"
+
+    def scalar(self, node):
+        node = resolve(node)
+        if node.op == "const":
+            return literal(node.attrs[0], self.np)
+        return self.name(node)
+
+    def const_name(self, node):
+        return self.name(node) if node.id in self.names else self._const_array(node)
+
+    def _const_array(self, node):
+        name = self.namer.fresh("c")
+        self.names[node.id] = name
+        self.lines.append(("stmt", f"{name} = {literal(node.attrs[0], self.np)}"))
+        return name
+
+    # scheduling -------------------------------------------------------------------------------
+    def _deps_unit(self, node, seen=None):
+        """The latest unit that ``node``'s inline closure depends on (-1: only arguments)."""
+        node = resolve(node)
+        if node.op in ("input", "const"):
+            return -1
+        if node.id in self.materialised or not node.shape:
+            return self.where.get(node.id, -1)
+        return max((self._deps_unit(a) for a in node.args), default=-1)
+
+    def _nest_for(self, space, after):
+        """The first nest over ``space`` that starts after unit ``after``, or a new one."""
+        for k, (kind, item) in enumerate(self.lines):
+            if k > after and kind == "nest" and item.space == space:
+                return k, item
+        nest = _Nest(space, [self._loop_var(d) for d in range(len(space))])
+        self.lines.append(("nest", nest))
+        return len(self.lines) - 1, nest
+
+    def _shape_text(self, forms):
+        dims = [f.text() for f in forms]
+        for f in forms:
+            self.used_symbols.update(f.symbols())
+        return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+    def _alloc(self, shape_forms, zero=True):
+        shape = self._shape_text(shape_forms)
+        fn = "zeros" if zero else "empty"
+        dt = "" if self.g.dtype == "float64" else f", {self.np}.{self.g.dtype}"
+        return f"{self.np}.{fn}({shape}{dt})"
+
+    def _is_out(self, node):
+        return self.out_params and node.id in self.out_names
+
+    def run(self):
+        self.out_names = {}
+        if self.out_params:
+            for k, o in enumerate(self.g.outputs):
+                o = resolve(o)
+                if o.shape and o.id not in self.out_names and o.op not in ("input", "const"):
+                    self.out_names[o.id] = self.names[o.id]
+        for node in self.g.nodes:
+            if node.op in ("input", "const") or node.op == "alias":
+                if node.op == "alias" and not node.shape and node.id not in self.absorbed \
+                        and resolve(node).op != "const":
+                    self._scalar_stmt(node)
+                continue
+            if node.id in self.leaf_root:
+                self._leaf(node)
+                continue
+            if node.op in ("sum", "max", "min"):
+                self._reduce(node)
+            elif node.op == "matmul":
+                self._matmul(node)
+            elif not node.shape:
+                self._scalar_stmt(node)
+            elif node.op == "zeros":
+                self._stmt(node, f"{self.name(node)} = {self._alloc(self.shapes.forms[node.id])}")
+            elif node.op == "reshape" and not _unit_reshape(node):
+                self._reshape(node)
+            elif node.id in self.buffers:
+                continue  # a sum of scatters: its leaves (earlier nodes) wrote it
+            elif node.id in self.materialised:
+                self._materialise(node)
+        return self._source()
+
+    def _stmt(self, node, text):
+        self.lines.append(("stmt", text))
+        self.where[node.id] = len(self.lines) - 1
+
+    def _scalar_stmt(self, node):
+        """A scalar node as one statement, as the scalar emitter writes it (``dv = dJ * 3.0``)."""
+        if node.op == "alias":  # an adjoint's name for a value computed under another name
+            arg = node.args[0]
+            text = self.names[arg.id] if arg.id in self.names else self.scalar(arg)
+            self._stmt(node, f"{self.name(node)} = {text}")
+            return
+        spec = OPS[node.op]
+        args = []
+        for i, a in enumerate(node.args):
+            a = resolve(a) if resolve(a).op == "const" else a
+            if a.op == "const":
+                args.append(literal(a.attrs[0], self.np, i in spec.int_args))
+            elif a.op == "alias" and a.id in self.absorbed:
+                args.append(self.name(resolve(a)))
+            else:
+                args.append(self.names[a.id])
+        self._stmt(node, f"{self.name(node)} = {spec.render(args, node.attrs, self.np)}")
+
+    def _materialise(self, node):
+        space = self.shapes.forms[node.id]
+        after = max((self._deps_unit(a) for a in node.args), default=-1)
+        k, nest = self._nest_for(space, after)
+        name = self.name(node)
+        if not self._is_out(node):
+            nest.prelude.append(f"{name} = {self._alloc(space, zero=False)}")
+        idx = self._identity(nest)
+        text, _ = self._compute(node, idx, nest)
+        nest.body.append(f"{self._element(name, idx)} = {text}")
+        nest.made.add(node.id)
+        self.where[node.id] = k
+
+    def _compute(self, node, idx, nest):
+        """``node``'s element computed from its arguments, even if the node is kept in memory."""
+        saved = node.id in self.materialised
+        self.materialised.discard(node.id)
+        try:
+            return self.read(node, idx, nest)
+        finally:
+            if saved:
+                self.materialised.add(node.id)
+
+    def _reduce(self, node):
+        src = node.args[0]
+        src_r = resolve(src)
+        axis, keepdims = node.attrs
+        axes = range(len(src_r.shape)) if axis is None else axis
+        space = self.shapes.forms[src_r.id]
+        after = self._deps_unit(src)
+        k, nest = self._nest_for(space, after)
+        name = self.name(node)
+        op = node.op
+        init = {"sum": "0.0", "max": f"-{self.np}.inf", "min": f"{self.np}.inf"}[op]
+        if node.shape:
+            forms = self.shapes.forms[node.id]
+            if self._is_out(node):
+                nest.prelude.append(f"{name}[...] = {init}")
+            else:
+                nest.prelude.append(f"{name} = {self._alloc(forms, zero=False)}")
+                nest.prelude.append(f"{name}[...] = {init}")
+        else:
+            nest.prelude.append(f"{name} = {init}")
+        idx = self._identity(nest)
+        value, _ = self.read(src, idx, nest)
+        out_idx = tuple(Lin(0) if i in axes else ix for i, ix in enumerate(idx)
+                        if keepdims or i not in axes)
+        target = self._element(name, out_idx) if node.shape else name
+        if op == "sum":
+            nest.body.append(f"{target} += {value}")
+        else:
+            better = ">" if op == "max" else "<"
+            # NumPy's max/min propagate NaN: once the accumulator is NaN it stays NaN
+            nest.body.append(f"if {value} {better} {target} or {value} != {value}:")
+            nest.body.append(f"    {target} = {value}")
+        self.where[node.id] = k
+
+    def _leaf(self, node):
+        """One term of an accumulation buffer (or a lone scatter): added in its own loop."""
+        root = self._node(self.leaf_root[node.id])
+        buf = self.buffers.get(root.id)
+        if node.op == "scatter":
+            value_node, index, _ = node.args[0], node.attrs[0], node.attrs[1]
+            space = self.shapes.forms[resolve(value_node).id]
+        else:
+            value_node, index = node, None
+            space = self.shapes.forms[node.id]
+        after = self._deps_unit(value_node)
+        if buf is not None:
+            after = max(after, self.where[root.id] - 1)
+        k, nest = self._nest_for(space, after)
+        if buf is None:
+            buf = self.buffers[root.id] = self.name(root)
+            if self._is_out(root):
+                nest.prelude.append(f"{buf}[...] = 0.0")
+            else:
+                nest.prelude.append(f"{buf} = {self._alloc(self.shapes.forms[root.id])}")
+            self.where[root.id] = k
+        idx = self._identity(nest)
+        if node.op == "scatter":
+            value, _ = self.read(value_node, idx, nest)
+            base = root.shape
+            forms = self.shapes.forms[root.id]
+            axes = _index_axes(base, forms, index)
+            fixed = _int_indices(base, forms, index)
+            target = [None] * len(base)
+            for axis, f in fixed.items():
+                target[axis] = f
+            for (count, source), ix in zip(axes, idx):
+                if source is not None:
+                    axis, start, step = source
+                    target[axis] = start + ix.scale(step)
+            nest.body.append(f"{self._element(buf, tuple(target))} += {value}")
+        else:
+            value, _ = self._compute(value_node, idx, nest)
+            nest.body.append(f"{self._element(buf, idx)} += {value}")
+        self.where[root.id] = max(self.where[root.id], k)
+
+    def _array_arg(self, node):
+        """An argument of np.dot / reshape: a name numba can take as an array."""
+        node = resolve(node)
+        if node.op in ("input",) or node.id in self.materialised:
+            return self.name(node)
+        if node.op == "const":
+            return self.const_name(node)
+        if node.op == "transpose" and len(node.shape) == 2:
+            return f"{self._array_arg(node.args[0])}.T"
+        if node.op == "reshape" and _unit_reshape(node):
+            inner = self._array_arg(node.args[0])
+            return f"{inner}.reshape({self._shape_text(self.shapes.forms[node.id])})"
+        raise LoweringError(f"{node.op} is not an array numba's np.dot can take")
+
+    def _matmul(self, node):
+        a, b = (self._array_arg(x) for x in node.args)
+        self._stmt(node, f"{self.name(node)} = {self.np}.dot({a}, {b})")
+
+    def _reshape(self, node):
+        src = resolve(node.args[0])
+        if not _unit_reshape(node) and src.op != "input" and src.id not in self.materialised:
+            raise LoweringError("reshape of a computed value")
+        shape = self._shape_text(self.shapes.forms[node.id])
+        arg = self.name(src) if src.op == "input" or src.id in self.materialised else None
+        if arg is None:
+            self._materialise(node)
+            return
+        self._stmt(node, f"{self.name(node)} = {arg}.reshape({shape})")
+
+    # source -------------------------------------------------------------------------------------
+    def _return(self):
+        def text(tree):
+            if isinstance(tree, tuple):
+                inner = ", ".join(text(t) for t in tree)
+                return f"({inner},)" if len(tree) == 1 else f"({inner})"
+            node = self.g.outputs[tree]
+            target = resolve(node)
+            if target.op == "const" and not target.shape:
+                return literal(target.attrs[0], self.np)
+            if target.op in ("input", "const") and target.shape:
+                return f"{self.np}.copy({self.name(target) if target.op == 'input' else self.const_name(target)})"
+            if not target.shape:
+                return self.names[node.id] if node.op == "alias" and node.id in self.names \
+                    and node.id not in self.absorbed else self.name(target)
+            return self.name(target)
+
+        ret = text(self.g.out_tree)
+        if isinstance(self.g.out_tree, tuple):
+            ret = ret[1:-1].rstrip(",") if len(self.g.out_tree) > 1 else ret
+        return ret
+
+    def _source(self):
+        params = list(self.names["params"])
+        if self.out_params:
+            params += [self.out_names[k] for k in self.out_names]
+        body = []
+        for kind, item in self.lines:
+            if kind == "stmt":
+                body.append(item)
+                continue
+            body.extend(item.prelude)
+            body.extend(item.hoisted)
+            for s in item.space:
+                self.used_symbols.update(s.symbols())
+            indent = ""
+            for var, bound in zip(item.vars, item.space):
+                if bound != Lin(1):
+                    body.append(f"{indent}for {var} in range({bound.text()}):")
+                    indent += "    "
+            body.extend(indent + line for line in item.body)
+        ret = self._return()
+        binds = []
+        for symbol, p, axis in self.shapes.bindings:
+            if symbol in self.used_symbols:
+                binds.append(f"{symbol} = {self.names['params'][p]}.shape[{axis}]")
+        lines = [f"def {self.func_name}({', '.join(params)}):"]
+        lines += ["    " + b for b in binds + body]
+        lines.append(f"    return {ret}")
+        return "\n".join(lines) + "\n"
+
+
+def _broadcast_index(src_shape, out_shape, idx):
+    lead = len(out_shape) - len(src_shape)
+    return tuple(Lin(0) if n == 1 and out_shape[lead + k] != 1 else idx[lead + k]
+                 for k, n in enumerate(src_shape))
+
+
+def _inline_op(node):
+    """True for ops the lowering computes at an index inside a loop (no statement of their own)."""
+    return node.op in _ELEMENTWISE or node.op in _VIEWS and (
+        node.op != "reshape" or _unit_reshape(node))
+
+
+def _view_base(node):
+    """The array under transposes and unit reshapes (np.dot takes ``base.T``, ``base.reshape``)."""
+    node = resolve(node)
+    while node.op == "transpose" or node.op == "reshape" and _unit_reshape(node):
+        node = resolve(node.args[0])
+    return node
+
+
+def _unit_reshape(node):
+    """A reshape that only adds or removes axes of length 1 (an index mapping)."""
+    src = node.args[0].shape
+    return [n for n in src if n != 1] == [n for n in node.shape if n != 1]
+
+
+def lower_function(graph, func_name, out_params=False):
+    """The ``def`` of ``graph`` as fused loop nests (see the module docstring)."""
+    return _Lowering(graph, func_name, out_params).run()
+
+
+def lower_module(graph, fn_name, kind, origin=None, out_params=False):
+    """The module numba compiles for ``graph`` as loops: ``(source, function name)``.
+
+    ``out_params``: array results are written into caller arrays, extra parameters
+    after the arguments (one per distinct array output, in output order).
+    """
+    from . import __version__
+
+    func_name = f"{fn_name}__{kind}__loops" + ("__out" if out_params else "")
+    lowering = _Lowering(graph, func_name, out_params)
+    body = lowering.run()
+    where = ""
+    if origin:
+        where = f" from {ascii(origin[0])}, line {int(origin[1])}"
+    alias = lowering.np
+    src = [
+        f"# Generated by gradc {__version__}: {kind} of {fn_name}{where}, as loops.",
+        "# gradc rewrites this file from the traced function; edits here are not kept.",
+        f"import numpy as {alias}",
+        "",
+        "",
+        body.rstrip("\n"),
+        "",
+    ]
+    return "\n".join(src), func_name
