@@ -41,13 +41,15 @@ def rosen__value_and_grad(x):
         t5 = t4 ** 2
         t6 = t3 + t5
         rosen += t6
-        t7 = -(2.0 * t4)
-        t8 = 200.0 * t1
-        t9 = -(t8 * 2.0)
-        t10 = t9 * x[i]
-        t11 = t7 + t10
-        dx[i] += t11
-        dx[i + 1] += t8
+        t7 = 2.0 * t4
+        t8 = -t7
+        t9 = 200.0 * t1
+        t10 = -t9
+        t11 = t10 * 2.0
+        t12 = t11 * x[i]
+        t13 = t8 + t12
+        dx[i] += t13
+        dx[i + 1] += t9
     return rosen, dx
 """
 from __future__ import annotations
