@@ -27,7 +27,7 @@ their own function.
 >>> def rosen(x):
 ...     return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
 >>> g = optimize(ad.value_and_grad(trace(rosen, [("x", (5,), True)], "rosen"), (0,), bare=True))
->>> print(lower_function(g, "rosen__value_and_grad"))
+>>> print(lower_function(g, "rosen__value_and_grad"), end="")
 def rosen__value_and_grad(x):
     n = x.shape[0]
     rosen = 0.0
