@@ -254,6 +254,9 @@ def py_str(text):
 # shape, and pycc's wrappers do not check what they are handed (a float32 array was read as
 # float64 memory). Both Python-facing formats include this text, so they check alike.
 _ARGUMENT_CHECKS = '''
+_GRADC_FLOAT64 = np.dtype(np.float64)
+
+
 def _gradc_float(value, what):
     """``value`` as a float: a real number (ints are taken as floats), else TypeError."""
     if type(value) is float:
@@ -273,6 +276,10 @@ def _gradc_array(value, shape, what):
     """``value`` as a C-contiguous, writable float64 array of ``shape``: float and int arrays
     are converted (copied only when they must be); anything else raises TypeError or
     ValueError."""
+    if type(value) is np.ndarray and value.dtype is _GRADC_FLOAT64 and value.shape == shape:
+        flags = value.flags
+        if flags.c_contiguous and flags.writeable:  # the usual call: nothing to convert
+            return value
     if not isinstance(value, np.ndarray):
         hint = " (pass numpy.asarray(...))" if isinstance(value, (list, tuple)) else ""
         raise TypeError(f"{what} must be a numpy array of shape {shape}, "
@@ -286,7 +293,8 @@ def _gradc_array(value, shape, what):
 '''.strip("\n")
 # The generated modules' own module-level names (besides the public functions, the kernels and
 # the numpy aliases of the emitted code): reserved before any kernel is named.
-_MODULE_NAMES = ("numbers", "np", "float64", "njit", "_gradc_float", "_gradc_array", "__all__")
+_MODULE_NAMES = ("numbers", "np", "float64", "njit", "_GRADC_FLOAT64", "_gradc_float",
+                 "_gradc_array", "__all__")
 
 
 @dataclass

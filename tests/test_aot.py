@@ -173,6 +173,68 @@ def test_ext_module_runs_without_numba_and_gradc(built, jit):
     assert got["imported"] == []
 
 
+# Runs in a child: every call that once crashed pycc's wrappers or gave a wrong answer; prints
+# each outcome, a value or the exception's type. A crash ends the child with a signal instead.
+BAD_CALLS = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    import model
+    x = np.linspace(-1.2, 0.7, 20)
+    ro = x.copy()
+    ro.setflags(write=False)
+    rosen, J = model.rosen_value_and_grad, model.J_value
+    calls = {
+        "float32": lambda: rosen(np.zeros(20, np.float32)),
+        "int64": lambda: rosen(np.arange(20)),
+        "column": lambda: rosen(np.zeros((20, 1))),
+        "list": lambda: rosen([0.0] * 20),
+        "None": lambda: rosen(None),
+        "complex": lambda: rosen(np.zeros(20, complex)),
+        "bool": lambda: rosen(np.zeros(20, bool)),
+        "object": lambda: rosen(np.zeros(20, object)),
+        "strided": lambda: rosen(np.repeat(x, 2)[::2]),
+        "big-endian": lambda: rosen(x.astype(">f8")),
+        "read-only": lambda: rosen(ro),
+        "scalar None": lambda: J(None, 3.0, 2.0),
+        "scalar complex": lambda: J(5 + 1j, 3.0, 2.0),
+        "scalar bool": lambda: J(True, 3.0, 2.0),
+        "scalar str": lambda: J("5", 3.0, 2.0),
+        "scalar array": lambda: J(np.zeros(2), 3.0, 2.0),
+        "scalar huge int": lambda: J(10 ** 400, 3.0, 2.0),
+        "numpy scalars": lambda: J(np.float32(5), np.int64(3), np.array(2.0)),
+        "keywords": lambda: J(c=2.0, b=3.0, a=5.0),
+    }
+    out = {}
+    for name, call in calls.items():
+        try:
+            value = call()
+            out[name] = value[0] if isinstance(value, tuple) else value
+        except (TypeError, ValueError) as exc:
+            out[name] = type(exc).__name__
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.parametrize("fmt", ["python", "ext"])
+def test_every_argument_is_checked_or_converted(built, fmt):
+    if fmt not in built:
+        pytest.skip("no C compiler")
+    outdir, _ = built[fmt]
+    done = subprocess.run([sys.executable, "-I", "-c", BAD_CALLS, outdir],
+                          capture_output=True, text=True, cwd=outdir)
+    assert done.returncode == 0, (done.returncode, done.stderr)  # never a signal
+    got = json.loads(done.stdout)
+    want_x = 100.0 * np.sum((X[1:] - X[:-1] ** 2) ** 2) + np.sum((1 - X[:-1]) ** 2)
+    assert got == pytest.approx({
+        "float32": 19.0, "int64": 37213286.0, "column": "ValueError", "list": "TypeError",
+        "None": "TypeError", "complex": "TypeError", "bool": "TypeError", "object": "TypeError",
+        "strided": want_x, "big-endian": want_x, "read-only": want_x,
+        "scalar None": "TypeError", "scalar complex": "TypeError", "scalar bool": "TypeError",
+        "scalar str": "TypeError", "scalar array": "TypeError", "scalar huge int": "ValueError",
+        "numpy scalars": 33.0, "keywords": 33.0}, rel=1e-13)
+
+
 def _driver_results(outdir, tmp_path):
     exe = str(tmp_path / "driver")
     subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-I", outdir, DRIVER, "-L", outdir, "-lmodel",
