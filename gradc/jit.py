@@ -1,32 +1,72 @@
-"""Backends: load emitted source from a real file in gradc's cache, and compile it with numba.
+"""Backends: run emitted source from gradc's disk cache, plain or compiled with numba.
 
 The source is written to ``<cache>/gradc_<hash>.py`` (content-hashed, written to
-a temporary file and moved into place), imported with importlib, and compiled
-with ``njit(cache=True)`` — so a second process loads numba's machine code from
-``<cache>/__pycache__`` instead of compiling again. This module owns the guards
-numba does not have: corrupt cache entries are deleted and rebuilt (with a
-:class:`~gradc.errors.CacheWarning`), an unwritable cache directory falls back
-to a private temporary one, and a file lock keeps concurrent first calls from
-compiling (and writing) the same entry at once.
+a temporary file and moved into place) and then executed **from memory**: the
+text gradc generated is compiled under that file name, so tracebacks, ``inspect``
+and numba see a real file, but no second read of the file can swap the code.
+numba's ``cache=True`` then keeps its machine code in ``<cache>/__pycache__``,
+so a second process loads it instead of compiling again.
+
+The cache is trusted only as far as it is private. numba's cache files are
+pickles, and unpickling runs code, so gradc uses a cache directory only if it
+(its ``__pycache__`` too) is a real directory owned by the current user that
+nobody else can write, under parents that nobody else can rename it out of
+(checked with ``lstat``; a symbolic link is resolved and its target checked).
+Otherwise gradc warns (:class:`~gradc.errors.CacheWarning`) and uses a private
+temporary directory for the process. numba itself is pointed at that verified
+``__pycache__`` only (not at ``NUMBA_CACHE_DIR`` or a user-wide directory), and
+its index is stamped with the hash of the in-memory source.
+
+A broken cache never breaks a computation: corrupt entries are deleted and
+rebuilt, a failed write (a full disk, a file-size limit, a directory where a file
+should be) is warned about once and the function is computed without the disk
+cache, lock and source files are opened without following symbolic links and
+must be regular files, and a compile lock held too long (by a stopped process)
+is given up on after ``GRADC_LOCK_TIMEOUT`` seconds, with a warning.
 
 The cache directory is ``$GRADC_CACHE_DIR``, else ``$XDG_CACHE_HOME/gradc``,
 else ``~/.cache/gradc``; gradc creates it readable by the user only.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import hashlib
-import importlib.util
+import linecache
 import os
+import shutil
+import stat
 import sys
 import tempfile
+import threading
+import time
+import types
 import warnings
 
 from . import __version__
 from .errors import CacheWarning, GradcError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; concurrent first calls may compile twice, harmlessly
+    fcntl = None
+
+#: Seconds to wait for another process's compile lock before compiling independently
+#: (``GRADC_LOCK_TIMEOUT`` overrides it). A compile takes seconds; a process that holds the
+#: lock longer is most likely stopped (``kill -STOP``, a debugger, a frozen container).
+LOCK_TIMEOUT = 60.0
+
+_UID = os.geteuid() if hasattr(os, "geteuid") else None  # None: Windows, where ACLs rule
+# Open flags for files in the cache: never follow a symbolic link, never block on a FIFO.
+_SAFE_OPEN = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+              | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
 _fallback_dir = None
+_warned = set()
+_entries = {}  # file name the code was compiled under -> its _Entry (numba's cache looks it up)
+_BUILD_LOCK = threading.RLock()  # numba serialises compiles anyway (its global compiler lock)
 
 
 def default_cache_dir():
@@ -37,36 +77,160 @@ def default_cache_dir():
     return os.path.join(base, "gradc")
 
 
-def _writable(directory):
+# --- warnings ------------------------------------------------------------------------------
+
+def _warn(message):
+    """A CacheWarning attributed to the first caller outside gradc and numba."""
+    internal = (_PACKAGE_DIR,)
+    numba = sys.modules.get("numba")
+    if numba is not None and getattr(numba, "__file__", None):
+        internal += (os.path.dirname(os.path.abspath(numba.__file__)),)
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CacheWarning, stacklevel=level)
+
+
+def _warn_once(key, message):
+    if key not in _warned:
+        _warned.add(key)
+        _warn(message)
+
+
+def _warn_write_failed(directory, exc):
+    """Once per process and directory: writing the cache failed, so gradc computes without it."""
+    _warn_once(("write", directory),
+               f"gradc could not write its cache in {directory!r} ({type(exc).__name__}: {exc}); "
+               "functions whose cache entry cannot be written are compiled without the disk "
+               "cache (this warning is shown once).")
+
+
+# --- which directories are trusted ---------------------------------------------------------
+
+def _untrusted_reason(path):
+    """Why ``path`` is not a directory that only this user can change; None when it is.
+
+    ``lstat``, so a symbolic link is reported as one instead of being followed.
+    """
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if _UID is None:
+        return None
+    if st.st_uid != _UID:
+        return f"is owned by uid {st.st_uid}, not by you (uid {_UID})"
+    if st.st_mode & 0o022:
+        return f"is writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _parents_reason(path):
+    """Why a parent of ``path`` would let someone else replace it; None when none would.
+
+    gradc and numba open cache files by path, so the path must keep naming the directory
+    that was checked: every parent must be owned by this user or root and, where others may
+    write it, be sticky (as /tmp is), so that nobody else can rename entries in it.
+    """
+    if _UID is None:
+        return None
+    parent = os.path.dirname(path)
+    while True:
+        try:
+            st = os.lstat(parent)
+        except OSError as exc:
+            return f"has a parent {parent!r} that cannot be examined ({exc.strerror})"
+        if st.st_uid not in (_UID, 0):
+            return f"has a parent {parent!r} owned by uid {st.st_uid}"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return (f"has a parent {parent!r} that others can write "
+                    f"(mode {stat.S_IMODE(st.st_mode):o}, not sticky)")
+        if os.path.dirname(parent) == parent:
+            return None
+        parent = os.path.dirname(parent)
+
+
+def _trust_problem(directory):
+    """Why gradc must not read code from ``directory`` (a resolved path); None when it may."""
+    problem = _untrusted_reason(directory) or _parents_reason(directory)
+    if problem:
+        return problem
+    problem = _untrusted_reason(os.path.join(directory, "__pycache__"))
+    return f"has a __pycache__ that {problem}" if problem else None
+
+
+def _prepare_dir(wanted):
+    """``(directory, None)``: ``wanted`` resolved, created, verified and writable; else
+    ``(None, (kind, why))`` with kind "untrusted" or "unwritable"."""
+    try:
+        os.makedirs(wanted, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        return None, ("unwritable", f"it cannot be created ({exc.strerror})")
+    real = os.path.realpath(wanted)  # a symbolic link is resolved; its target is checked
+    problem = _untrusted_reason(real) or _parents_reason(real)
+    if not problem:  # __pycache__ is made only in a directory that is already trusted
+        try:
+            os.mkdir(os.path.join(real, "__pycache__"), 0o700)
+        except FileExistsError:
             pass
-        return True
-    except OSError:
-        return False
+        except OSError as exc:
+            return None, ("unwritable", f"it cannot be written ({exc.strerror})")
+        problem = _trust_problem(real)
+    if problem:
+        return None, ("untrusted", f"{real!r} {problem}" if real != wanted else f"it {problem}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=real, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return None, ("unwritable", f"it cannot be written ({exc.strerror})")
+    return real, None
+
+
+def _private_fallback():
+    """This process's private cache directory (created by mkdtemp: mode 0700); None if unusable."""
+    global _fallback_dir
+    if _fallback_dir is None:
+        try:
+            _fallback_dir = tempfile.mkdtemp(prefix="gradc-cache-")
+        except OSError:
+            return None
+        atexit.register(shutil.rmtree, _fallback_dir, ignore_errors=True)  # nobody reuses it
+    return _prepare_dir(_fallback_dir)[0]
 
 
 def cache_dir():
-    """The directory gradc writes to now (the configured one, or a private fallback)."""
-    global _fallback_dir
+    """The verified directory gradc caches in now: the configured one, else a private fallback
+    (with a CacheWarning); None when neither is usable (gradc then works in memory)."""
     wanted = default_cache_dir()
-    if _writable(wanted):
-        return wanted
-    if _fallback_dir is None:
-        _fallback_dir = tempfile.mkdtemp(prefix="gradc-cache-")
-        warnings.warn(
-            f"gradc cannot write its cache directory {wanted!r}; compiled functions are cached "
-            f"in {_fallback_dir!r} for this process only. Set GRADC_CACHE_DIR to a writable "
-            "directory to keep them between runs.", CacheWarning, stacklevel=3)
-    return _fallback_dir
+    directory, problem = _prepare_dir(wanted)
+    if directory is not None:
+        return directory
+    fallback = _private_fallback()
+    kind, why = problem
+    instead = (f"compiled functions are cached in {fallback!r} for this process only"
+               if fallback else "compiled functions are not cached on disk")
+    if kind == "untrusted":
+        message = (f"gradc does not use its cache directory {wanted!r}: {why}, so someone else "
+                   "could plant code in it (numba's cache files are pickles, which run code "
+                   f"when loaded). Instead, {instead}. Use a directory that only you own and "
+                   "can write (chmod 700), or set GRADC_CACHE_DIR to one.")
+    else:
+        message = (f"gradc cannot write its cache directory {wanted!r} ({why}); {instead}. Set "
+                   "GRADC_CACHE_DIR to a writable directory to keep them between runs.")
+    _warn_once(("dir", wanted), message)
+    return fallback
 
 
-def source_path(source):
-    """Where ``source`` lives in the cache: the file name is a hash of its content."""
+# --- cache entries -------------------------------------------------------------------------
+
+def _digest(source):
     key = "\n".join((source, __version__, _numba_version(), sys.version))
-    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    return os.path.join(cache_dir(), f"gradc_{digest}.py")
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def _numba_version():
@@ -78,59 +242,325 @@ def _numba_version():
         return "none"
 
 
-@contextlib.contextmanager
-def _locked(path):
-    """An exclusive lock on ``path + '.lock'`` (no lock where fcntl is missing)."""
+class _Entry:
+    """One emitted module: the verified source gradc holds in memory, and where it is cached.
+
+    ``directory`` is a verified cache directory, or None for a module that lives in memory
+    only; its ``path`` is then a pseudo file name such as ``<in memory: gradc_1f2e.py>``.
+    """
+
+    def __init__(self, source, directory):
+        self.source = source
+        self.data = source.encode("utf-8")
+        self.name = f"gradc_{_digest(source)}"
+        self.directory = directory
+        if directory is None:
+            self.path, self.pycache = f"<in memory: {self.name}.py>", None
+        else:
+            self.path = os.path.join(directory, self.name + ".py")
+            self.pycache = os.path.join(directory, "__pycache__")
+        # numba stamps its index with the sha256 of the source file; this is that hash, taken
+        # from the verified text rather than from whatever the file holds when numba looks.
+        self.stamp = hashlib.sha256(self.data).digest()
+
+    def in_memory(self):
+        return _Entry(self.source, None)
+
+
+def _entry(source):
+    return _Entry(source, cache_dir())
+
+
+def _read_regular(path, limit):
+    """Up to ``limit`` bytes of the regular file at ``path``; None for anything else (missing,
+    a symbolic link, a FIFO, a directory). Never blocks: O_NONBLOCK, which does not affect reads
+    of regular files."""
     try:
-        import fcntl
-    except ImportError:  # Windows: concurrent first calls may compile twice, harmlessly
-        yield
+        fd = os.open(path, os.O_RDONLY | _SAFE_OPEN)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _write_source(path, data):
+    """Make ``path`` hold ``data``, atomically, unless it already does; raises OSError.
+
+    The temporary file is created with O_EXCL (mkstemp) and removed if anything fails;
+    ``os.replace`` swaps the name itself, so a symbolic link or FIFO at ``path`` is replaced,
+    never followed.
+    """
+    if _read_regular(path, len(data) + 1) == data:
         return
-    with open(path + ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def write_source(path, source):
-    """Write ``source`` to ``path`` atomically unless it is already there, intact."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == source:
-                return
-    except (OSError, UnicodeDecodeError):
-        pass
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(source)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
-def load_module(path):
-    """Import the module at ``path`` under a unique name (so tracebacks and inspect work)."""
-    name = os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[name] = module
+def _load(entry):
+    """``(entry, module)``: the entry's file written (a failed write: warned once, and the entry
+    moves to memory) and its verified in-memory source executed as a fresh module."""
+    if entry.directory is not None:
+        try:
+            _write_source(entry.path, entry.data)
+        except OSError as exc:
+            _warn_write_failed(entry.directory, exc)
+            entry = entry.in_memory()
+    _entries[entry.path] = entry
+    return entry, _execute(entry)
+
+
+def _execute(entry):
+    """A new module named after the entry, made by executing the source gradc holds; the file
+    is never read back. linecache gets the same text, so tracebacks and inspect show it."""
+    code = compile(entry.source, entry.path, "exec")
+    module = types.ModuleType(entry.name)
+    module.__file__ = entry.path
+    linecache.cache[entry.path] = (len(entry.source), None, entry.source.splitlines(True),
+                                   entry.path)  # mtime None: never checked against the disk
+    exec(code, module.__dict__)
+    sys.modules[entry.name] = module
     return module
 
 
+# --- the compile lock ----------------------------------------------------------------------
+
+def _lock_timeout():
+    value = os.environ.get("GRADC_LOCK_TIMEOUT")
+    if not value:
+        return LOCK_TIMEOUT
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        _warn_once(("timeout-env", value), f"GRADC_LOCK_TIMEOUT={value!r} is not a number of "
+                   f"seconds; gradc waits {LOCK_TIMEOUT:g} s for a compile lock.")
+        return LOCK_TIMEOUT
+
+
+def _open_lock(entry):
+    """A descriptor of the entry's regular ``.lock`` file, or None (warned) when there is none
+    to use: a symbolic link is not followed (its target is never created), a FIFO is refused
+    without blocking."""
+    lock = entry.path + ".lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | _SAFE_OPEN, 0o600)
+    except OSError as exc:
+        if os.path.islink(lock) or os.path.isdir(lock):
+            kind = "a symbolic link" if os.path.islink(lock) else "a directory"
+            _warn_once(("lock", lock), f"gradc's lock file {lock!r} is {kind}; gradc compiles "
+                       "without the lock (concurrent first calls may compile twice). Delete it "
+                       "to restore the lock.")
+        else:
+            _warn_write_failed(entry.directory, exc)
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        _warn_once(("lock", lock), f"gradc's lock file {lock!r} is not a regular file; gradc "
+                   "compiles without the lock (concurrent first calls may compile twice). "
+                   "Delete it to restore the lock.")
+        return None
+    return fd
+
+
+def _acquire(fd, lock):
+    """Take the lock, waiting at most the lock timeout; False (warned) when it was not taken."""
+    timeout = _lock_timeout()
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        except OSError as exc:  # e.g. no locks on this file system
+            _warn_once(("lock", lock), f"gradc cannot lock {lock!r} ({exc.strerror}); it "
+                       "compiles without the lock.")
+            return False
+        now = time.monotonic()
+        if now >= deadline:
+            _warn_once(("timeout", lock), f"another process has held gradc's compile lock "
+                       f"{lock!r} for {timeout:g} s (is it stopped, or in a debugger?); this "
+                       "process compiles the function itself instead of waiting longer. "
+                       "GRADC_LOCK_TIMEOUT sets the wait in seconds.")
+            return False
+        time.sleep(min(delay, deadline - now))
+        delay = min(2 * delay, 0.1)
+
+
+@contextlib.contextmanager
+def _locked(entry):
+    """Hold the entry's compile lock while writing and compiling it, so that concurrent first
+    calls compile once; a lock that cannot be used or is held too long is warned about and
+    done without (writes are atomic, so compiling twice is only wasted time)."""
+    fd = _open_lock(entry) if entry.directory is not None and fcntl is not None else None
+    try:
+        if fd is not None:
+            _acquire(fd, entry.path + ".lock")
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
 def load_python(source, func_name):
-    """The emitted function, plain Python, imported from its cache file."""
-    path = source_path(source)
-    with _locked(path):
-        write_source(path, source)
-        module = load_module(path)
-    return getattr(module, func_name), path
+    """The emitted function, plain Python, executed from gradc's verified source."""
+    entry = _entry(source)
+    with _locked(entry):
+        entry, module = _load(entry)
+    return getattr(module, func_name), entry.path
 
 
-def _numba_cache_files(path):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    pattern = os.path.join(os.path.dirname(path), "__pycache__", f"{stem}.*")
-    return sorted(glob.glob(pattern))
+# --- numba's cache for gradc's modules -----------------------------------------------------
+
+_numba_cache_class = None
+
+
+def _gradc_numba_cache():
+    """The numba cache class for gradc's modules (defined on first use: numba loads lazily).
+
+    numba's own ``FunctionCache`` picks a directory from a list of locators, the first being
+    ``NUMBA_CACHE_DIR`` and a later one a user-wide directory, none of which gradc has checked.
+    This one reads and writes only the entry's verified ``__pycache__``, re-checks it before
+    reading, deletes entries it cannot read, and turns a failed write into a warning.
+    """
+    global _numba_cache_class
+    if _numba_cache_class is not None:
+        return _numba_cache_class
+    from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
+
+    class Locator(_CacheLocator):
+        def __init__(self, entry, lineno):
+            self.entry, self._py_file, self._lineno = entry, entry.path, lineno
+
+        def ensure_cache_path(self):  # before every write
+            problem = _untrusted_reason(self.entry.pycache)
+            if problem:
+                raise OSError(f"{self.entry.pycache!r} {problem}")
+            super().ensure_cache_path()
+
+        def get_cache_path(self):
+            return self.entry.pycache
+
+        def get_source_stamp(self):
+            return self.entry.stamp
+
+        def get_disambiguator(self):
+            return str(self._lineno)
+
+    class Impl(CompileResultCacheImpl):
+        def __init__(self, py_func):  # numba's searches its locator list; this one has one
+            code = py_func.__code__
+            self._lineno = code.co_firstlineno
+            entry = _entries[code.co_filename]
+            self._locator = Locator(entry, self._lineno)
+            self._filename_base = self.get_filename_base(f"{entry.name}.{py_func.__qualname__}",
+                                                         getattr(sys, "abiflags", ""))
+
+    class GradcFunctionCache(FunctionCache):
+        _impl_class = Impl
+
+        def load_overload(self, sig, target_context):
+            entry = self._impl.locator.entry
+            problem = _trust_problem(entry.directory)  # checked again when it is used
+            if problem:
+                _warn_once(("untrusted-now", entry.directory), f"gradc's cache directory "
+                           f"{entry.directory!r} {problem}; numba's cache is not read from it.")
+                self.disable()
+                return None
+            base = self._impl.filename_base
+            try:
+                irregular = _irregular_cache_file(entry.pycache, base)
+                if irregular:  # numba would open it: a FIFO would block, a link be followed
+                    raise OSError(f"{irregular!r} is not a regular file")
+                return super().load_overload(sig, target_context)
+            except Exception as exc:  # a truncated pickle, a directory where a file should be
+                _warn_once(("unreadable", entry.path), f"gradc's cache entry for {entry.path} was "
+                           f"unreadable ({type(exc).__name__}: {exc}); it was deleted and is "
+                           "being rebuilt.")
+                _remove_cache_files(entry.pycache, base)
+                return None
+
+        def save_overload(self, sig, data):
+            try:
+                super().save_overload(sig, data)
+            except Exception as exc:  # a full disk, an unpicklable result: numba removed its
+                # temporary file; the function is compiled, only not cached
+                _warn_write_failed(self._impl.locator.entry.directory, exc)
+                self.disable()
+
+    _numba_cache_class = GradcFunctionCache
+    return GradcFunctionCache
+
+
+def _cache_files(pycache, filename_base):
+    """numba's index and data files of one function (``<base>.nbi``, ``<base>.<n>.nbc``)."""
+    return glob.glob(glob.escape(os.path.join(pycache, filename_base)) + ".*")
+
+
+def _irregular_cache_file(pycache, filename_base):
+    """The first of one function's cache files that is not a regular file, or None."""
+    for path in _cache_files(pycache, filename_base):
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                return path
+    return None
+
+
+def _remove_cache_files(pycache, filename_base):
+    """Delete numba's index and data files of one function (a directory in their place too)."""
+    for path in _cache_files(pycache, filename_base):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _function_cache_for(py_func):
+    """What numba's ``enable_caching`` gets while gradc builds: gradc's cache for gradc's
+    modules (none for a module in memory), numba's own for any other function."""
+    from numba.core.caching import FunctionCache, NullCache
+
+    entry = _entries.get(py_func.__code__.co_filename)
+    if entry is None:
+        return FunctionCache(py_func)
+    if entry.directory is None:
+        return NullCache()
+    return _gradc_numba_cache()(py_func)
+
+
+@contextlib.contextmanager
+def _gradc_caches():
+    """Let ``njit(cache=True)`` calls made while gradc builds use :func:`_function_cache_for`.
+
+    numba's dispatchers create their cache with the name ``FunctionCache`` of
+    ``numba.core.dispatcher`` when ``cache=True``; it is swapped for the duration of a build
+    (the builders, the batched one included, keep calling plain ``njit(cache=True)``). Builds
+    are serialised, so the swap is never seen half-undone; other functions compiled meanwhile
+    get numba's own cache.
+    """
+    from numba.core import dispatcher
+
+    with _BUILD_LOCK:
+        saved = dispatcher.FunctionCache
+        dispatcher.FunctionCache = _function_cache_for
+        try:
+            yield
+        finally:
+            dispatcher.FunctionCache = saved
 
 
 def _jit_inner(module, func_name):
@@ -192,25 +622,18 @@ def load_numba(source, func_name, entry_name, shapes, build=None, dtype="float64
     ``layout`` is the array layout of the signature: "A" (any) for unrolled code,
     which reads elements; "C" for NumPy-level code, whose reshapes need C order.
     """
-    path = source_path(source)
     build = build or (lambda module: _njit_all(module, func_name, entry_name, shapes, dtype,
                                                layout))
-    with _locked(path):
-        write_source(path, source)
+    entry = _entry(source)
+    with _locked(entry):
+        entry, module = _load(entry)
         try:
-            return build(load_module(path)), path
-        except Exception as first:
-            stale = _numba_cache_files(path)
-            if not stale:
-                raise GradcError(
-                    f"numba could not compile the emitted source {path}: {first}. This is a "
-                    "gradc bug; please report it with that file. backend='python' runs the "
-                    "same source without numba.") from first
-            warnings.warn(
-                f"gradc's cache entry for {path} was unreadable ({type(first).__name__}: "
-                f"{first}); it was deleted and is being rebuilt.", CacheWarning, stacklevel=4)
-            for stale_file in stale:
-                with contextlib.suppress(OSError):
-                    os.remove(stale_file)
-            write_source(path, source)
-            return build(load_module(path)), path
+            with _gradc_caches():
+                return build(module), entry.path
+        except GradcError:
+            raise
+        except Exception as exc:  # cache failures are handled inside; this is numba refusing
+            raise GradcError(
+                f"numba could not compile the emitted source {entry.path}: {exc}. This is a "
+                "gradc bug; please report it with that source (the function's .source). "
+                "backend='python' runs the same source without numba.") from exc
