@@ -164,6 +164,24 @@ def _power(x, y):
     return np.power(x, y)
 
 
+def _maximum(x, y):
+    """NumPy's maximum, ties and NaNs decided as the scalar template spells it out."""
+    if np.ndim(x) == 0 and np.ndim(y) == 0:
+        return x if x > y or np.isnan(x) else y
+    return np.maximum(x, y)
+
+
+def _minimum(x, y):
+    """NumPy's minimum, ties and NaNs decided as the scalar template spells it out."""
+    if np.ndim(x) == 0 and np.ndim(y) == 0:
+        return x if x < y or np.isnan(x) else y
+    return np.minimum(x, y)
+
+
+def _relu(x):
+    return np.maximum(x, 0.0) + 0.0 if np.ndim(x) == 0 else np.maximum(x, 0.0)
+
+
 def _pow_vjp(g, out, x, y):
     """``d(x**y) = y * x**(y-1) dx + log(x) * x**y dy``, exact where x is 0.
 
@@ -245,11 +263,11 @@ _TABLE = [
     # Ties send the whole gradient to the first argument (a subgradient). The scalar forms
     # spell out NumPy's choice (NaN wins; on a tie the second argument, so maximum(-0.0,
     # 0.0) is 0.0), which numba's np.maximum makes differently (the first).
-    Op("maximum", 2, "({0} if {0} > {1} or {np}.isnan({0}) else {1})", np.maximum,
+    Op("maximum", 2, "({0} if {0} > {1} or {np}.isnan({0}) else {1})", _maximum,
        lambda g, out, x, y: (where(ge(x, y), g, 0.0), where(ge(x, y), 0.0, g)),
        lambda x, y: _sp().Max(x, y), ufuncs=("maximum", "fmax"),
        array_template="{np}.maximum({0}, {1})"),
-    Op("minimum", 2, "({0} if {0} < {1} or {np}.isnan({0}) else {1})", np.minimum,
+    Op("minimum", 2, "({0} if {0} < {1} or {np}.isnan({0}) else {1})", _minimum,
        lambda g, out, x, y: (where(ge(y, x), g, 0.0), where(ge(y, x), 0.0, g)),
        lambda x, y: _sp().Min(x, y), ufuncs=("minimum", "fmin"),
        array_template="{np}.minimum({0}, {1})"),
@@ -261,7 +279,7 @@ _TABLE = [
        lambda g, out, x: (g * sigmoid(x),),
        lambda x: _sp().log(1 + _sp().exp(x))),
     # + 0.0: relu(-0.0) is +0.0 in NumPy, -0.0 in numba's np.maximum (see maximum).
-    Op("relu", 1, "{np}.maximum({0}, 0.0) + 0.0", lambda x: np.maximum(x, 0.0),
+    Op("relu", 1, "{np}.maximum({0}, 0.0) + 0.0", _relu,
        lambda g, out, x: (where(gt(x, 0.0), g, 0.0),),
        lambda x: _sp().Max(x, 0), array_template="{np}.maximum({0}, 0.0)"),
     # --- conditions and selection ------------------------------------------------------

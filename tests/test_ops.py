@@ -140,7 +140,7 @@ def test_numba_backend_agrees_with_python_on_every_op():
 # --- domain edges: both backends agree bitwise, and derivatives are right where they exist ----
 
 EDGES = [0.0, -0.0, np.inf, -np.inf, np.nan]
-REGULAR = [1.0, -1.0]  # arcsin's and log1p's edges; transcendental results may differ by an ulp
+REGULAR = [1.0, -1.0, 0.5]  # arcsin's and log1p's edges, sqrt as a power: the last bit may differ
 
 
 def _edge_table(x, y, z):
