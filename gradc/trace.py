@@ -11,6 +11,8 @@ so the graph (and the emitted source) can say ``u = b * c``.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import keyword
 import numbers
 import re
@@ -22,13 +24,6 @@ from . import errors
 from .ir import ArrayOut, Body, Graph
 from . import ops as _ops
 from .ops import MATH_FUNCTIONS, OPS, UFUNCS
-
-_EXTRA_UFUNCS = {"square", "reciprocal", "positive", "conjugate"}
-
-
-def _supported():
-    return ", ".join(sorted(set(UFUNCS) | _EXTRA_UFUNCS | {"where"}))
-
 
 class Tracer:
     """A traced scalar: a node of ``graph``. Supports Python operators and NumPy ufuncs."""
@@ -52,9 +47,16 @@ class Tracer:
         if isinstance(value, (bool, np.bool_)):
             return self.graph.const(bool(value))
         if isinstance(value, (numbers.Real, np.floating, np.integer)):
-            return self.graph.const(float(value))
+            return self.graph.const(_float_constant(value))
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
             return self.graph.const(value if value.shape else value.item())
+        if _is_unrolled(value) and value.shape == ():
+            return self._lift(value[()])
+        if _is_unrolled(value):
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: an array of traced elements (from numpy.asarray or "
+                "numpy.array of a traced array?) cannot be combined with an array traced "
+                "whole; use the traced array itself.")
         raise errors.UnsupportedFunctionError(
             f"{errors.where()}: cannot combine a traced value with a {type(value).__name__}; "
             "gradc traces functions of floats and float arrays.")
@@ -64,8 +66,9 @@ class Tracer:
             if isinstance(a, Tracer) and a.graph is not self.graph and _encloses(self.graph, a.graph):
                 return a._apply(op, args, attrs)
         if not self.graph.whole_params and any(
-                isinstance(a, np.ndarray) and a.ndim > 0 for a in args) and all(
-                a.shape == () for a in args if isinstance(a, Tracer)):
+                isinstance(a, np.ndarray) and a.ndim > 0 for a in args) and not _whole(*args):
+            if op == "matmul":  # sums of products, by NumPy's object loop
+                return _numpy_on_unrolled(np.matmul, *(_box(a) for a in args))
             return _elementwise(op, args, attrs)  # unrolled arrays: one node per element
         return Tracer(self.graph, self.graph.add(op, tuple(self._lift(a) for a in args), attrs))
 
@@ -115,17 +118,21 @@ class Tracer:
             axis = tuple(sorted(a % self.ndim for a in axes))
         return self._apply(op, (self,), (axis, bool(keepdims)))
 
-    def sum(self, axis=None, keepdims=False):
+    def sum(self, *args, **kwargs):
+        axis, keepdims = _reduction_arguments(np.sum, self, args, kwargs)
         return self._reduce("sum", axis, keepdims)
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, *args, **kwargs):
+        axis, keepdims = _reduction_arguments(np.max, self, args, kwargs)
         return self._reduce("max", axis, keepdims)
 
-    def min(self, axis=None, keepdims=False):
+    def min(self, *args, **kwargs):
+        axis, keepdims = _reduction_arguments(np.min, self, args, kwargs)
         return self._reduce("min", axis, keepdims)
 
-    def mean(self, axis=None, keepdims=False):
-        total = self.sum(axis, keepdims)
+    def mean(self, *args, **kwargs):
+        axis, keepdims = _reduction_arguments(np.mean, self, args, kwargs)
+        total = self._reduce("sum", axis, keepdims)
         return total * (total.size / self.size) if self.shape else self
 
     def dot(self, other):
@@ -218,33 +225,36 @@ class Tracer:
 
     # --- NumPy dispatch ----------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        name = ufunc.__name__
-        if method != "__call__" or kwargs:
-            raise errors.UnsupportedFunctionError(
-                f"{errors.where()}: numpy.{name}.{method} with {sorted(kwargs) or 'no'} keyword "
-                "arguments is not supported on traced values; call numpy."
-                f"{name}(x, y) plainly.")
-        if name == "square":
-            return self._apply("mul", (inputs[0], inputs[0]))
-        if name == "reciprocal":
-            return self._apply("div", (1.0, inputs[0]))
-        if name in ("positive", "conjugate"):
-            return inputs[0]
-        if name not in UFUNCS:
-            raise errors.UnsupportedFunctionError(
-                f"{errors.where()}: numpy.{name} is not supported by gradc. "
-                f"Supported NumPy functions: {_supported()}.")
-        return self._apply(UFUNCS[name], inputs)
+        return _ufunc(ufunc, method, inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
-        if func is np.where and not kwargs and len(args) == 3:
-            return where(*args)
-        handler = _FUNCTIONS.get(func)
-        if handler is not None:
-            return handler(*args, **kwargs)
-        raise errors.UnsupportedFunctionError(
-            f"{errors.where()}: numpy.{func.__name__} is not supported on traced scalars. "
-            f"Supported NumPy functions: {_supported()}.")
+        return _function(func, args, kwargs)
+
+    # --- ndarray methods gradc has no rule for ----------------------------------------
+    def copy(self):
+        return self  # traced values are immutable
+
+    def astype(self, dtype, *args, **kwargs):
+        _check_astype(dtype, args, kwargs)
+        return self
+
+    def ravel(self, order="C"):
+        return self.reshape(-1) if self.shape else self
+
+    flatten = ravel
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: an ndarray method or attribute gradc
+        # does not implement on traced values (x.clip, x.dtype, x.argmax...).
+        if not name.startswith("_") and hasattr(np.ndarray, name):
+            raise UnsupportedAttributeError(
+                f"{errors.where()}: .{name} of a NumPy array is not supported on traced values. "
+                f"Supported NumPy functions: {_supported()}.")
+        raise AttributeError(f"'Tracer' object has no attribute {name!r}")
+
+
+class UnsupportedAttributeError(errors.UnsupportedFunctionError, AttributeError):
+    """An ndarray attribute gradc has no rule for (an AttributeError too, so hasattr() is False)."""
 
 
 def _method(op_name):
@@ -255,11 +265,31 @@ def _method(op_name):
     return method
 
 
-# NumPy applies a ufunc to an object array by calling the element's method of
-# that name (np.exp(arr) calls elem.exp()): give Tracer one per supported ufunc.
-for _ufunc, _op in UFUNCS.items():
-    if OPS[_op].result == "float" and not hasattr(Tracer, _ufunc):
-        setattr(Tracer, _ufunc, _method(_op))
+def _refused_ufunc_method(name):
+    def method(self, *args, **kwargs):
+        raise errors.UnsupportedFunctionError(_unsupported_ufunc_message(name))
+
+    method.__name__ = name
+    return method
+
+
+# NumPy applies a ufunc to a plain object array by calling the element's method of
+# that name (np.exp(arr) calls elem.exp()): give Tracer one per supported ufunc, and
+# one that raises gradc's error for every other ufunc (np.log2(arr) calls elem.log2(),
+# and a missing method would surface as NumPy's raw TypeError). math.floor, round()
+# and friends call the dunders.
+for _ufunc_name, _op in UFUNCS.items():
+    if OPS[_op].result == "float" and not hasattr(Tracer, _ufunc_name):
+        setattr(Tracer, _ufunc_name, _method(_op))
+Tracer.square = lambda self: self._apply("mul", (self, self))
+Tracer.reciprocal = lambda self: self._apply("div", (1.0, self))
+Tracer.conjugate = Tracer.conj = Tracer.positive = lambda self: self
+for _ufunc_name in sorted({u.__name__ for u in vars(np).values() if isinstance(u, np.ufunc)}):
+    if _ufunc_name not in Tracer.__dict__:
+        setattr(Tracer, _ufunc_name, _refused_ufunc_method(_ufunc_name))
+for _dunder, _ufunc_name in (("__floor__", "floor"), ("__ceil__", "ceil"),
+                             ("__trunc__", "trunc"), ("__round__", "round")):
+    setattr(Tracer, _dunder, _refused_ufunc_method(_ufunc_name))
 
 
 def _encloses(outer, inner):
@@ -351,20 +381,334 @@ def _parameter_names(f, count):
     return names + [("carry", "x")[k] for k in range(len(names), count)]
 
 
+# --- unrolled arrays ----------------------------------------------------------------------
+class TracedArray(np.ndarray):
+    """An unrolled traced array: an object ndarray of scalar Tracers (and constants).
+
+    NumPy code on a *plain* object array never reaches gradc: NumPy runs its own
+    object-dtype code, which for some functions is silently wrong on traced
+    elements (``np.nan_to_num`` returns it unchanged: "not an inexact dtype") and
+    for others raises a raw NumPy error. This subclass routes every NumPy function
+    (``__array_function__``), ufunc (``__array_ufunc__``) and ndarray method on it
+    through gradc: each one is traced by a rule or refused with a gradc error.
+    NumPy keeps the subclass through slicing, reshaping and views
+    (``__array_finalize__``); gradc wraps the results it computes.
+    """
+
+    def __array_finalize__(self, obj):
+        pass  # no state: the elements carry the graph
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return _function(func, args, kwargs)
+
+    def __getitem__(self, index):
+        _check_index(index)
+        return np.ndarray.__getitem__(self, index)
+
+    def __setitem__(self, index, value):
+        _check_index(index)
+        np.ndarray.__setitem__(self, index, value)
+
+    def __bool__(self):
+        raise errors.ControlFlowError(
+            f"{errors.where()}: Python `if`, `while`, `and`/`or` and bool() need a concrete "
+            "truth value, but this array depends on a traced argument. Write the choice as "
+            "gradc.where(condition, value_if_true, value_if_false) (or numpy.where).")
+
+    # ndarray methods are C code that NumPy runs without __array_function__; the ones
+    # gradc has rules for go through the same rules as the NumPy functions.
+    def sum(self, *args, **kwargs): return _function(np.sum, (self, *args), kwargs)
+    def mean(self, *args, **kwargs): return _function(np.mean, (self, *args), kwargs)
+    def max(self, *args, **kwargs): return _function(np.max, (self, *args), kwargs)
+    def min(self, *args, **kwargs): return _function(np.min, (self, *args), kwargs)
+    def prod(self, *args, **kwargs): return _function(np.prod, (self, *args), kwargs)
+    def cumsum(self, *args, **kwargs): return _function(np.cumsum, (self, *args), kwargs)
+    def cumprod(self, *args, **kwargs): return _function(np.cumprod, (self, *args), kwargs)
+    def trace(self, *args, **kwargs): return _function(np.trace, (self, *args), kwargs)
+    def dot(self, b, out=None): return _function(np.dot, (self, b, out), {})
+
+    def astype(self, dtype, *args, **kwargs):
+        _check_astype(dtype, args, kwargs)
+        return self.copy()
+
+    def conj(self):
+        return self.copy()  # the elements are real
+
+    conjugate = conj
+
+    @property
+    def real(self):
+        return self
+
+    def view(self, *args, **kwargs):
+        kind = args[0] if args else kwargs.get("type", kwargs.get("dtype"))
+        if len(args) + len(kwargs) == 1 and isinstance(kind, type) and issubclass(kind, np.ndarray):
+            return np.ndarray.view(self, kind)
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: .view() with a dtype reinterprets memory and has no meaning for "
+            "traced values; use the array itself.")
+
+
+def _refused_array_method(name):
+    def method(self, *args, **kwargs):
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: the array method .{name}() is not supported on traced arrays. "
+            f"Supported NumPy functions: {_supported()}.")
+
+    method.__name__ = name
+    return method
+
+
+# Every other public ndarray method is refused, unless it only moves elements or
+# gives them out as they are (so it is exact on traced elements).
+_KEPT_METHODS = {"copy", "flatten", "ravel", "reshape", "squeeze", "swapaxes", "transpose",
+                 "repeat", "take", "diagonal", "tolist", "item", "fill", "put", "setflags"}
+for _name in dir(np.ndarray):
+    if (not _name.startswith("_") and _name not in _KEPT_METHODS
+            and _name not in TracedArray.__dict__ and callable(getattr(np.ndarray, _name))):
+        setattr(TracedArray, _name, _refused_array_method(_name))
+TracedArray.imag = property(_refused_array_method("imag"))
+
+
+def _is_unrolled(value):
+    """An object ndarray (a TracedArray or a plain one a NumPy call built from one)."""
+    return isinstance(value, np.ndarray) and value.dtype == object
+
+
+def _plain(value):
+    """``value`` with every TracedArray in it (also inside lists and tuples) as a plain ndarray
+    view, for running NumPy's own object-dtype code without coming back to gradc."""
+    if isinstance(value, TracedArray):
+        return np.ndarray.view(value, np.ndarray)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _wrap(value):
+    """``value`` with every object ndarray in it as a TracedArray (so NumPy calls on it stay
+    visible to gradc)."""
+    if isinstance(value, np.ndarray) and value.dtype == object and not isinstance(value, TracedArray):
+        return np.ndarray.view(value, TracedArray)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_wrap(v) for v in value)
+    return value
+
+
+def _numpy_on_unrolled(func, *args, **kwargs):
+    """NumPy's own ``func`` on unrolled arrays (its object loops call the Tracers' operators),
+    the result wrapped; NumPy's complaints about shapes and axes become gradc errors."""
+    try:
+        return _wrap(func(*_plain(args), **_plain(kwargs)))
+    except errors.GradcError:
+        raise
+    except (ValueError, IndexError) as exc:
+        raise errors.ShapeError(f"{errors.where()}: numpy.{_name_of(func)}: {exc}.") from None
+    except TypeError as exc:
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: numpy.{_name_of(func)} cannot run on these traced values ({exc}).") from None
+
+
+def _name_of(func):
+    return getattr(func, "__name__", type(func).__name__)
+
+
+def _check_index(index):
+    """Refuse indices that depend on traced values (NumPy would need concrete ones)."""
+    items = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, Tracer) or _is_unrolled(i) for i in items):
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: gradc indexes traced arrays with constant indices only "
+            "(ints, slices, None, ..., constant arrays), not with traced values; use "
+            "gradc.where(condition, a, b) to select by a traced condition.")
+
+
+_FLOAT64 = (np.dtype(np.float64),)
+
+
+def _check_astype(dtype, args, kwargs):
+    """``astype`` keeps traced values as they are: allowed only to float64, which they are."""
+    try:
+        same = np.dtype(dtype) in _FLOAT64 or np.dtype(dtype) == np.dtype(object)
+    except TypeError:
+        same = False
+    if not same or args or kwargs:
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: .astype({dtype!r}) is not supported on traced values: they are "
+            "float64, and gradc cannot round them to another type; remove the call.")
+
+
 def _elementwise(op, args, attrs):
-    """``op`` applied element by element: an object array of traced scalars (unrolled arrays)."""
+    """``op`` applied element by element: a TracedArray of traced scalars (unrolled arrays)."""
     boxed = []
     for a in args:
         if isinstance(a, Tracer):
             box = np.empty((), dtype=object)
             box[()] = a
             a = box
-        boxed.append(a)
-    return np.frompyfunc(lambda *xs: apply(op, *xs), len(args), 1)(*boxed)
+        boxed.append(_plain(a))
+    return _wrap(np.frompyfunc(lambda *xs: apply(op, *xs), len(args), 1)(*boxed))
+
+
+# --- ufuncs ---------------------------------------------------------------------------------
+_EXTRA_UFUNCS = {"square", "reciprocal", "positive", "conjugate"}
+
+
+def _supported():
+    return ", ".join(sorted((set(UFUNCS) | _EXTRA_UFUNCS) | {_name_of(f) for f in _FUNCTIONS}))
+
+
+def _unrolled_supported():
+    return ", ".join(sorted(_name_of(f) for f in _UNROLLED_FUNCTIONS))
+
+
+def _unsupported_ufunc_message(name):
+    return (f"{errors.where()}: numpy.{name} is not supported by gradc. "
+            f"Supported NumPy functions: {_supported()}.")
+
+
+def _ufunc(ufunc, method, inputs, kwargs):
+    """A NumPy ufunc on traced values (scalars, arrays traced whole, or unrolled arrays)."""
+    name = ufunc.__name__
+    out = kwargs.pop("out", None)
+    if method != "__call__":
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: numpy.{name}.{method} is not supported on traced values; "
+            f"call numpy.{name}(x, y) itself (or numpy.sum, numpy.cumsum for sums).")
+    if kwargs:
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: numpy.{name}(..., {', '.join(f'{k}=' for k in sorted(kwargs))}) "
+            f"is not supported on traced values: gradc does not implement the keyword(s) "
+            f"{', '.join(sorted(kwargs))}; call numpy.{name}(x, y) plainly.")
+    if name == "square":
+        result = apply("mul", inputs[0], inputs[0])
+    elif name == "reciprocal":
+        result = apply("div", 1.0, inputs[0])
+    elif name in ("positive", "conjugate"):
+        result = _wrap(np.array(_plain(inputs[0]), dtype=object)) if _is_unrolled(inputs[0]) else inputs[0]
+    elif name == "matmul":
+        result = _matmul(*inputs)
+    elif name in UFUNCS:
+        result = apply(UFUNCS[name], *inputs)
+    else:
+        raise errors.UnsupportedFunctionError(_unsupported_ufunc_message(name))
+    return result if out is None else _store(out, result, name)
+
+
+def _store(out, result, name):
+    """``out=`` of a ufunc (``x += 1`` passes it): write into an object array; a NumPy float
+    array can hold numbers only."""
+    target = out[0] if isinstance(out, tuple) and len(out) == 1 else out
+    if not _is_unrolled(target):
+        raise errors.TracingError(
+            f"{errors.where()}: numpy.{name} would write traced values into a NumPy "
+            f"{getattr(target, 'dtype', type(target).__name__)} array (out=, or in-place "
+            "arithmetic like y += x on a NumPy array), which can hold numbers only; write "
+            "y = y + x instead.")
+    try:
+        target[...] = result
+    except ValueError as exc:
+        raise errors.ShapeError(f"{errors.where()}: numpy.{name}(..., out=): {exc}.") from None
+    return target
+
+
+def _matmul(a, b):
+    """``a @ b``: one op for arrays traced whole, NumPy's object loop (sums of products of
+    the Tracers) for unrolled ones."""
+    if _whole(a, b):
+        return _tracer_of((a, b))._apply("matmul", (a, b))
+    return _numpy_on_unrolled(np.matmul, _box(a), _box(b))
+
+
+def _box(value):
+    """A scalar Tracer as a 0-d object array (NumPy would otherwise ask it for its array form)."""
+    if isinstance(value, Tracer):
+        box = np.empty((), dtype=object)
+        box[()] = value
+        return box
+    return value
+
+
+# --- NumPy functions --------------------------------------------------------------------------
+def _function(func, args, kwargs):
+    """A NumPy function called on traced values: run by its rule, or refused by name."""
+    rule = _FUNCTIONS.get(func)
+    if rule is not None:
+        return rule(**_arguments(func, args, kwargs, rule))
+    if func in _UNROLLED_FUNCTIONS:
+        if _whole(*_flat(args), *_flat(kwargs.values())):
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: numpy.{_name_of(func)} is supported on arrays gradc unrolls "
+                "(arrays='unroll', or 'auto' with at most 256 elements), not on arrays traced "
+                f"whole. Supported there: {_supported()}.")
+        _arguments(func, args, kwargs, None)
+        return _numpy_on_unrolled(func, *(_box(a) for a in args), **kwargs)
+    raise errors.UnsupportedFunctionError(
+        f"{errors.where()}: numpy.{_name_of(func)} is not supported on traced values. "
+        f"Supported NumPy functions: {_supported()}; on unrolled arrays also "
+        f"{_unrolled_supported()}.")
+
+
+def _flat(values):
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            yield from _flat(v)
+        else:
+            yield v
+
+
+# Keywords that change what a NumPy function computes in ways gradc does not follow.
+_REFUSED_KEYWORDS = {"out", "dtype", "where", "initial", "like", "subok"}
+
+
+def _arguments(func, args, kwargs, rule):
+    """The arguments of a NumPy call by name, for ``rule``; a gradc error for any argument
+    that ``rule`` does not take (``rule=None``: a function NumPy runs itself, which may take
+    any argument but those in _REFUSED_KEYWORDS) given a value other than its default."""
+    name = _name_of(func)
+    try:
+        signature = _signature(func)
+        bound = signature.bind(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise errors.UnsupportedFunctionError(f"{errors.where()}: numpy.{name}: {exc}.") from None
+    taken = set(_signature(rule).parameters) if rule is not None else None
+    chosen = {}
+    for pname, value in bound.arguments.items():
+        param = signature.parameters[pname]
+        if param.kind is param.VAR_KEYWORD:
+            extra = sorted(value)
+        elif (pname in taken) if taken is not None else (pname not in _REFUSED_KEYWORDS):
+            chosen[pname] = value
+            continue
+        else:
+            extra = [] if _is_default(pname, value, param.default) else [pname]
+        if extra:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: numpy.{name}(..., {', '.join(f'{k}=' for k in extra)}) is not "
+                f"supported on traced values: gradc does not implement the argument(s) "
+                f"{', '.join(extra)}; remove them"
+                + (f" (numpy.{name} takes {', '.join(sorted(taken))} here)." if taken else "."))
+    return chosen
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(func):
+    return inspect.signature(func)
+
+
+def _is_default(name, value, default):
+    if value is default or (value is None and default is None):
+        return True
+    if name == "where" and value is True:  # where=True is "everywhere"
+        return True
+    return type(value) in (bool, str, int) and type(value) is type(default) and value == default
 
 
 def _whole(*arrays):
-    """Tracers for the arrays of a NumPy call (object arrays of scalar tracers stay NumPy's)."""
+    """True when one of the values is an array traced whole (NumPy-level code)."""
     return any(isinstance(a, Tracer) and a.shape for a in arrays)
 
 
@@ -372,11 +716,58 @@ def _tracer_of(values):
     return next(v for v in values if isinstance(v, Tracer))
 
 
+def _reduction_arguments(func, a, args, kwargs):
+    """``(axis, keepdims)`` of a reduction method call ``a.sum(*args, **kwargs)``; a gradc
+    error for the arguments gradc does not implement (dtype, out, initial, where)."""
+    chosen = _arguments(func, (a, *args), kwargs, _sum)
+    return chosen.get("axis"), bool(chosen.get("keepdims", False))
+
+
+def _sum(a, axis=None, keepdims=False):
+    if isinstance(a, Tracer):
+        return a._reduce("sum", axis, keepdims)
+    return _numpy_on_unrolled(np.add.reduce, a, axis=axis, keepdims=bool(keepdims))
+
+
+def _mean(a, axis=None, keepdims=False):
+    if isinstance(a, Tracer):
+        return a.mean(axis=axis, keepdims=keepdims)
+    total = _sum(a, axis, keepdims)
+    count = np.size(_plain(a)) // max(np.size(_plain(total)), 1)
+    if count == 0:
+        raise errors.ShapeError(f"{errors.where()}: the mean of an empty array is undefined.")
+    return total / count
+
+
+def _extreme(op):
+    def reduce(a, axis=None, keepdims=False):
+        if isinstance(a, Tracer):
+            return a._reduce(op, axis, keepdims)
+        # NumPy's object loop would compare traced elements; the NumPy-level form has an op.
+        raise NeedsWholeArrays(
+            f"{errors.where()}: numpy.{op} needs arrays traced whole; use arrays='numpy' "
+            "(arrays='auto' does this by itself).")
+
+    reduce.__name__ = op
+    return reduce
+
+
+def _transpose(a, axes=None):
+    if isinstance(a, Tracer):
+        return a.transpose(*(() if axes is None else (axes,)))
+    return _numpy_on_unrolled(np.transpose, _box(a), axes)
+
+
+def _reshape(a, shape):
+    if isinstance(a, Tracer):
+        return a.reshape(shape)
+    return _numpy_on_unrolled(np.reshape, _box(a), shape)
+
+
 def _join(op, arrays, axis):
     arrays = list(arrays)
-    if not _whole(*arrays):  # scalars of an unrolled array: let NumPy build an object array
-        boxed = [np.asarray(a, dtype=object) if isinstance(a, Tracer) else a for a in arrays]
-        return getattr(np, op)(boxed, axis=axis)
+    if not _whole(*arrays):  # unrolled arrays and traced scalars: NumPy builds an object array
+        return _numpy_on_unrolled(getattr(np, op), [_box(a) for a in arrays], axis=axis)
     t = _tracer_of(arrays)
     ndim = len(t.shape) + (1 if op == "stack" else 0)
     if not -ndim <= axis < ndim:
@@ -384,32 +775,67 @@ def _join(op, arrays, axis):
     return t._apply(op, arrays, (axis % ndim,))
 
 
+def _stack(arrays, axis=0):
+    return _join("stack", arrays, axis)
+
+
+def _concatenate(arrays, axis=0):
+    return _join("concatenate", arrays, axis)
+
+
 def _dot(a, b):
     if isinstance(a, Tracer) and not a.shape or isinstance(b, Tracer) and not b.shape:
         return a * b
-    return _tracer_of((a, b))._apply("matmul", (a, b))
+    if _whole(a, b):
+        return _tracer_of((a, b))._apply("matmul", (a, b))
+    return _numpy_on_unrolled(np.dot, a, b)
 
 
-def _as_tracer_call(method):
-    def call(x, *args, **kwargs):
-        if isinstance(x, Tracer):
-            return getattr(x, method)(*args, **kwargs)
-        return getattr(np, method)(np.asarray(x, dtype=object), *args, **kwargs)
+def _where(condition, x=None, y=None):
+    if x is None or y is None:
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: numpy.where(condition) with one argument (the indices where it "
+            "holds) is not supported on traced values; use numpy.where(condition, a, b).")
+    return where(condition, x, y)
 
-    return call
+
+def _shape(a):
+    return a.shape if isinstance(a, Tracer) else np.shape(_plain(a))
 
 
+def _ndim(a):
+    return len(_shape(a))
+
+
+def _size(a, axis=None):
+    shape = _shape(a)
+    return int(np.prod(shape)) if axis is None else shape[axis]
+
+
+#: NumPy function -> gradc's rule, for scalars, arrays traced whole and unrolled arrays
+#: alike. A rule's parameter names are NumPy's; any other argument must be left default.
 _FUNCTIONS = {
-    np.sum: _as_tracer_call("sum"), np.mean: _as_tracer_call("mean"),
-    np.max: _as_tracer_call("max"), np.min: _as_tracer_call("min"),
-    np.amax: _as_tracer_call("max"), np.amin: _as_tracer_call("min"),
-    np.transpose: lambda x, axes=None: x.transpose(*(() if axes is None else (axes,))),
-    np.reshape: lambda x, shape=None, **kw: x.reshape(shape if shape is not None else kw["newshape"]),
-    np.stack: lambda arrays, axis=0: _join("stack", arrays, axis),
-    np.concatenate: lambda arrays, axis=0: _join("concatenate", arrays, axis),
-    np.dot: _dot,
-    np.shape: lambda x: x.shape, np.ndim: lambda x: x.ndim, np.size: lambda x: x.size,
+    np.sum: _sum, np.mean: _mean,
+    np.max: _extreme("max"), np.min: _extreme("min"),
+    np.amax: _extreme("max"), np.amin: _extreme("min"),
+    np.transpose: _transpose, np.reshape: _reshape,
+    np.stack: _stack, np.concatenate: _concatenate,
+    np.dot: _dot, np.where: _where,
+    np.shape: _shape, np.ndim: _ndim, np.size: _size,
 }
+
+#: NumPy functions NumPy itself runs on unrolled arrays: each only moves elements or
+#: combines them with + and * (which the Tracers trace), so NumPy's object-dtype code is
+#: exact. tests/test_tracing_holes.py checks each against NumPy on numbers.
+_UNROLLED_FUNCTIONS = frozenset({
+    np.copy, np.ravel, np.squeeze, np.expand_dims, np.atleast_1d, np.atleast_2d,
+    np.atleast_3d, np.swapaxes, np.moveaxis, np.flip, np.fliplr, np.flipud, np.roll, np.rot90,
+    np.broadcast_to, np.broadcast_arrays, np.hstack, np.vstack, np.column_stack,
+    np.split, np.array_split, np.tile, np.repeat, np.diagonal, np.take, np.append,
+    np.tril, np.triu, np.zeros_like, np.ones_like, np.full_like,
+    np.prod, np.cumsum, np.cumprod, np.diff, np.outer, np.inner, np.vdot, np.trace, np.kron,
+    np.tensordot,
+})
 
 
 def _any_tracer(args):
@@ -426,16 +852,23 @@ def apply(op_name, *args):
     t = _any_tracer(args)
     if t is not None:
         return t._apply(op_name, args)
-    if any(isinstance(a, np.ndarray) and a.dtype == object for a in args):
+    if any(_is_unrolled(a) for a in args):
         return _elementwise(op_name, args, ())
     with np.errstate(all="ignore"):
         return OPS[op_name].compute(args, ())
 
 
 def where(cond, a, b):
-    """``a if cond else b``, traceable: the condition may depend on traced values."""
+    """``a if cond else b``, traceable: the condition may depend on traced values.
+
+    Element by element on unrolled arrays (and on a constant array of conditions)."""
+    if not _whole(cond, a, b) and any(isinstance(v, np.ndarray) and v.ndim > 0 for v in (cond, a, b)) \
+            and any(isinstance(v, Tracer) or _is_unrolled(v) for v in (cond, a, b)):
+        return _wrap(np.frompyfunc(where, 3, 1)(*(_plain(_box(v)) for v in (cond, a, b))))
     t = _any_tracer((cond, a, b))
     if t is None:
+        if any(_is_unrolled(v) for v in (cond, a, b)):  # 0-d object arrays
+            return where(*(v[()] if _is_unrolled(v) else v for v in (cond, a, b)))
         return np.where(cond, a, b)
     if not isinstance(cond, Tracer):
         return a if cond else b
@@ -459,7 +892,41 @@ def _traced_param(graph, name, shape, whole=False):
     elements = np.empty(shape, dtype=object)
     for flat, node in enumerate(graph.param(name, shape)):
         elements.flat[flat] = Tracer(graph, node)
-    return elements
+    return elements.view(TracedArray)  # so gradc sees every NumPy call on it
+
+
+def _float_constant(value):
+    """A real constant of a traced expression as a float; a gradc error where it has none
+    (an int too large for a float: Python's own float arithmetic raises there too)."""
+    try:
+        return float(value)
+    except OverflowError:
+        digits = int(int(value).bit_length() * 0.30103)
+        raise errors.TracingError(
+            f"{errors.where()}: an integer constant of about {digits} digits is too large for "
+            "a float (at most about 1.8e308); write it as a float, or scale it down.") from None
+
+
+def _definition(fn):
+    """``'file.py:12'`` where ``fn`` is defined (its frame is gone once it has returned)."""
+    target = fn
+    for _ in range(4):  # functools.partial, bound methods, callable objects
+        code = getattr(target, "__code__", None)
+        if code is not None:
+            return f"{code.co_filename}:{code.co_firstlineno}"
+        target = (getattr(target, "func", None) or getattr(target, "__func__", None)
+                  or getattr(type(target), "__call__", None))
+    return errors.where()
+
+
+def _kind(value):
+    """What a returned value is, for error messages: 'list', 'array of shape (3,)'."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    if isinstance(value, Tracer) and value.shape:
+        return f"a traced array of shape {value.shape}"
+    name = type(value).__name__
+    return ("an " if name[0] in "aeiouAEIOU" else "a ") + name
 
 
 def trace(fn, params, name, origin=None, multiple=False):
@@ -470,7 +937,7 @@ def trace(fn, params, name, origin=None, multiple=False):
     is a tuple of output numbers (tuple or list) or an :class:`ArrayOut` (array).
 
     ``params`` is a list of names (scalars) or ``(name, shape)`` pairs; an array
-    parameter is traced as a NumPy object array of traced elements, so NumPy code
+    parameter is traced as a :class:`TracedArray` of traced elements, so NumPy code
     (slicing, ``np.sum``, ``@``, ufuncs) runs on it unchanged and unrolls — or,
     given as ``(name, shape, True)``, as one traced array (NumPy-level code).
 
@@ -500,44 +967,58 @@ def trace(fn, params, name, origin=None, multiple=False):
                 graph.names.setdefault(value.node.id, local)
 
     if multiple and isinstance(result, (tuple, list, np.ndarray)) and np.ndim(result) > 0:
-        return _trace_outputs(graph, result, name)
+        return _trace_outputs(graph, result, name, fn)
     if isinstance(result, np.ndarray) and result.shape == ():
-        result = result.item()
-    if isinstance(result, Tracer):
-        if result.graph is not graph:
-            raise errors.TracingError(f"{name} returned a value traced by another function.")
-        if result.is_condition:
-            raise errors.TracingError(
-                f"{name} returned a condition (a comparison); gradc differentiates functions "
-                "that return a float. Use gradc.where(...) to turn it into a number.")
-        out = result.node
-        if out.op not in ("input", "const") and identifier_or_none(name):
-            graph.names.setdefault(out.id, name)  # the result is named after the function: J
-    elif isinstance(result, (numbers.Real, np.floating, np.integer)) and not isinstance(result, bool):
-        out = graph.const(float(result))
-    else:
-        raise errors.TracingError(
-            f"{name} returned a {type(result).__name__}; gradc differentiates functions that "
-            "return one float (a scalar loss or model value).")
-    graph.set_outputs([out], 0)
+        result = result[()]
+    graph.set_outputs([_output_node(graph, result, name, fn, multiple)], 0)
     return graph
 
 
-def _trace_outputs(graph, result, name):
+def _output_node(graph, result, name, fn, multiple):
+    """The node of a traced function's one float result; a TracingError naming the function's
+    definition for anything else (a list, None, a condition, an array)."""
+    if isinstance(result, Tracer) and result.graph is graph and not result.is_condition \
+            and not result.shape:
+        out = result.node
+        if out.op not in ("input", "const") and identifier_or_none(name):
+            graph.names.setdefault(out.id, name)  # the result is named after the function: J
+        return out
+    if isinstance(result, (numbers.Real, np.floating, np.integer)) and not isinstance(
+            result, (bool, np.bool_)):
+        return graph.const(_float_constant(result))
+    where = f"{_definition(fn)}: {name}"
+    if isinstance(result, Tracer) and result.graph is not graph:
+        raise errors.TracingError(f"{where} returned a value traced by another function; "
+                                  "pass that value as an argument instead of capturing it.")
+    if isinstance(result, Tracer) and result.is_condition:
+        raise errors.TracingError(
+            f"{where} returned a condition (a comparison); gradc differentiates functions "
+            "that return a float. Use gradc.where(...) to turn it into a number.")
+    more = ("" if multiple else " (gradc.jacobian differentiates functions that return a tuple, "
+            "list or array of floats)")
+    raise errors.TracingError(
+        f"{where} returned {_kind(result)}; gradc differentiates functions that return one "
+        f"float (a scalar loss or model value): return a float, for example the numpy.sum of "
+        f"your result{more}.")
+
+
+def _trace_outputs(graph, result, name, fn):
     """Set a tuple/list/array result of a traced function as the graph's outputs."""
     elements = np.empty(np.shape(result), dtype=object)
-    elements[...] = result if isinstance(result, np.ndarray) else np.array(result, dtype=object)
+    elements[...] = _plain(result) if isinstance(result, np.ndarray) else np.array(
+        _plain(result), dtype=object)
     outputs = []
     for value in elements.flat:
-        if isinstance(value, Tracer) and value.graph is graph and not value.is_condition:
+        if isinstance(value, Tracer) and value.graph is graph and not value.is_condition \
+                and not value.shape:
             outputs.append(value.node)
         elif isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(
                 value, (bool, np.bool_)):
-            outputs.append(graph.const(float(value)))
+            outputs.append(graph.const(_float_constant(value)))
         else:
             raise errors.TracingError(
-                f"{name} returned a {type(result).__name__} holding a "
-                f"{type(value).__name__}; its elements must be floats.")
+                f"{_definition(fn)}: {name} returned {_kind(result)} holding "
+                f"{_kind(value)}; its elements must be floats.")
     indices = tuple(range(len(outputs)))
     tree = ArrayOut(name, elements.shape, indices) if isinstance(result, np.ndarray) else indices
     graph.set_outputs(outputs, tree)
