@@ -43,6 +43,7 @@ transaction: everything is built in a temporary directory and moved into
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -606,6 +607,8 @@ def build(path, outdir, fmt, name=None):
     outdir = os.path.abspath(outdir)
     name = _check_request(path, outdir, fmt, name)
     cc = _check_toolchain(fmt)
+    entries = _entries(fmt, name)
+    remove = _install_plan(fmt, name, outdir, os.path.abspath(path), entries)  # before the work
     kernels = lower_module(import_path(path))
     source_name = os.path.basename(path)
     try:
@@ -621,8 +624,9 @@ def build(path, outdir, fmt, name=None):
         for d in (stage, work, aside):
             os.makedirs(d)
         _build_format(fmt, kernels, name, source_name, stage, work, cc)
-        entries = sorted(os.listdir(stage))
-        remove = _install_plan(fmt, name, outdir, os.path.abspath(path), entries)
+        if sorted(os.listdir(stage)) != entries:
+            raise BuildError(f"gradc internal error: the build wrote {sorted(os.listdir(stage))}, "
+                             f"not {entries}.")
         try:
             _install(entries, remove, stage, outdir, aside)
         except _RollbackFailed:
@@ -659,6 +663,12 @@ def _build_format(fmt, kernels, name, source_name, stage, work, cc):
 
 # The ext package's compiled kernels: <name>/_gradc_kernels.<abi>.so beside <name>/__init__.py.
 _EXTENSION = "_gradc_kernels"
+
+
+def _entries(fmt, name):
+    """The entries of the output directory that a build of module ``name`` writes, sorted."""
+    return sorted({"python": [f"{name}.py"], "ext": [name],
+                   "c": [f"lib{name}.so", f"{name}.h"]}[fmt])
 
 
 def _is_gradc_package(folder):
@@ -711,7 +721,9 @@ class _RollbackFailed(BuildError):
 def _install(entries, remove, stage, outdir, aside):
     """Move ``stage/<e>`` to ``outdir/<e>`` for every entry, and ``remove`` out of the way:
     all or nothing. Old entries are first moved aside (renames within one file system); if
-    any move fails, the new entries are taken back out and the old ones put back."""
+    any move fails, the new entries are taken back out and the old ones put back (and an
+    output directory made here removed again)."""
+    created = not os.path.isdir(outdir)
     os.makedirs(outdir, exist_ok=True)
     moved, placed = [], []
     try:
@@ -728,6 +740,9 @@ def _install(entries, remove, stage, outdir, aside):
             raise _RollbackFailed(
                 f"gradc build: installing into {outdir} failed ({exc}), and restoring "
                 f"{', '.join(failed)} failed too; the previous files are in {aside}.") from exc
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(outdir)
         raise
 
 

@@ -307,6 +307,29 @@ def test_failed_move_leaves_exactly_the_old_files(tmp_path, monkeypatch, fail_at
     assert sorted(new) == sorted(old)
 
 
+def test_failed_move_into_a_new_directory_leaves_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "new" / "out"
+    real = os.replace
+
+    def replace(src, dst):
+        if os.path.dirname(dst) == str(out):
+            raise OSError(13, "Permission denied (simulated)")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(BuildError, match="simulated"):
+        build(MODEL, str(out), "python")
+    assert os.listdir(tmp_path / "new") == []
+
+
+def test_build_never_overwrites_its_source(tmp_path):
+    src = tmp_path / "model.py"
+    shutil.copy(MODEL, src)
+    with pytest.raises(BuildError, match="would overwrite"):
+        build(str(src), str(tmp_path), "python")
+    assert src.read_text() == open(MODEL).read() and os.listdir(tmp_path) == ["model.py"]
+
+
 def test_python_build_refuses_a_module_it_would_not_shadow(tmp_path):
     import importlib.machinery
 
