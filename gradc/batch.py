@@ -5,7 +5,16 @@
 one gradient array per argument. The emitted code is one loop over the points
 around the same fused function, compiled by numba with ``parallel=True``
 (``prange``): the points are spread over the cores. ``out=`` takes buffers of
-the result's structure, so a hot loop allocates nothing.
+the result's structure, so a hot loop allocates nothing. Input arrays may be
+read-only (``setflags(write=False)``, ``np.frombuffer``): the kernel never
+writes them, and its signature says so.
+
+Concurrent calls from threads are safe. numba's ``workqueue`` threading layer
+(gradc's choice where ``tbb`` does not load, see :func:`gradc.jit.use_threading_layer`)
+aborts the process when two threads launch parallel loops at once, so parallel
+kernels run behind one process-wide lock unless the layer numba picked is
+thread-safe (``tbb``, ``omp``). Serial kernels release the GIL and need no lock.
+The measurements behind these choices: ``python -m benchmarks.vmap_threads``.
 
 >>> import numpy as np, gradc
 >>> f = gradc.vmap(gradc.value_and_grad(lambda x, y: x * y, backend="python"))
@@ -13,6 +22,10 @@ the result's structure, so a hot loop allocates nothing.
 (array([3., 6.]), (array([3., 3.]), array([1., 2.])))
 """
 from __future__ import annotations
+
+import os
+import threading
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -34,6 +47,69 @@ def _flatten(value):
     return [value]
 
 
+# numba's threading layers that allow parallel launches from several threads at once
+# (numba's docs: tbb and omp are thread-safe, workqueue is not).
+_THREADSAFE_LAYERS = frozenset({"tbb", "omp"})
+
+
+class _ParallelGate:
+    """Runs parallel kernels so that concurrent calls from threads are safe.
+
+    numba's threading layer is one per process, chosen at the first parallel
+    launch. With ``workqueue`` a second launch while one is running aborts the
+    process ("Concurrent access has been detected"), so launches take turns
+    behind one lock: a parallel loop already uses every core, so four waiting
+    callers got about the throughput of one (``benchmarks/vmap_threads.py``;
+    running the serial loop instead of waiting was no better for large batches).
+    Until numba has picked its layer the gate locks too; once the layer is
+    known to be thread-safe, calls go straight through.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.threadsafe = None  # None: numba has not picked its threading layer yet
+
+    def run(self, kernel, args):
+        if self.threadsafe:
+            kernel(*args)
+            return
+        with self._lock:
+            kernel(*args)
+            if self.threadsafe is None:
+                layer = _threading_layer()
+                if layer is not None:  # picked once per process: decide once
+                    self.threadsafe = layer in _THREADSAFE_LAYERS
+
+    def reset_after_fork(self):
+        """A child forked while another thread held the lock would wait on it forever."""
+        self._lock = threading.Lock()
+
+
+def _threading_layer():
+    """The threading layer numba picked for this process (after its first parallel launch)."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel launch has happened: nothing picked yet
+        return None
+
+
+_gate = _ParallelGate()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_gate.reset_after_fork)
+
+
+class _Spec(NamedTuple):
+    """One compiled batched loop: ``call(n, *points, *outs)`` and how to read its outputs."""
+    call: Callable
+    kernel: Callable  # the loop itself, without the gate (benchmarks time it directly)
+    out_tree: object
+    n_out: int
+    source: str
+    path: str
+
+
 class BatchedFunction:
     """A :class:`~gradc.api.GradcFunction` applied point by point over arrays."""
 
@@ -42,6 +118,7 @@ class BatchedFunction:
             fn = GradcFunction(fn, "compile")  # a plain function: its values at many points
         self._fn, self._parallel = fn, parallel
         self._specs = {}
+        self._building = threading.Lock()  # concurrent first calls compile once
 
     def _points(self, args):
         values, n = [], None
@@ -68,23 +145,30 @@ class BatchedFunction:
     def _spec(self, batched):
         spec = self._specs.get(batched)
         if spec is None:
-            nargs = len(batched)
-            graph, source, func_name, _ = self._fn.lower((None,) * nargs)
-            source, name = emit_batched(source, graph, func_name, self._fn._arg_names(nargs),
-                                        batched, self._parallel)
-            n_out = len(list(leaves(graph.out_tree)))
-            if self._fn._backend == "numba":
-                call, path = jit.load_numba_batched(source, func_name, name, batched, n_out,
-                                                    self._parallel)
-            else:
-                func, path = jit.load_python(source, name)
-
-                def call(*a, _func=func):
-                    with np.errstate(all="ignore"):
-                        _func(*a)
-
-            spec = self._specs[batched] = (call, graph.out_tree, n_out, source, path)
+            with self._building:
+                spec = self._specs.get(batched)  # another thread may have built it meanwhile
+                if spec is None:
+                    spec = self._specs[batched] = self._build(batched)
         return spec
+
+    def _build(self, batched):
+        nargs = len(batched)
+        graph, source, func_name, _ = self._fn.lower((None,) * nargs)
+        source, name = emit_batched(source, graph, func_name, self._fn._arg_names(nargs),
+                                    batched, self._parallel)
+        n_out = len(list(leaves(graph.out_tree)))
+        if self._fn._backend == "numba":
+            kernel, path = jit.load_numba_batched(source, func_name, name, batched, n_out,
+                                                  self._parallel)
+            call = (lambda *a: _gate.run(kernel, a)) if self._parallel else kernel
+        else:
+            kernel, path = jit.load_python(source, name)
+
+            def call(*a):  # plain Python: prange is range, nothing runs in parallel
+                with np.errstate(all="ignore"):  # errstate is per thread
+                    kernel(*a)
+
+        return _Spec(call, kernel, graph.out_tree, n_out, source, path)
 
     def _buffers(self, n, n_out, out):
         if out is None:
@@ -103,17 +187,17 @@ class BatchedFunction:
 
     def __call__(self, *args, out=None):
         values, n = self._points(args)
-        call, tree, n_out, _, _ = self._spec(tuple(isinstance(v, np.ndarray) for v in values))
-        buffers = self._buffers(n, n_out, out)
-        call(n, *values, *buffers)
-        return _unflatten(tree, buffers)
+        spec = self._spec(tuple(isinstance(v, np.ndarray) for v in values))
+        buffers = self._buffers(n, spec.n_out, out)
+        spec.call(n, *values, *buffers)
+        return _unflatten(spec.out_tree, buffers)
 
     @property
     def source(self):
         """The emitted module, with the batched loop (after the first call)."""
         if not self._specs:
             raise errors.ArgumentError("call the batched function once before asking for .source")
-        return next(iter(self._specs.values()))[3]
+        return next(iter(self._specs.values())).source
 
 
 def vmap(fn=None, *, parallel=True):
@@ -123,7 +207,8 @@ def vmap(fn=None, *, parallel=True):
     shared. Results have the structure of ``fn``'s result with an array per
     leaf. ``parallel=True`` spreads the points over the cores (numba's
     ``workqueue`` threading layer unless ``NUMBA_THREADING_LAYER`` says
-    otherwise). ``out=`` takes preallocated result arrays.
+    otherwise; calls from several threads take turns unless that layer is
+    thread-safe). ``out=`` takes preallocated result arrays.
     """
     if fn is None:
         return lambda f: BatchedFunction(f, parallel)

@@ -46,3 +46,22 @@ def test_bad_batches():
         f(1.0, 2.0)
     with pytest.raises(gradc.ArgumentError, match="out="):
         f(np.ones(3), 1.0, out=(np.empty(3), (np.empty(2), np.empty(3))))
+
+
+@pytest.mark.parametrize("backend, parallel", [("python", True), ("numba", True), ("numba", False)])
+def test_read_only_points_give_the_same_result_as_writable(backend, parallel):
+    batched = gradc.vmap(gradc.value_and_grad(rosen2, backend=backend), parallel=parallel)
+    rng = np.random.default_rng(7)
+    x, y = rng.uniform(-2, 2, 33), rng.uniform(-1, 3, 33)
+    frozen = x.copy()
+    frozen.setflags(write=False)
+    from_bytes = np.frombuffer(y.tobytes())  # read-only: a view of an immutable bytes object
+    assert not frozen.flags.writeable and not from_bytes.flags.writeable
+    expected = batched(x, y)
+    for a, b in [(frozen, from_bytes), (frozen, y), (x, from_bytes)]:
+        values, (dx, dy) = batched(a, b)
+        np.testing.assert_array_equal(values, expected[0])
+        np.testing.assert_array_equal(dx, expected[1][0])
+        np.testing.assert_array_equal(dy, expected[1][1])
+    with pytest.raises(gradc.ArgumentError, match="writable"):  # out= buffers must stay writable
+        batched(x, y, out=(frozen, (np.empty(33), np.empty(33))))
