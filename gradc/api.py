@@ -21,11 +21,12 @@ import numpy as np
 from . import ad, errors, jit
 from .emit import emit_module
 from .ir import ArrayOut
+from .lower import LoweringError, lower_module
 from .optimize import optimize
 from .trace import identifier_or_none, trace
 
 BACKENDS = ("numba", "python")
-ARRAY_MODES = ("auto", "unroll", "numpy", "numba")
+ARRAY_MODES = ("auto", "unroll", "numpy", "numba", "loops")
 #: arrays="auto" unrolls array arguments into scalar code for numba while the
 #: arguments hold at most this many elements in all ...
 UNROLL_MAX_ELEMENTS = 256
@@ -37,6 +38,8 @@ UNROLL_MAX_NODES = 500
 #: the array arguments hold at most this many elements.
 NUMBA_LOOP_MAX_ELEMENTS = 4096
 _ndarray = np.ndarray
+#: Loop sources compiled in this process -> (numba dispatcher, cache file): one per source.
+_LOOP_FUNCTIONS: dict = {}
 
 
 def array_elements(shapes):
@@ -92,12 +95,13 @@ class _NeedsConversion(errors.ArgumentError):
 class _Spec:
     """One compiled specialisation: its graph, source, file and callable."""
 
-    __slots__ = ("graph", "source", "path", "call", "func_name", "entry", "plain")
+    __slots__ = ("graph", "source", "path", "call", "func_name", "entry", "plain", "runs")
 
-    def __init__(self, graph, source, path, call, func_name, entry=None, plain=None):
+    def __init__(self, graph, source, path, call, func_name, entry=None, plain=None, runs=None):
         self.graph, self.source, self.path, self.call = graph, source, path, call
         self.func_name, self.entry = func_name, entry
-        self.plain = plain  # NumPy-level code: the emitted function, callable as it is
+        self.plain = plain  # arrays traced whole: a callable that takes the arrays as they are
+        self.runs = runs    # what cache_info() reports, where it is not derived
 
 
 class GradcFunction:
@@ -226,7 +230,7 @@ class GradcFunction:
         names = self._arg_names(nargs)
         elements = array_elements(shapes)
         whole = any(s is not None for s in shapes) and (
-            self._arrays in ("numpy", "numba") or dtype == "float32"
+            self._arrays in ("numpy", "numba", "loops") or dtype == "float32"
             or self._arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
         retrace = lambda: trace(self._fn, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
                                 self._name, _origin(self._fn))
@@ -259,7 +263,9 @@ class GradcFunction:
             return spec
         graph, source, func_name, entry_name = self.lower(shapes, dtype)
         spec = None
-        if self._backend == "numba" and numba_runs(graph, shapes, self._arrays):
+        if self._backend == "numba" and graph.whole_params and self._arrays in ("auto", "loops"):
+            spec = self._loops_spec(graph)
+        if spec is None and self._backend == "numba" and numba_runs(graph, shapes, self._arrays):
             try:
                 dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes,
                                                   dtype=dtype, layout=numba_layout(graph))
@@ -283,6 +289,29 @@ class GradcFunction:
             self._plain[tuple(None if shape is None else (shape, np.dtype(dtype).char)
                               for shape in shapes)] = spec.plain
         return spec
+
+    def _loops_spec(self, graph):
+        """Arrays traced whole, lowered to fused loops (gradc/lower.py) and compiled by numba.
+
+        None where the lowering has no rule for an op the graph uses and ``arrays="auto"``
+        (NumPy-level code runs it). Shapes that lower to the same source share one compiled
+        function, so a new length of the same rank costs a trace, not a compile.
+        """
+        kind = {"compile": "value"}.get(self._kind, self._kind)
+        try:
+            source, func_name = lower_module(graph, self._name, kind, graph.origin)
+        except LoweringError as exc:
+            if self._arrays == "loops":
+                raise errors.UnsupportedFunctionError(
+                    f"{self._name}(): arrays='loops' cannot compile this function ({exc}); "
+                    "use arrays='auto', which runs it as NumPy-level code.") from None
+            return None
+        found = _LOOP_FUNCTIONS.get(source)
+        if found is None:
+            found = _LOOP_FUNCTIONS[source] = jit.load_numba(
+                source, func_name, None, None, build=lambda module: jit.njit_lazy(module, func_name))
+        dispatcher, path = found
+        return _Spec(graph, source, path, dispatcher, func_name, plain=dispatcher, runs="loops")
 
     def _numba_mismatch(self, *args, **kwargs):
         """numba found no compiled signature for a call: let gradc say what is wrong."""
@@ -416,6 +445,11 @@ class GradcFunction:
         whole: numba is not used even with backend="numba") or ``"python"``.
         """
         spec = self._default_spec()
+        if spec.runs == "loops":
+            stats = spec.call.stats
+            return {"path": spec.path, "backend": self._backend, "runs": "numba", "path_kind":
+                    "loops", "cache_hits": sum(stats.cache_hits.values()),
+                    "cache_misses": sum(stats.cache_misses.values())}
         if spec.entry is None:
             runs = "numpy" if spec.graph.whole_params else "python"
             return {"path": spec.path, "backend": self._backend, "runs": runs}

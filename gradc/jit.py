@@ -571,6 +571,13 @@ def _jit_inner(module, func_name):
     setattr(module, func_name, njit(cache=True, error_model="numpy")(getattr(module, func_name)))
 
 
+def njit_lazy(module, func_name):
+    """The module's function as a numba dispatcher that compiles per argument types on first
+    call (loop code takes arrays of any length: one compile per rank and dtype)."""
+    _jit_inner(module, func_name)
+    return getattr(module, func_name)
+
+
 def _njit_all(module, func_name, entry_name, shapes, dtype="float64", layout="A"):
     from numba import float64, njit, types
 
