@@ -282,7 +282,14 @@ def _read_regular(path, limit):
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return os.read(fd, limit)
+        chunks, size = [], 0
+        while size < limit:
+            chunk = os.read(fd, limit - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
     except OSError:
         return None
     finally:
@@ -357,21 +364,17 @@ def _open_lock(entry):
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | _SAFE_OPEN, 0o600)
     except OSError as exc:
-        if os.path.islink(lock) or os.path.isdir(lock):
-            kind = "a symbolic link" if os.path.islink(lock) else "a directory"
-            _warn_once(("lock", lock), f"gradc's lock file {lock!r} is {kind}; gradc compiles "
-                       "without the lock (concurrent first calls may compile twice). Delete it "
-                       "to restore the lock.")
-        else:
-            _warn_write_failed(entry.directory, exc)
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        problem = ("is a symbolic link" if os.path.islink(lock)
+                   else f"cannot be opened ({exc.strerror})")
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
         os.close(fd)
-        _warn_once(("lock", lock), f"gradc's lock file {lock!r} is not a regular file; gradc "
-                   "compiles without the lock (concurrent first calls may compile twice). "
-                   "Delete it to restore the lock.")
-        return None
-    return fd
+        problem = "is not a regular file"
+    _warn_once(("lock", lock), f"gradc's lock file {lock!r} {problem}; gradc compiles without "
+               "the lock (concurrent first calls may compile twice). Delete it to restore the "
+               "lock.")
+    return None
 
 
 def _acquire(fd, lock):
