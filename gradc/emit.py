@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import keyword
 import math
-import unicodedata
 
 import numpy as np
 
 from . import __version__
 from .ir import ArrayOut, leaves
 from .ops import OPS
+from .trace import identifier_or_none
 
 
 def _reserved(name):
@@ -25,16 +25,20 @@ def _reserved(name):
 
 
 class _Namer:
-    """Hands out unique identifiers: the wanted name if free, else ``name_1``, ``name_2``..."""
+    """Hands out unique identifiers: the wanted name if free, else ``name_1``, ``name_2``...
+
+    Wanted names are taken as Python reads them (NFKC-normalised: ``ℌ`` is ``H``) and
+    bounded in length (see :func:`~gradc.trace.identifier_or_none`); one that is no
+    identifier, or is a keyword, gets a counter name (``t0``) instead.
+    """
 
     def __init__(self):
         self.taken = set()
         self.counter = 0
 
     def fresh(self, wanted=None):
-        if wanted is not None:  # Python reads identifiers NFKC-normalised: ℌ is H
-            wanted = unicodedata.normalize("NFKC", wanted)
-        if wanted is None or not wanted.isidentifier() or _reserved(wanted):
+        wanted = identifier_or_none(wanted)
+        if wanted is None:
             while f"t{self.counter}" in self.taken:
                 self.counter += 1
             wanted = f"t{self.counter}"
@@ -55,7 +59,7 @@ def assign_names(graph, result_name, namer=None):
     namer, names, absorbed = namer or _Namer(), {}, set()
     uses = graph.users()
     outputs = {o.id for o in graph.outputs}
-    params = [namer.fresh(name if name.isidentifier() and not _reserved(name) else f"arg{p}")
+    params = [namer.fresh(identifier_or_none(name) or f"arg{p}")
               for p, (name, _) in enumerate(graph.params)]
     for node in graph.inputs:
         _, hint, p, index = node.attrs
@@ -279,7 +283,9 @@ def emit_module(graph, fn_name, kind, origin=None, out_params=False):
     it inlines away. With ``out_params`` the gradient arrays are extra parameters
     the function writes into (see :func:`out_arrays`).
     """
-    func_name = f"{fn_name}__{kind}" + ("__out" if out_params else "")
+    # The name as Python will define it (normalised) and short enough for numba's cache file
+    # names; gradc looks the function up under the name returned here.
+    func_name = identifier_or_none(f"{fn_name}__{kind}" + ("__out" if out_params else "")) or "f"
     body, np_alias, namer, params = _emit(graph, func_name, fn_name, out_params)
     # Module-level names must not be shadowed by any local of either function.
     for p in params:

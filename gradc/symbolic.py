@@ -36,6 +36,7 @@ import numpy as np
 
 from . import errors
 from .ops import OPS
+from .trace import identifier_or_none
 
 __all__ = ["from_sympy", "to_sympy"]
 
@@ -400,10 +401,6 @@ def _wanted_name(sym):
     return str(sym)
 
 
-def _safe(name):
-    return name.isidentifier() and not keyword.iskeyword(name) and name != "__debug__"
-
-
 def _sanitize(name):
     """An ASCII identifier made from ``name``: unsafe characters become ``_``."""
     text = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_") or "s"
@@ -423,7 +420,8 @@ def parameter_names(symbols):
     ['x', 'lambda_', 'x_0_1', 'x_0', 'a_b']
     """
     wanted = [unicodedata.normalize("NFKC", _wanted_name(s)) for s in symbols]
-    names: list = [w if _safe(w) else None for w in wanted]
+    # identifier_or_none also bounds long names, so the signature shows the emitted names.
+    names: list = [identifier_or_none(w) for w in wanted]
     taken = set()
     for i, n in enumerate(names):  # safe names first, in order; a repeat is renamed below
         if n is not None and n not in taken:
@@ -432,7 +430,7 @@ def parameter_names(symbols):
             names[i] = None
     for i, n in enumerate(names):
         if n is None:
-            base = _sanitize(wanted[i]) if not _safe(wanted[i]) else wanted[i]
+            base = identifier_or_none(wanted[i]) or identifier_or_none(_sanitize(wanted[i]))
             n, k = base, 0
             while n in taken:
                 k += 1
@@ -480,7 +478,9 @@ def from_sympy(expr, symbols, backend="numba", *, kind="value_and_grad", name="s
     Returns a :class:`~gradc.GradcFunction` taking one float per symbol, in order:
     ``f(*values) -> (value, (d/ds1, d/ds2, ...))`` (a bare gradient for one symbol),
     exactly like :func:`gradc.value_and_grad`. ``kind`` may also be ``"grad"`` or
-    ``"compile"`` (the value only). Symbols whose names are not Python identifiers
+    ``"compile"`` (the value only). ``name`` names the emitted function, as Python reads
+    identifiers (NFKC-normalised, long names shortened); ``"sympy_expr"`` if it is no
+    identifier. Symbols whose names are not Python identifiers
     (``x[0]``, ``lambda``) get sanitized parameter names; ``inspect.signature`` of the
     result shows them.
 
@@ -509,7 +509,8 @@ def from_sympy(expr, symbols, backend="numba", *, kind="value_and_grad", name="s
     symbols, positions = _as_symbols(sp, symbols)
     plan = _Converter(sp, positions).convert(expr)
     params = parameter_names(symbols)
-    fn_name = name if isinstance(name, str) and _safe(name) else "sympy_expr"
+    # The name as emitted source defines it (NFKC-normalised, bounded): ``ℌ`` becomes ``H``.
+    fn_name = identifier_or_none(name) or "sympy_expr"
     program = functools.partial(_run, plan)
     program.__signature__ = inspect.Signature(
         [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params])

@@ -877,11 +877,27 @@ def where(cond, a, b):
     return t._apply("where", (cond, a, b))
 
 
-def identifier_or_none(name):
-    """``name`` if it can appear in emitted source as an identifier, else None."""
-    if isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name):
-        return name
-    return None
+def identifier_or_none(name, limit=64):
+    """``name`` as it can appear in emitted source as an identifier, else None.
+
+    Python reads identifiers NFKC-normalised (``def ℌ():`` defines ``H``, ``ﬁ`` is ``fi``),
+    so the name is normalised first and checked after: the name returned is the name
+    Python defines, and a name that normalises to a keyword is None. A name longer than
+    ``limit`` is cut and given 8 hex digits of its hash (unique, and short enough for the
+    file names numba derives from function names in its cache).
+    """
+    import hashlib
+    import unicodedata
+
+    if not isinstance(name, str):
+        return None
+    name = unicodedata.normalize("NFKC", name)
+    if not name.isidentifier() or keyword.iskeyword(name) or name == "__debug__":
+        return None
+    if len(name) > limit:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = unicodedata.normalize("NFKC", name[:limit - 9]) + "_" + digest
+    return name if name.isidentifier() else None
 
 
 def _traced_param(graph, name, shape, whole=False):

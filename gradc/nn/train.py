@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 import weakref
 
 import numpy as np
@@ -33,7 +34,7 @@ from ..api import (ARRAY_MODES, UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES, array_ele
 from ..emit import emit_module
 from ..ir import ArrayOut
 from ..optimize import optimize
-from ..trace import Tracer, trace
+from ..trace import Tracer, identifier_or_none, trace
 from .losses import as_loss
 from .optim import Optimizer
 
@@ -41,13 +42,19 @@ from .optim import Optimizer
 # --- names ------------------------------------------------------------------------------
 def param_identifiers(keys):
     """Identifiers for parameter keys in emitted source: ``"0.W"`` -> ``W0``,
-    ``"1.0.b"`` -> ``b1_0``."""
+    ``"1.0.b"`` -> ``b1_0``.
+
+    Keys are user text: they are read as Python reads identifiers (NFKC: ``"ℌ"`` is
+    ``H``, so a key cannot pose as ``X``) and bounded in length by ``identifier_or_none``.
+    """
     out, taken = [], set()
     for key in keys:
-        *where, last = str(key).split(".")
+        *where, last = unicodedata.normalize("NFKC", str(key)).split(".")
         base = re.sub(r"\W", "_", last) + "_".join(re.sub(r"\W", "_", w) for w in where)
-        if not base.isidentifier() or base in ("X", "Y", "lr", "loss"):
-            base = "p_" + base
+        ident = identifier_or_none(base)
+        if ident is None or ident in ("X", "Y", "lr", "loss"):
+            ident = identifier_or_none("p_" + base)
+        base = ident or f"p_{len(out)}"  # a \w character that is no identifier character
         name, k = base, 0
         while name in taken:
             k += 1
