@@ -6,9 +6,13 @@ then calls the compiled code. With the numba backend, once a function of plain
 positional float arguments is compiled, calls go straight to numba's dispatcher
 (the object's class is switched to one whose ``__call__`` *is* the dispatcher),
 so a call costs a hand-written ``@njit`` call plus ~60 ns for the entry point's
-``*extra`` tail; wrong arguments still reach gradc through numba's no-match hook
-and raise a gradc error. Calls with arrays look their specialisation up by
-shape first (a small Python frame), since unrolled code is specialised to it.
+``*extra`` tail. numba runs such a call itself only when its arguments are
+exactly the compiled floats; for any other call (ints, arrays, wrong arguments)
+it asks its ``_compile_for_args`` hook for code, and gradc's hook runs the call
+through the full path instead (bind, convert, compile a new specialisation),
+so what a call returns never depends on the calls before it. Calls with arrays
+look their specialisation up by shape first (a small Python frame), since
+unrolled code is specialised to it.
 """
 from __future__ import annotations
 
@@ -69,7 +73,8 @@ def numba_runs(graph, shapes, arrays):
 
 
 def function_name(fn):
-    """An identifier naming ``fn`` in emitted source (``lambda`` for lambdas)."""
+    """An identifier naming ``fn`` in emitted source (``lambda`` for lambdas): NFKC-normalised
+    as Python reads it (``ℌ`` is ``H``) and bounded in length (see ``identifier_or_none``)."""
     name = getattr(fn, "__name__", None) or type(fn).__name__
     return identifier_or_none(name) or ("lambda" if name == "<lambda>" else "f")
 
@@ -89,7 +94,8 @@ def _normalize_argnums(argnums):
 
 
 class _NeedsConversion(errors.ArgumentError):
-    """numba rejected arguments that gradc can convert (the slow path retries)."""
+    """numba has no signature for arguments as they were passed (ints, float32 or read-only
+    arrays...): the quick path catches it and the full path converts them."""
 
 
 class _Spec:
@@ -168,8 +174,8 @@ class GradcFunction:
             if value.size == 0:
                 raise errors.ArgumentError(
                     f"{errors.where()}: argument {i} of {self._name}() is an empty array.")
-            keep = np.float32 if value.dtype == np.float32 else np.float64
-            return np.ascontiguousarray(value, dtype=keep)
+            single = value.dtype.kind == "f" and value.dtype.itemsize == 4  # >f4 too
+            return _argument_array(value, np.float32 if single else np.float64)
         kind = type(value).__name__
         hint = (" Pass a NumPy array (numpy.asarray(...)) for a vector argument."
                 if isinstance(value, (list, tuple)) else "")
@@ -285,6 +291,7 @@ class GradcFunction:
             plain = call if graph.whole_params else None
             spec = _Spec(graph, source, path, call, func_name, plain=plain)
         self._specs[key] = spec
+        self._leave_numba()  # the dispatcher serves one float signature; now there are more
         if spec.plain is not None:
             self._plain[tuple(None if shape is None else (shape, np.dtype(dtype).char)
                               for shape in shapes)] = spec.plain
@@ -314,14 +321,42 @@ class GradcFunction:
         return _Spec(graph, source, path, dispatcher, func_name, plain=dispatcher, runs="loops")
 
     def _numba_mismatch(self, *args, **kwargs):
-        """numba found no compiled signature for a call: let gradc say what is wrong."""
-        given = [a for a in args if type(a).__name__ != "OmittedArg"]
-        if given and isinstance(given[-1], tuple) and type(given[-1]) is tuple:
-            given = given[:-1] + list(given[-1])  # the entry point's *extra
-        self._bind(tuple(given), kwargs)  # raises for arguments gradc cannot take at all
-        raise _NeedsConversion(
-            f"{errors.where()}: {self._name}() got arguments numba cannot take as they are "
-            "(for example 0-d arrays or non-float64 arrays); pass floats and float64 arrays.")
+        """numba's hook when no compiled signature takes a call's arguments as they are (and
+        it may not compile): the quick path catches this and takes the full path, which
+        converts them or says what is wrong. Raising is all numba allows this hook; the
+        exception is a signal, so it is cheap (no stack walk): read-only arrays pass here."""
+        raise _NeedsConversion(f"numba cannot take the arguments of {self._name}() as they are")
+
+    def _numba_any_call(self, *args, **kwargs):
+        """numba's hook for a call that matches no compiled signature exactly, once
+        ``_go_straight_to_numba`` lets it ask: gradc runs the call through the full path
+        and hands numba a callable returning the result, which numba calls and returns."""
+        result = self._call_full(_unfold(args), kwargs)
+        return lambda *_args, **_kwargs: result
+
+    def _go_straight_to_numba(self, spec, nargs):
+        """Make calls of this object *be* calls of ``spec``'s dispatcher (the module docstring).
+
+        With compiling allowed, numba takes a call itself only on an exact type match and
+        hands every other call to ``_compile_for_args``, here the full path. So the
+        dispatcher gets an exact signature for Python floats, and the hook. Where that
+        cannot be arranged the object keeps its Python ``__call__`` (correct, a little slower).
+        """
+        dispatcher = spec.entry
+        if not _exact_float_overload(dispatcher, nargs):
+            return
+        dispatcher._compile_for_args = self._numba_any_call
+        dispatcher._can_compile = True
+        self._own_class = type(self)
+        self.__class__ = type(type(self).__name__, (type(self),),
+                              {"__call__": staticmethod(dispatcher)})
+
+    def _leave_numba(self):
+        """Back to the Python ``__call__`` (and its quick path by shape), once there is more
+        than the one float specialisation the dispatcher serves."""
+        own = self.__dict__.pop("_own_class", None)
+        if own is not None:
+            self.__class__ = own
 
     # --- calling ----------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -342,14 +377,25 @@ class GradcFunction:
                 plain = self._plain.get(tuple(map(_shape_and_dtype, args)))
                 if plain is not None:
                     return plain(*args)
+        return self._call_full(args, kwargs)
+
+    def _call_full(self, args, kwargs):
+        """Any call: bind and convert the arguments, compile their specialisation if it is
+        new, run it. The same for every call, whatever calls came before."""
         values = self._bind(args, kwargs)
-        spec = self._spec(_shapes(values), _dtype(values))
-        if (spec.entry is not None and self._simple_signature() and len(self._specs) == 1
+        dtype = _dtype(values)
+        values = _promote(values, dtype)
+        spec = self._spec(_shapes(values), dtype)
+        if (spec.entry is not None and "_own_class" not in self.__dict__
+                and self._simple_signature() and len(self._specs) == 1
                 and all(isinstance(v, float) for v in values)):
-            # From now on calls go straight to numba (see the module docstring).
-            self.__class__ = type(type(self).__name__, (GradcFunction,),
-                                  {"__call__": staticmethod(spec.entry)})
-        return spec.call(*values)
+            self._go_straight_to_numba(spec, len(values))
+        try:
+            return spec.call(*values)
+        except _NeedsConversion as exc:  # _bind's values are what numba takes: a gradc bug
+            raise errors.GradcError(
+                f"{errors.where()}: {exc}, though gradc converted them. This is a gradc bug; "
+                "please report it. backend='python' runs the same source without numba.") from None
 
     @property
     def _takes_out(self):
@@ -366,7 +412,9 @@ class GradcFunction:
         """
         out = kwargs.pop("out")
         values = self._bind(args, kwargs)
-        shapes, dtype = _shapes(values), _dtype(values)
+        dtype = _dtype(values)
+        values = _promote(values, dtype)
+        shapes = _shapes(values)
         spec = self._spec(shapes, dtype)
         tree = spec.graph.out_tree[1] if self._kind == "value_and_grad" else spec.graph.out_tree
         buffers = self._check_out(out, tree, spec.graph, dtype)
@@ -405,9 +453,9 @@ class GradcFunction:
                         "put None there.")
                 return
             if not (isinstance(o, np.ndarray) and o.shape == tuple(shape) and o.dtype == dtype
-                    and o.flags.writeable and o.flags.c_contiguous):
+                    and o.flags.writeable and o.flags.c_contiguous and o.flags.aligned):
                 raise errors.ArgumentError(
-                    f"{errors.where()}: out= needs a writable C-contiguous {dtype} array of "
+                    f"{errors.where()}: out= needs a writable, aligned, C-contiguous {dtype} array of "
                     f"shape {tuple(shape)} here, not {_describe(o)}.")
             buffers.append(o)
 
@@ -510,6 +558,60 @@ def _dtype(values):
     return "float64"
 
 
+def _promote(values, dtype):
+    """The values with float32 arrays made float64 where ``dtype`` is float64 (a mixed call),
+    as NumPy promotes float32 with float64; code compiled for float64 takes no float32."""
+    if dtype == "float32":
+        return values
+    return tuple(v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32
+                 else v for v in values)
+
+
+def _argument_array(value, dtype):
+    """``value`` as compiled code takes it: a base ndarray of native-order ``dtype``,
+    C-contiguous, aligned and writable (a copy where it is not). numba's signatures are for
+    writable arrays and gradc never writes its inputs, so copying read-only ones is safe."""
+    flags = value.flags
+    if (type(value) is _ndarray and value.dtype == dtype and flags.c_contiguous
+            and flags.aligned and flags.writeable):
+        return value
+    return np.array(value, dtype=dtype, order="C")
+
+
+def _unfold(args):
+    """The positional arguments of a call from numba's folded form: omitted parameters
+    (numba's OmittedArg, for the entry point's defaults) dropped and the trailing
+    ``*extra`` tuple spread back."""
+    *given, extra = args
+    return tuple(a for a in given if type(a).__name__ != "OmittedArg") + tuple(extra)
+
+
+def _exact_float_overload(dispatcher, nargs):
+    """Whether ``dispatcher`` has (now) a signature that a call of ``nargs`` Python floats
+    matches exactly: ``(float64, ..., Tuple(()))``, the type of an empty ``*extra``.
+
+    The entry point may be compiled with ``StarArgTuple(())`` there, which numba converts
+    to, but only while it may not compile. The same compiled code is then registered under
+    the exact types too (what numba runs for such a call either way): nothing is compiled.
+    """
+    from numba import types
+    from numba.core.typing import signature
+
+    exact = (types.float64,) * nargs + (types.Tuple(()),)
+    if exact in dispatcher.overloads:
+        return True
+    for args, cres in list(dispatcher.overloads.items()):
+        if len(args) == len(exact) and all(a == types.float64 for a in args[:-1]) and (
+                isinstance(args[-1], types.BaseTuple) and not len(args[-1])):
+            try:
+                dispatcher.add_overload(cres._replace(
+                    signature=signature(cres.signature.return_type, *exact)))
+            except (AttributeError, TypeError):  # another numba: keep gradc's Python __call__
+                return False
+            return True
+    return False
+
+
 def _python_caller(func, scalar=np.float64, quiet=True):
     """Run the emitted source in plain Python with NumPy float semantics (inf/nan, no exceptions).
 
@@ -518,8 +620,6 @@ def _python_caller(func, scalar=np.float64, quiet=True):
 
     def call(*values):
         values = [v if type(v) is _ndarray else scalar(v) for v in values]
-        if scalar is np.float64:  # mixed float32/float64 arrays compute in float64
-            values = [v.astype(np.float64) if v.dtype == np.float32 else v for v in values]
         if not quiet:
             return _as_float(func(*values))
         with np.errstate(all="ignore"):
