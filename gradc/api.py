@@ -293,7 +293,7 @@ class GradcFunction:
         self._specs[key] = spec
         self._leave_numba()  # the dispatcher serves one float signature; now there are more
         if spec.plain is not None:
-            self._plain[tuple(None if shape is None else (shape, np.dtype(dtype).char)
+            self._plain[tuple(None if shape is None else (shape, np.dtype(dtype))
                               for shape in shapes)] = spec.plain
         return spec
 
@@ -542,11 +542,12 @@ def _copy_into(result, out):
 
 
 def _shape_and_dtype(a):
-    """A quick-path key entry: (shape, dtype char) of a float array, None for a Python float;
-    anything else gets a key no specialisation has."""
+    """A quick-path key entry: (shape, dtype) of a float array, None for a Python float;
+    anything else gets a key no specialisation has. The dtype itself, not its character:
+    a byte-swapped ``>f8`` array is not float64 to compiled code (and hashes faster)."""
     t = type(a)
     if t is _ndarray:
-        return (a.shape, a.dtype.char)
+        return (a.shape, a.dtype)
     return None if t is float else t
 
 

@@ -70,6 +70,17 @@ def test_read_only_strided_unaligned_and_byte_swapped_arrays_are_taken(backend):
         np.testing.assert_array_equal(x, before, err_msg=how)  # inputs are never written
 
 
+def test_byte_swapped_arrays_are_converted_where_the_quick_path_hands_arrays_over_as_they_are():
+    # Loop code's quick path passes arrays of the compiled shape and dtype straight to numba;
+    # >f8 is float64 to NumPy's dtype character but not to numba (a raw TypingError before).
+    f = gradc.value_and_grad(square_sum, arrays="loops")
+    native = np.array([1.0, -2.0, 3.0])
+    assert f(native)[0] == 14.0
+    value, grad = f(native.astype(">f8"))
+    assert value == 14.0
+    np.testing.assert_array_equal(grad, [2.0, -4.0, 6.0])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_big_endian_float32_arrays_stay_float32(backend):
     f = gradc.grad(square_sum, backend=backend)
@@ -150,7 +161,8 @@ def _named(name):
 
 
 @pytest.mark.parametrize("name, defined", [("ℌ", "H"), ("ﬁ", "fi"), ("ｉｆ", "f"),
-                                           ("ℌ" * 300, None)])
+                                           ("ℌ" * 300, None)],
+                         ids=["fraktur", "ligature", "keyword", "300 characters"])
 def test_function_names_are_emitted_as_python_reads_them(name, defined):
     g = gradc.grad(_named(name), backend="python")
     assert g(3.0) == 6.0
