@@ -455,8 +455,8 @@ class GradcFunction:
             if not (isinstance(o, np.ndarray) and o.shape == tuple(shape) and o.dtype == dtype
                     and o.flags.writeable and o.flags.c_contiguous and o.flags.aligned):
                 raise errors.ArgumentError(
-                    f"{errors.where()}: out= needs a writable, aligned, C-contiguous {dtype} array of "
-                    f"shape {tuple(shape)} here, not {_describe(o)}.")
+                    f"{errors.where()}: out= needs a writable, aligned, C-contiguous {dtype} "
+                    f"array of shape {tuple(shape)} here, not {_describe(o)}.")
             buffers.append(o)
 
         walk(tree, out)
