@@ -349,6 +349,19 @@ def _index_axes(shape, forms, canon):
     return out
 
 
+def _indexed(shape, forms, canon, idx):
+    """The index into an array of ``shape`` that ``array[canon]`` reads (or a scatter writes)
+    at the element ``idx`` of the indexed result: ints fixed, slices as start + step * i."""
+    inner = [None] * len(shape)
+    for axis, f in _int_indices(shape, forms, canon).items():
+        inner[axis] = f
+    for (_, source), index in zip(_index_axes(shape, forms, canon), idx):
+        if source is not None:
+            axis, start, step = source
+            inner[axis] = start + index.scale(step)
+    return tuple(inner)
+
+
 def _int_indices(shape, forms, canon):
     """Source axis -> index form for the integer items of a getitem."""
     items = list(canon)
@@ -564,17 +577,8 @@ class _Lowering:
         op = node.op
         if op == "getitem":
             src = node.args[0]
-            forms = self.shapes.forms[resolve(src).id]
-            axes = _index_axes(src.shape, forms, node.attrs[0])
-            fixed = _int_indices(src.shape, forms, node.attrs[0])
-            inner = [None] * len(src.shape)
-            for axis, f in fixed.items():
-                inner[axis] = f
-            for (count, source), index in zip(axes, idx):
-                if source is not None:
-                    axis, start, step = source
-                    inner[axis] = start + index.scale(step)
-            return self.read(src, tuple(inner), nest)
+            inner = _indexed(src.shape, self.shapes.forms[resolve(src).id], node.attrs[0], idx)
+            return self.read(src, inner, nest)
         if op in ("broadcast_to", "fill", "alias") or op in _ELEMENTWISE:
             return self._broadcast_read(node, idx, nest)
         if op == "transpose":
@@ -816,18 +820,8 @@ class _Lowering:
         idx = self._identity(nest)
         if node.op == "scatter":
             value, _ = self.read(value_node, idx, nest)
-            base = root.shape
-            forms = self.shapes.forms[root.id]
-            axes = _index_axes(base, forms, index)
-            fixed = _int_indices(base, forms, index)
-            target = [None] * len(base)
-            for axis, f in fixed.items():
-                target[axis] = f
-            for (count, source), ix in zip(axes, idx):
-                if source is not None:
-                    axis, start, step = source
-                    target[axis] = start + ix.scale(step)
-            nest.body.append(f"{self._element(buf, tuple(target))} += {value}")
+            target = _indexed(root.shape, self.shapes.forms[root.id], index, idx)
+            nest.body.append(f"{self._element(buf, target)} += {value}")
         else:
             value, _ = self._compute(value_node, idx, nest)
             nest.body.append(f"{self._element(buf, idx)} += {value}")
