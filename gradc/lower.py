@@ -179,7 +179,7 @@ def _slice_parts(item, length, form):
     else:
         start_form = Lin(start)
     if not step_ok:
-        return start_form if start_form.value is None else start_form, step, Lin(count)
+        return start_form, step, Lin(count)  # a stepped length is written as its number
     s1 = item[2]
     if s1 is None:
         stop_form = form
@@ -389,7 +389,6 @@ class _Nest:
         self.hoisted = []           # loop-invariant statements, also before the loop
         self.body = []              # statements inside the innermost loop
         self.locals = {}            # (node id, index texts) -> local name
-        self.made = set()           # node ids materialised in this nest at the identity index
 
 
 class _Lowering:
@@ -749,7 +748,6 @@ class _Lowering:
         idx = self._identity(nest)
         text, _ = self._compute(node, idx, nest)
         nest.body.append(f"{self._element(name, idx)} = {text}")
-        nest.made.add(node.id)
         self.where[node.id] = k
 
     def _compute(self, node, idx, nest):
