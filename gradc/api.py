@@ -490,21 +490,21 @@ class GradcFunction:
         """Where the source lives, what runs it, and numba's cache statistics when numba does.
 
         ``runs`` is ``"numba"``, ``"numpy"`` (NumPy-level code for arrays traced
-        whole: numba is not used even with backend="numba") or ``"python"``.
+        whole: numba is not used even with backend="numba") or ``"python"``;
+        ``path_kind="loops"`` says numba runs the fused loops of arrays traced whole.
         """
         spec = self._default_spec()
-        if spec.runs == "loops":
-            stats = spec.call.stats
-            return {"path": spec.path, "backend": self._backend, "runs": "numba", "path_kind":
-                    "loops", "cache_hits": sum(stats.cache_hits.values()),
-                    "cache_misses": sum(stats.cache_misses.values())}
-        if spec.entry is None:
+        dispatcher = spec.call if spec.runs == "loops" else spec.entry
+        if dispatcher is None:
             runs = "numpy" if spec.graph.whole_params else "python"
             return {"path": spec.path, "backend": self._backend, "runs": runs}
-        stats = spec.entry.stats
-        return {"path": spec.path, "backend": self._backend, "runs": "numba",
+        stats = dispatcher.stats
+        info = {"path": spec.path, "backend": self._backend, "runs": "numba",
                 "cache_hits": sum(stats.cache_hits.values()),
                 "cache_misses": sum(stats.cache_misses.values())}
+        if spec.runs == "loops":
+            info["path_kind"] = "loops"  # fused loops (gradc/lower.py), not the emitted source
+        return info
 
     def __repr__(self):
         return f"<gradc.{self._kind} of {self._name} ({self._backend})>"
