@@ -100,8 +100,10 @@ def _same(got, want):
     np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-13, atol=1e-12)
 
 
-def _child(outdir, block):
-    done = subprocess.run([sys.executable, "-I", "-c", CHILD, outdir, ",".join(block)],
+def _child(outdir, block, script=CHILD):
+    """Run ``script`` in an isolated child with the modules ``block`` names unimportable;
+    its JSON output."""
+    done = subprocess.run([sys.executable, "-I", "-c", script, outdir, ",".join(block)],
                           capture_output=True, text=True, cwd=outdir)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

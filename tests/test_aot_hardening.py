@@ -19,6 +19,7 @@ import pytest
 
 from gradc import aot
 from gradc.aot import BuildError, build
+from test_aot import _child  # the isolated child runner, with this file's script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "examples", "aot", "model.py")
@@ -114,11 +115,7 @@ def _no_markers(*folders):
 
 
 def _run_child(outdir, block):
-    done = subprocess.run([sys.executable, "-I", "-c", CHILD, outdir, ",".join(block)],
-                          capture_output=True, text=True, cwd=outdir)
-    assert done.returncode == 0, done.stderr
-    import json
-    return json.loads(done.stdout)
+    return _child(outdir, block, CHILD)
 
 
 # --- hostile names are text, never code ------------------------------------------------
