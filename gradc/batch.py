@@ -16,6 +16,13 @@ kernels run behind one process-wide lock unless the layer numba picked is
 thread-safe (``tbb``, ``omp``). Serial kernels release the GIL and need no lock.
 The measurements behind these choices: ``python -m benchmarks.vmap_threads``.
 
+A batched loop is made in two steps that can run on different machines:
+:meth:`BatchedFunction.kernel` traces and emits it (a :class:`BatchedKernel`: the
+source text and what is needed to call it, small and picklable), and
+:func:`compiled` checks and compiles that description, once per process.
+:mod:`gradc.dask` ships kernels to Dask workers this way; in memory the same two
+steps run back to back.
+
 >>> import numpy as np, gradc
 >>> f = gradc.vmap(gradc.value_and_grad(lambda x, y: x * y, backend="python"))
 >>> f(np.array([1.0, 2.0]), 3.0)
@@ -23,13 +30,14 @@ The measurements behind these choices: ``python -m benchmarks.vmap_threads``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import errors, jit
+from . import __version__, errors, jit
 from .api import GradcFunction
 from .emit import emit_batched
 from .ir import leaves
@@ -100,6 +108,60 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_gate.reset_after_fork)
 
 
+class KernelMismatchError(errors.GradcError):
+    """Emitted source that arrived from elsewhere (a Dask client) does not match this process:
+    its text was altered on the way, or this process runs another gradc or numba."""
+
+
+def versions():
+    """``(gradc, numba)`` versions of this process: emitted code is only valid for these."""
+    return (__version__, jit._numba_version())
+
+
+def digest(source):
+    """The sha256 of emitted source text, as shipped alongside it."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def check_shipped(source, sent_digest, sent_versions, what="kernel"):
+    """Refuse emitted source whose hash or gradc/numba versions differ from the sender's.
+
+    A worker gets source text from the client that emitted it; this makes a corrupted text,
+    or a worker with another gradc or numba (whose compiled code could differ), a clear
+    error instead of a computation with different code.
+    """
+    if digest(source) != sent_digest:
+        raise KernelMismatchError(
+            f"the emitted source of a gradc {what} arrived altered (its sha256 is not the one "
+            "sent with it); it was not compiled.")
+    here = versions()
+    if tuple(sent_versions) != here:
+        raise KernelMismatchError(
+            f"a gradc {what} was emitted by gradc {sent_versions[0]} with numba "
+            f"{sent_versions[1]}, but this process (pid {os.getpid()}) has gradc {here[0]} "
+            f"with numba {here[1]}. Install the same gradc and numba versions on the client "
+            "and on every worker.")
+
+
+class BatchedKernel(NamedTuple):
+    """A batched loop as emitted: what a process needs to compile and call it (picklable).
+
+    ``batched[k]`` says whether argument k is an array of points; ``out_tree`` nests the
+    ``n_out`` output leaves like the result; ``digest`` and ``versions`` are checked by
+    :func:`compiled` before the source is compiled.
+    """
+    source: str
+    func_name: str
+    batched_name: str
+    batched: tuple
+    n_out: int
+    parallel: bool
+    backend: str
+    out_tree: object
+    digest: str
+    versions: tuple
+
+
 class _Spec(NamedTuple):
     """One compiled batched loop: ``call(n, *points, *outs)`` and how to read its outputs."""
     call: Callable
@@ -108,6 +170,46 @@ class _Spec(NamedTuple):
     n_out: int
     source: str
     path: str
+    backend: str
+    parallel: bool
+
+
+# Compiled loops of this process by (digest, backend): a Dask worker compiles each kernel it
+# is sent once, however many tasks carry it.
+_COMPILED: dict = {}
+_COMPILING = threading.Lock()
+
+
+def compiled(kernel: BatchedKernel) -> _Spec:
+    """The compiled loop of ``kernel``, checked (:func:`check_shipped`) and built once per process.
+
+    numba compiles through :func:`gradc.jit.load_numba_batched`, so the source is written
+    to this process's own verified cache and executed from the checked text in memory.
+    """
+    key = (kernel.digest, kernel.backend)
+    spec = _COMPILED.get(key)
+    if spec is None:
+        with _COMPILING:
+            spec = _COMPILED.get(key)
+            if spec is None:
+                check_shipped(kernel.source, kernel.digest, kernel.versions, "vmap kernel")
+                spec = _COMPILED[key] = _compile(kernel)
+    return spec
+
+
+def _compile(k: BatchedKernel) -> _Spec:
+    if k.backend == "numba":
+        loop, path = jit.load_numba_batched(k.source, k.func_name, k.batched_name, k.batched,
+                                            k.n_out, k.parallel)
+        call = (lambda *a: _gate.run(loop, a)) if k.parallel else loop
+    else:
+        loop, path = jit.load_python(k.source, k.batched_name)
+
+        def call(*a):  # plain Python: prange is range, nothing runs in parallel
+            with np.errstate(all="ignore"):  # errstate is per thread
+                loop(*a)
+
+    return _Spec(call, loop, k.out_tree, k.n_out, k.source, path, k.backend, k.parallel)
 
 
 class BatchedFunction:
@@ -118,7 +220,8 @@ class BatchedFunction:
             fn = GradcFunction(fn, "compile")  # a plain function: its values at many points
         self._fn, self._parallel = fn, parallel
         self._specs = {}
-        self._building = threading.Lock()  # concurrent first calls compile once
+        self._kernels = {}  # batched -> (BatchedKernel, graph)
+        self._building = threading.RLock()  # concurrent first calls compile once
 
     def _points(self, args):
         values, n = [], None
@@ -151,24 +254,30 @@ class BatchedFunction:
                     spec = self._specs[batched] = self._build(batched)
         return spec
 
-    def _build(self, batched):
+    def kernel(self, batched):
+        """The emitted loop for a call whose argument k is an array of points iff
+        ``batched[k]``: traced and emitted once, not compiled (see :class:`BatchedKernel`)."""
+        batched = tuple(bool(b) for b in batched)
+        found = self._kernels.get(batched)
+        if found is None:
+            with self._building:
+                found = self._kernels.get(batched)
+                if found is None:
+                    found = self._kernels[batched] = self._emit(batched)
+        return found[0]
+
+    def _emit(self, batched):
         nargs = len(batched)
         graph, source, func_name, _ = self._fn.lower((None,) * nargs)
         source, name = emit_batched(source, graph, func_name, self._fn._arg_names(nargs),
                                     batched, self._parallel)
-        n_out = len(list(leaves(graph.out_tree)))
-        if self._fn._backend == "numba":
-            kernel, path = jit.load_numba_batched(source, func_name, name, batched, n_out,
-                                                  self._parallel)
-            call = (lambda *a: _gate.run(kernel, a)) if self._parallel else kernel
-        else:
-            kernel, path = jit.load_python(source, name)
+        kernel = BatchedKernel(source, func_name, name, batched, len(list(leaves(graph.out_tree))),
+                               self._parallel, self._fn._backend, graph.out_tree, digest(source),
+                               versions())
+        return kernel, graph
 
-            def call(*a):  # plain Python: prange is range, nothing runs in parallel
-                with np.errstate(all="ignore"):  # errstate is per thread
-                    kernel(*a)
-
-        return _Spec(call, kernel, graph.out_tree, n_out, source, path)
+    def _build(self, batched):
+        return compiled(self.kernel(batched))
 
     def _buffers(self, n, n_out, out):
         if out is None:
@@ -192,12 +301,38 @@ class BatchedFunction:
         spec.call(n, *values, *buffers)
         return _unflatten(spec.out_tree, buffers)
 
+    def _first(self):
+        if not self._specs:
+            raise errors.ArgumentError(
+                f"{errors.where()}: call the batched function once before asking for .source, "
+                ".graph, .path or .cache_info(): which arguments are arrays decides the loop.")
+        return next(iter(self._specs.items()))
+
     @property
     def source(self):
         """The emitted module, with the batched loop (after the first call)."""
-        if not self._specs:
-            raise errors.ArgumentError("call the batched function once before asking for .source")
-        return next(iter(self._specs.values())).source
+        return self._first()[1].source
+
+    @property
+    def graph(self):
+        """The optimized IR of the function applied at each point (after the first call)."""
+        return self._kernels[self._first()[0]][1]
+
+    @property
+    def path(self):
+        """The file in gradc's cache that holds :attr:`source` (after the first call)."""
+        return self._first()[1].path
+
+    def cache_info(self):
+        """Where the source lives, what runs the loop, and numba's cache statistics when numba does."""
+        spec = self._first()[1]
+        info = {"path": spec.path, "backend": spec.backend, "parallel": spec.parallel,
+                "runs": "numba" if spec.backend == "numba" else "python"}
+        if spec.backend == "numba":
+            stats = spec.kernel.stats
+            info.update(cache_hits=sum(stats.cache_hits.values()),
+                        cache_misses=sum(stats.cache_misses.values()))
+        return info
 
 
 def vmap(fn=None, *, parallel=True):
