@@ -224,6 +224,33 @@ class GradcFunction:
         argnums, bare = self._argnums_for(nargs)
         return ad.value_and_grad(graph, argnums, bare=bare, with_value=self._kind != "grad")
 
+    def _trace(self, shapes, dtype="float64", multiple=False, arrays=None):
+        """Trace ``fn`` for one signature: array arguments unrolled into scalar code, or
+        traced whole (NumPy-level and loop code), as ``arrays`` (default: the function's
+        mode) and the sizes decide."""
+        arrays = arrays or self._arrays
+        names = self._arg_names(len(shapes))
+        elements = array_elements(shapes)
+        whole = any(s is not None for s in shapes) and (
+            arrays in ("numpy", "numba", "loops") or dtype == "float32"
+            or arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
+        retrace = lambda: trace(self._fn, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
+                                self._name, _origin(self._fn), multiple=multiple)
+        if whole:
+            return retrace()
+        try:
+            traced = trace(self._fn, [(n, s, False) for n, s in zip(names, shapes)],
+                           self._name, _origin(self._fn), multiple=multiple)
+        except errors.ControlFlowError:
+            # NumPy's object-array loops compare elements for max, min and maximum;
+            # the NumPy-level form has ops for them.
+            if arrays != "auto" or not elements:
+                raise
+            return retrace()
+        if arrays == "auto" and elements and len(traced.nodes) > UNROLL_MAX_NODES:
+            return retrace()  # too big to unroll: NumPy-level code
+        return traced
+
     def lower(self, shapes, dtype="float64", out_params=False):
         """Trace, transform, optimize and emit for one signature, without compiling.
 
@@ -233,28 +260,7 @@ class GradcFunction:
         arguments float32) gives NumPy-level code that stays in float32.
         """
         nargs = len(shapes)
-        names = self._arg_names(nargs)
-        elements = array_elements(shapes)
-        whole = any(s is not None for s in shapes) and (
-            self._arrays in ("numpy", "numba", "loops") or dtype == "float32"
-            or self._arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
-        retrace = lambda: trace(self._fn, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
-                                self._name, _origin(self._fn))
-        if whole:
-            traced = retrace()
-        else:
-            try:
-                traced = trace(self._fn, [(n, s, False) for n, s in zip(names, shapes)],
-                               self._name, _origin(self._fn))
-            except errors.ControlFlowError:
-                # NumPy's object-array loops compare elements for max, min and maximum;
-                # the NumPy-level form has ops for them.
-                if self._arrays != "auto" or not elements:
-                    raise
-                traced = retrace()
-            else:
-                if self._arrays == "auto" and elements and len(traced.nodes) > UNROLL_MAX_NODES:
-                    traced = retrace()  # too big to unroll: NumPy-level code
+        traced = self._trace(shapes, dtype)
         traced.dtype = dtype
         graph = optimize(self._transform(traced, nargs))
         kind = {"compile": "value"}.get(self._kind, self._kind)

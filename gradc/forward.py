@@ -1,11 +1,14 @@
 """Forward mode: push tangents through a graph, building the tangent nodes in the same graph.
 
-The forward rule of every op is *derived* from its ``vjp`` rule in the op table:
-for a scalar op ``y = f(x1, .., xk)`` the rule is linear in its adjoint ``g``
-and returns ``g * df/dxi`` for input ``i``, so the tangent is
-``ydot = sum_i vjp(g=xidot)[i]`` over the inputs that have a tangent. No op needs
-a second rule, ops added to the table get forward mode for free, and since the
-sweep runs on any graph it also runs on a gradient graph (forward-over-reverse).
+An op's forward rule is its ``jvp`` entry in the op table where it has one (the
+array ops: a linear op such as ``sum``, ``getitem`` or ``broadcast_to`` applies
+itself to the tangent; ``matmul`` is bilinear). Elementwise ops *derive* theirs
+from their ``vjp`` rule: for ``y = f(x1, .., xk)`` the rule is linear in its
+adjoint ``g`` and returns ``g * df/dxi`` for input ``i``, so the tangent is
+``ydot = sum_i vjp(g=xidot)[i]`` over the inputs that have a tangent (arguments
+broadcast to the output's shape first). Elementwise ops added to the table get
+forward mode for free, and since the sweep runs on any graph it also runs on a
+gradient graph (forward-over-reverse).
 ``alias`` is an identity (its tangent is its argument's, renamed) and ``where``
 selects between the tangents of its branches.
 
@@ -25,7 +28,7 @@ def f(x, y):
 """
 from __future__ import annotations
 
-from .ops import OPS
+from .ops import OPS, broadcast_to
 from .trace import Tracer
 
 
@@ -34,6 +37,33 @@ def node_name(graph, node):
     if node.op == "alias":
         return node.attrs[0]
     return graph.names.get(node.id)
+
+
+def _from_vjp(graph, node, ts, wrap):
+    """An elementwise op's tangent, from its vjp rule: ``sum_i vjp(g=ts[i])[i]``.
+
+    The rule is linear in ``g``; it is called with the tangents, and the arguments
+    that have one, broadcast to the output's shape, so its ``fit`` (which sums a cotangent down to
+    a broadcast argument's shape) has nothing to sum: each part is the output-shaped
+    ``ts[i] * df/dx_i``. For scalar programs every shape is ``()`` and nothing is broadcast.
+    """
+    rule, shape, parts = OPS[node.op].vjp, node.shape, []
+    if rule is None:
+        return None
+    up = lambda n: wrap(n) if n.shape == shape else broadcast_to(wrap(n), shape)  # noqa: E731
+    args = [wrap(a) if t is None else up(a) for a, t in zip(node.args, ts)]
+    for i, t in enumerate(ts):
+        if t is None:
+            continue
+        ct = rule(up(t), wrap(node), *args)[i]
+        if ct is not None:
+            parts.append(ct.node if isinstance(ct, Tracer) else graph.const(float(ct)))
+    if not parts:
+        return None
+    total = parts[0]
+    for p in parts[1:]:
+        total = graph.add("add", (total, p))
+    return total
 
 
 def tangents(graph, seeds, rename=None):
@@ -56,19 +86,14 @@ def tangents(graph, seeds, rename=None):
         elif node.op == "where":
             zero = graph.const(0.0)
             total = graph.add("where", (node.args[0], ts[1] or zero, ts[2] or zero))
+        elif OPS[node.op].jvp is not None:
+            t = OPS[node.op].jvp([None if t is None else wrap(t) for t in ts], wrap(node),
+                                 *map(wrap, node.args))
+            total = t.node if isinstance(t, Tracer) else graph.const(float(t))
         else:
-            rule, parts = OPS[node.op].vjp, []
-            for i, t in enumerate(ts):
-                if t is None or rule is None:
-                    continue
-                ct = rule(wrap(t), wrap(node), *map(wrap, node.args))[i]
-                if ct is not None:
-                    parts.append(ct.node if isinstance(ct, Tracer) else graph.const(float(ct)))
-            if not parts:
+            total = _from_vjp(graph, node, ts, wrap)
+            if total is None:
                 continue
-            total = parts[0]
-            for p in parts[1:]:
-                total = graph.add("add", (total, p))
         name = node_name(graph, node)
         if rename is not None and name is not None:
             total = graph.add("alias", (total,), (rename(name),))

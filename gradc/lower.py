@@ -239,19 +239,20 @@ class Shapes:
             self.forms[node.id] = resolved
 
     def relate(self, a, b):
-        """Two forms the trace requires to be one length: substitute a bare symbol away."""
+        """Two forms the trace requires to be one length: solve ``a - b = 0`` for a symbol of
+        unit coefficient (the later argument's axis, so earlier names stay) and substitute it
+        away, so ``m - 1 == n - 1`` reads every ``m`` as ``n``."""
         a, b = a.substitute(self.subst), b.substitute(self.subst)
-        if a == b:
+        diff = a - b
+        units = [s for s, c in diff.terms if c in (1, -1)]
+        if not units:
             return
-        pairs = [(b, a), (a, b)]
-        if a.bare_symbol() and b.bare_symbol():  # replace the later argument's axis
-            pairs.sort(key=lambda pair: _symbol_order(pair[0].bare_symbol()), reverse=True)
-        for x, y in pairs:
-            bare = x.bare_symbol()
-            if bare is not None and bare not in y.symbols():
-                self.subst[bare] = y
-                self.subst = {s: f.substitute(self.subst) for s, f in self.subst.items()}
-                return
+        symbol = max(units, key=_symbol_order)
+        coeff = dict(diff.terms)[symbol]
+        # diff = coeff * symbol + rest = 0  ->  symbol = -rest / coeff = -coeff * rest
+        rest = diff - Lin.sym(symbol).scale(coeff)
+        self.subst[symbol] = rest.scale(-coeff)
+        self.subst = {s: f.substitute(self.subst) for s, f in self.subst.items()}
 
     def _match(self, n, preferred=()):
         for form in preferred:

@@ -45,6 +45,9 @@ class Op:
     shape: Optional[Callable] = None    # (attrs, arg shapes) -> shape; None: elementwise broadcast
     array_template: Optional[str] = None  # used instead of ``template`` when the result is an array
     statement: bool = False             # template is whole statements assigning ``{out}``
+    # Forward rule: (tangents, out, *args) -> the output's tangent, a tangent None where it is
+    # zero. None: derived from ``vjp`` (see gradc/forward.py), right for elementwise ops.
+    jvp: Optional[Callable] = None
 
     def shape_of(self, attrs, shapes):
         """The result's shape, or a ShapeError naming the shapes that do not fit."""
@@ -448,6 +451,37 @@ def _check_broadcast(attrs, shape):
     return attrs[0]
 
 
+def _linear_jvp(ts, out, *args):
+    """A linear op's tangent: the op itself applied to its inputs' tangents (zeros where None)."""
+    ts = [t if t is not None else out._apply("zeros", (), (a.shape, "float64"))
+          for t, a in zip(ts, args)]
+    return call(out.node.op, ts, out.node.attrs)
+
+
+def _extreme_jvp(ts, out, x):
+    """The tangent of max/min: the mean of the extreme elements' tangents (the vjp's tie rule)."""
+    axis, keepdims = out.node.attrs
+    kept = _reduced((axis, True), x.shape)
+    hit = where(call("eq", (x, broadcast_to(reshape(out, kept), x.shape))), 1.0, 0.0)
+    return (call("sum", (ts[0] * hit,), (axis, keepdims))
+            / call("sum", (hit,), (axis, keepdims)))
+
+
+def _matmul_jvp(ts, out, x, y):
+    tx, ty = ts
+    parts = ([call("matmul", (tx, y))] if tx is not None else []) + \
+        ([call("matmul", (x, ty))] if ty is not None else [])
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+def _loop_jvp(ts, out, *args):
+    from .errors import UnsupportedFunctionError, where as _where
+
+    raise UnsupportedFunctionError(
+        f"{_where()}: forward mode (jvp, hvp, hessian) through gradc.scan is not supported; "
+        "use gradc.grad of the scan, or a Python loop (unrolled) for higher orders.")
+
+
 # A reduction to a scalar prints as np.sum(x) (which numba compiles too); others name axis.
 _REDUCE = "{np}.{name}({0}, axis={axis}, keepdims={keepdims})"
 _REDUCE_ONE = "{np}.{name}({0}, axis={axis})"
@@ -455,38 +489,44 @@ _REDUCE_ONE = "{np}.{name}({0}, axis={axis})"
 _ARRAY_TABLE = [
     Op("sum", 1, "{np}.sum({0})",
        lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims), _sum_vjp,
-       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE),
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE,
+       jvp=_linear_jvp),
     Op("max", 1, "{np}.max({0})",
        lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _extreme_vjp,
-       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE),
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE,
+       jvp=_extreme_jvp),
     Op("min", 1, "{np}.min({0})",
        lambda x, axis, keepdims: np.min(x, axis=axis, keepdims=keepdims), _extreme_vjp,
-       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE),
-    Op("matmul", 2, "{0} @ {1}", np.matmul, _matmul_vjp, shape=_matmul_shape, ufuncs=("matmul",)),
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE,
+       jvp=_extreme_jvp),
+    Op("matmul", 2, "{0} @ {1}", np.matmul, _matmul_vjp, shape=_matmul_shape, ufuncs=("matmul",),
+       jvp=_matmul_jvp),
     Op("transpose", 1, "{np}.transpose({0}, {axes})", lambda x, axes: np.transpose(x, axes),
        lambda g, out, x: (transpose(g, tuple(np.argsort(out.node.attrs[0]))),),
-       attrs=("axes",), shape=lambda a, s: tuple(s[i] for i in a[0])),
+       attrs=("axes",), shape=lambda a, s: tuple(s[i] for i in a[0]), jvp=_linear_jvp),
     Op("reshape", 1, "{np}.reshape({0}, {shape})", lambda x, shape: np.reshape(x, shape),
-       lambda g, out, x: (reshape(g, x.shape),), attrs=("shape",), shape=_check_reshape),
+       lambda g, out, x: (reshape(g, x.shape),), attrs=("shape",), shape=_check_reshape,
+       jvp=_linear_jvp),
     Op("broadcast_to", 1, "{np}.broadcast_to({0}, {shape})",
        lambda x, shape: np.broadcast_to(x, shape), lambda g, out, x: (sum_to(g, x.shape),),
-       attrs=("shape",), shape=_check_broadcast),
+       attrs=("shape",), shape=_check_broadcast, jvp=_linear_jvp),
     Op("fill", 1, "{np}.full({shape}, {0})", lambda x, shape: np.full(shape, x),
        lambda g, out, x: (reduce_sum(g),), attrs=("shape",),
-       shape=lambda a, s: _check_broadcast(a, s)),
+       shape=lambda a, s: _check_broadcast(a, s), jvp=_linear_jvp),
     Op("getitem", 1, "{0}[{index}]", lambda x, index: x[python_index(index)],
        lambda g, out, x: (call("scatter", (g,), (out.node.attrs[0], x.shape)),),
-       attrs=("index",), shape=_index_shape),
+       attrs=("index",), shape=_index_shape, jvp=_linear_jvp),
     # The adjoint of indexing: zeros with the cotangent written into the indexed part.
     Op("scatter", 1, "{out} = {np}.zeros({shape}, {dt})\n{out}[{index}] = {0}",
        lambda g, index, shape: _scatter(g, index, shape),
        lambda g, out, x: (call("getitem", (g,), (out.node.attrs[0],)),),
-       attrs=("index", "shape"), shape=lambda a, s: a[1], statement=True),
+       attrs=("index", "shape"), shape=lambda a, s: a[1], statement=True, jvp=_linear_jvp),
     Op("concatenate", None, "{np}.concatenate(({args},), axis={axis})",
        lambda *a: np.concatenate(a[:-1], axis=a[-1]), _concatenate_vjp,
-       attrs=("axis",), shape=_concatenate_shape),
+       attrs=("axis",), shape=_concatenate_shape, jvp=_linear_jvp),
     Op("stack", None, "{np}.stack(({args},), axis={axis})",
-       lambda *a: np.stack(a[:-1], axis=a[-1]), _stack_vjp, attrs=("axis",), shape=_stack_shape),
+       lambda *a: np.stack(a[:-1], axis=a[-1]), _stack_vjp, attrs=("axis",), shape=_stack_shape,
+       jvp=_linear_jvp),
     Op("zeros", 0, "{np}.zeros({shape}, {np}.{dtype})", lambda shape, dtype: np.zeros(shape, dtype),
        attrs=("shape", "dtype"), shape=lambda a: a[0]),
 ]
@@ -542,14 +582,14 @@ def _scan_bwd_impl(g, init, *rest):
 
 _LOOP_TABLE = [
     Op("scan", None, "<loop>", _scan_impl, _scan_vjp, attrs=("body", "length"),
-       shape=lambda a, init, *rest: init, result="tuple", statement=True),
+       shape=lambda a, init, *rest: init, result="tuple", statement=True, jvp=_loop_jvp),
     Op("scan_bwd", None, "<loop>", _scan_bwd_impl, attrs=("body", "length"),
-       shape=lambda a, g, *rest: g, result="tuple", statement=True),
+       shape=lambda a, g, *rest: g, result="tuple", statement=True, jvp=_loop_jvp),
     # Component k of a loop's tuple value; the part of a scan's final carry passes the
     # cotangent through to the scan (the stored states feed only the reverse loop).
     Op("part", 1, "{0}[{k}]", lambda v, k, shape: v[k],
        lambda g, out, x: (g if out.node.attrs[0] == 0 and x.node.op == "scan" else None,),
-       attrs=("k", "shape"), shape=lambda a, s: a[1]),
+       attrs=("k", "shape"), shape=lambda a, s: a[1], jvp=_loop_jvp),
 ]
 
 

@@ -27,16 +27,23 @@ from .ops import OPS
 def fold(graph):
     """Compute every op whose inputs are all constants (seeing through named aliases).
 
-    ``where`` with a constant condition picks its branch.
+    ``where`` with a constant condition picks its branch, and an elementwise op of
+    constants spread over an array (``fill``) is the spread constant.
     """
 
     def rule(new, node, args):
         if node.op == "alias" or not args or OPS[node.op].result == "tuple":
             return None
-        values = [a.value for a in args]
+        values, spec = [a.value for a in args], OPS[node.op]
         if node.op == "where" and values[0] is not None and np.ndim(values[0]) == 0:
             chosen = args[1] if values[0] else args[2]
             return chosen if chosen.shape == node.shape else None
+        if node.shape and spec.shape is None and spec.result == "float" and node.op != "where":
+            spread = [_spread_constant(a) for a in args]  # fill(c) * k is fill(c * k)
+            if all(v is not None for v in spread):
+                with np.errstate(all="ignore"):
+                    result = spec.compute(spread, node.attrs)
+                return new.add("fill", (new.const(result),), (node.shape,))
         if any(v is None for v in values) or node.shape:
             return None  # array results stay computed: literals of them would swamp the source
         with np.errstate(all="ignore"):
@@ -46,6 +53,14 @@ def fold(graph):
         return new.const(result)
 
     return graph.rebuild(rule)
+
+
+def _spread_constant(node):
+    """The scalar constant ``node`` is or spreads over an array (``fill(c)``), or None."""
+    if node.op == "fill":
+        node = node.args[0]
+    v = node.value
+    return v if node.shape == () and isinstance(v, float) else None
 
 
 def _is(node, number):
