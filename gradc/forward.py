@@ -76,8 +76,8 @@ def tangents(graph, seeds, rename=None):
     tangent = dict(seeds)
     wrap = lambda n: Tracer(graph, n)  # noqa: E731  (rules build graph through operators)
     for node in list(graph.nodes):     # a snapshot: the sweep appends to graph.nodes
-        if node.op in ("input", "const") or node.result != "float":
-            continue
+        if node.op in ("input", "const") or node.result == "bool":
+            continue  # (a loop's tuple value is not skipped: its rule must see the tangent)
         ts = [tangent.get(a.id) for a in node.args]
         if all(t is None for t in ts):
             continue

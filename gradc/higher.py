@@ -85,8 +85,9 @@ def _tangent_params(g, argnums):
     seeds = {}
     for p in argnums:
         name, shape = g.params[p]
-        nodes = g.param("v" if len(argnums) == 1 else f"v_{name}", shape)
-        for x, t in zip(g.param_inputs(p), [nodes] if shape is None else nodes):
+        whole = p in g.whole_params  # an array traced whole gets a tangent traced whole
+        nodes = g.param("v" if len(argnums) == 1 else f"v_{name}", shape, whole=whole)
+        for x, t in zip(g.param_inputs(p), [nodes] if shape is None or whole else nodes):
             seeds[x.id] = t
     return seeds
 

@@ -33,10 +33,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors, higher
-from .api import GradcFunction, _origin
+from .api import GradcFunction
 from .emit import emit_module
 from .optimize import optimize
-from .trace import trace
 
 _TANGENT_KINDS = ("hvp", "jvp")
 _MODES = ("auto", "forward", "reverse")
@@ -45,10 +44,10 @@ _MODES = ("auto", "forward", "reverse")
 class HigherFunction(GradcFunction):
     """A compiled higher-order transformation of ``fn`` (see the module docstring)."""
 
-    def __init__(self, fn, kind, argnums=None, backend="numba", mode="auto"):
+    def __init__(self, fn, kind, argnums=None, backend="numba", mode="auto", arrays="auto"):
         if mode not in _MODES:
             raise errors.ArgumentError(f"mode must be one of {_MODES}, not {mode!r}.")
-        super().__init__(fn, kind, argnums, backend)
+        super().__init__(fn, kind, argnums, backend, arrays)
         self._mode = mode
 
     # --- arguments: hvp and jvp take tangents after the primal arguments ----------------
@@ -118,14 +117,11 @@ class HigherFunction(GradcFunction):
     def lower(self, shapes, dtype="float64", out_params=False):
         """As :meth:`GradcFunction.lower`; for hvp/jvp ``shapes`` includes the tangents'."""
         nargs = self._primal_count(len(shapes)) if self._kind in _TANGENT_KINDS else len(shapes)
-        params = list(zip(self._arg_names(nargs), shapes[:nargs]))
         multiple = self._kind in ("jvp", "jacobian")
-        traced = trace(self._fn, params, self._name, _origin(self._fn), multiple=multiple)
-        whole = getattr(traced, "whole_params", None)
-        if whole or any(getattr(n, "shape", ()) for n in traced.nodes):
-            raise errors.UnsupportedFunctionError(
-                f"gradc.{self._kind} of {self._name}(): higher-order derivatives work on "
-                "scalarized (element-by-element) arrays only, not on arrays traced whole.")
+        # hvp and jvp run on arrays traced whole (loops past a few hundred elements, as
+        # value_and_grad does); hessian and jacobian build their output entry by entry.
+        arrays = None if self._kind in _TANGENT_KINDS else "unroll"
+        traced = self._trace(shapes[:nargs], dtype, multiple=multiple, arrays=arrays)
         graph = optimize(self._transform(traced, nargs))
         source, func_name, entry_name = emit_module(graph, self._name, self._kind, traced.origin)
         if self._kind == "jacobian":

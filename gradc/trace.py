@@ -982,6 +982,10 @@ def trace(fn, params, name, origin=None, multiple=False):
             if value.node.op not in ("input", "const"):
                 graph.names.setdefault(value.node.id, local)
 
+    if multiple and isinstance(result, Tracer) and result.shape and result.graph is graph \
+            and not result.is_condition:
+        graph.set_outputs([result.node], 0)  # an array traced whole is one output node
+        return graph
     if multiple and isinstance(result, (tuple, list, np.ndarray)) and np.ndim(result) > 0:
         return _trace_outputs(graph, result, name, fn)
     if isinstance(result, np.ndarray) and result.shape == ():
