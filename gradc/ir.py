@@ -134,6 +134,9 @@ class Graph:
         self._memo: dict[tuple, Node] = {}
         self.parent = None                   # a loop body's enclosing graph, while it is traced
         self.captures: list[Node] = []       # outer nodes a body uses: its parameters after xs
+        # NumPy arrays the traced function reads from outside its arguments, each a hidden
+        # parameter passed at call time (trace.CapturedArray: position, array, lookup)
+        self.captured_arrays: list = []
 
     # --- building -------------------------------------------------------------------
     def _new(self, op, args, attrs, result, shape=()):
@@ -221,6 +224,7 @@ class Graph:
         new = Graph(self.name, self.origin)
         new.params, new.whole_params = list(self.params), set(self.whole_params)
         new.dtype, new.captures = self.dtype, list(self.captures)
+        new.captured_arrays = list(self.captured_arrays)
         mapped: dict[int, Node] = {}
         for node in self.nodes:
             if node.op == "input":

@@ -17,6 +17,7 @@ import keyword
 import numbers
 import re
 import sys
+import threading
 
 import numpy as np
 
@@ -62,6 +63,7 @@ class Tracer:
             "gradc traces functions of floats and float arrays.")
 
     def _apply(self, op, args, attrs=()):
+        args = _captured(args)
         for a in args:  # inside a loop body, the body's graph builds (outer values are captured)
             if isinstance(a, Tracer) and a.graph is not self.graph and _encloses(self.graph, a.graph):
                 return a._apply(op, args, attrs)
@@ -381,6 +383,139 @@ def _parameter_names(f, count):
     return names + [("carry", "x")[k] for k in range(len(names), count)]
 
 
+# --- captured arrays: NumPy arrays the function reads are hidden parameters ------------------
+#: The capture of the trace running in this thread (None: captured arrays stay constants).
+_CAPTURING = threading.local()
+
+#: A captured array of more elements than this is not unrolled: the trace asks for arrays
+#: traced whole (NeedsWholeArrays), as arrays="auto" would for an argument of that size.
+CAPTURE_UNROLL_MAX = 256
+
+
+class CapturedArray:
+    """A float NumPy array that a traced function reads from outside its arguments (its
+    closure, its module's globals, an attribute): a hidden parameter of the graph.
+
+    ``position`` is its parameter number; ``array`` the object seen while tracing;
+    ``lookup`` re-reads the name it was found under (a global or a closure cell) at call
+    time, so rebinding the name is seen as Python would see it, or is None (found some
+    other way: the same object is passed on every call). Changing the array in place
+    changes the result; gradc never copies it into the source or the cache key.
+    """
+
+    __slots__ = ("position", "array", "lookup", "name")
+
+    def __init__(self, position, array, lookup, name):
+        self.position, self.array, self.lookup, self.name = position, array, lookup, name
+
+    def current(self):
+        """The array to pass now: the name's current value where it has one."""
+        return self.array if self.lookup is None else self.lookup()
+
+
+class _Captures:
+    """While a function is traced: each float array that meets a traced value becomes one
+    hidden parameter (traced whole, or unrolled into element inputs like an argument)."""
+
+    def __init__(self, graph, fn, whole):
+        self.graph, self.whole, self.made = graph, whole, {}
+        self.sources = _outer_arrays(fn)
+
+    def lift(self, array):
+        found = self.made.get(id(array))
+        if found is not None:
+            return found[1]
+        if not self.whole and array.size > CAPTURE_UNROLL_MAX:
+            raise NeedsWholeArrays(
+                f"{errors.where()}: an array of {array.size} elements read from outside the "
+                "function's arguments needs arrays traced whole; use arrays='auto' or 'numpy'.")
+        name, lookup = self.sources.get(id(array), (None, None))
+        name = _hidden_name(name, self.graph)
+        p = len(self.graph.params)
+        value = _traced_param(self.graph, name, array.shape, whole=self.whole)
+        self.graph.captured_arrays.append(CapturedArray(p, array, lookup, name))
+        self.made[id(array)] = (array, value)  # the array is held, so its id stays its own
+        return value
+
+
+def _hidden_name(name, graph):
+    taken = {n for n, _ in graph.params}
+    base = name if name and identifier_or_none(name) == name else "captured"
+    name, k = base, 0
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def _outer_arrays(fn):
+    """id(array) -> (name, lookup) for the float arrays ``fn`` names in its closure and in the
+    globals its code reads (``lookup()`` re-reads that name)."""
+    target = fn
+    for _ in range(4):  # functools.partial, bound methods, callable objects
+        if getattr(target, "__code__", None) is not None:
+            break
+        target = (getattr(target, "func", None) or getattr(target, "__func__", None)
+                  or getattr(type(target), "__call__", None))
+    code = getattr(target, "__code__", None)
+    if code is None:
+        return {}
+    found = {}
+    for name, cell in zip(code.co_freevars, getattr(target, "__closure__", None) or ()):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if _capturable(value):
+            found.setdefault(id(value), (name, functools.partial(_cell_value, cell)))
+    module = getattr(target, "__globals__", {})
+    for name in _global_names(code):
+        value = module.get(name)
+        if _capturable(value):
+            found.setdefault(id(value), (name, functools.partial(_global_value, module, name)))
+    return found
+
+
+def _global_names(code):
+    """The global names a code object (and the functions and lambdas nested in it) reads."""
+    names, stack = [], [code]
+    while stack:
+        c = stack.pop()
+        names.extend(c.co_names)
+        stack.extend(k for k in c.co_consts if inspect.iscode(k))
+    return names
+
+
+def _cell_value(cell):
+    return cell.cell_contents
+
+
+def _global_value(module, name):
+    return module[name]
+
+
+def _capturable(value):
+    return (type(value) is np.ndarray and value.ndim > 0 and value.dtype.kind == "f"
+            and value.size > 0)
+
+
+def _captured(args):
+    """``args`` with every float NumPy array in them (also inside lists and tuples) as the
+    hidden parameter it is, while a trace captures arrays; else ``args`` unchanged."""
+    captures = getattr(_CAPTURING, "current", None)
+    if captures is None:
+        return args
+    return tuple(_capture_one(captures, a) for a in args)
+
+
+def _capture_one(captures, value):
+    if _capturable(value):
+        return captures.lift(value)
+    if isinstance(value, (list, tuple)) and any(_capturable(v) or isinstance(v, (list, tuple))
+                                                for v in value):
+        return type(value)(_capture_one(captures, v) for v in value)
+    return value
+
+
 # --- unrolled arrays ----------------------------------------------------------------------
 class TracedArray(np.ndarray):
     """An unrolled traced array: an object ndarray of scalar Tracers (and constants).
@@ -573,6 +708,7 @@ def _unsupported_ufunc_message(name):
 def _ufunc(ufunc, method, inputs, kwargs):
     """A NumPy ufunc on traced values (scalars, arrays traced whole, or unrolled arrays)."""
     name = ufunc.__name__
+    inputs = _captured(inputs)
     out = kwargs.pop("out", None)
     if method != "__call__":
         raise errors.UnsupportedFunctionError(
@@ -635,6 +771,7 @@ def _box(value):
 # --- NumPy functions --------------------------------------------------------------------------
 def _function(func, args, kwargs):
     """A NumPy function called on traced values: run by its rule, or refused by name."""
+    args = _captured(args)
     rule = _FUNCTIONS.get(func)
     if rule is not None:
         return rule(**_arguments(func, args, kwargs, rule))
@@ -945,7 +1082,7 @@ def _kind(value):
     return ("an " if name[0] in "aeiouAEIOU" else "a ") + name
 
 
-def trace(fn, params, name, origin=None, multiple=False):
+def trace(fn, params, name, origin=None, multiple=False, capture=None):
     """Run ``fn`` on traced arguments; return the Graph of its result.
 
     With ``multiple``, ``fn`` may also return a tuple, list or array of floats
@@ -959,12 +1096,26 @@ def trace(fn, params, name, origin=None, multiple=False):
 
     The local variable names of ``fn``'s frame, read when it returns, become the
     names of the nodes they hold.
+
+    ``capture`` ("whole" or "unrolled"; None: they stay constants) makes each float
+    NumPy array the function reads from outside its arguments a hidden parameter
+    after the arguments, listed in ``graph.captured_arrays`` (see :class:`CapturedArray`).
     """
     graph = Graph(name, origin)
     params = [(p, None) if isinstance(p, str) else p for p in params]
     tracers = [_traced_param(graph, *p) for p in params]
     code = getattr(fn, "__code__", None)
     captured = {}
+    outer_capture = getattr(_CAPTURING, "current", None)
+    _CAPTURING.current = None if capture is None else _Captures(graph, fn, capture == "whole")
+    try:
+        return _run_traced(graph, fn, tracers, code, captured, name, multiple)
+    finally:
+        _CAPTURING.current = outer_capture  # a gradc function traced inside another one
+
+
+def _run_traced(graph, fn, tracers, code, captured, name, multiple):
+    """``trace``'s body: run ``fn``, name the nodes after its locals, set the outputs."""
 
     def profile(frame, event, arg):
         if event == "return" and frame.f_code is code and not captured:
