@@ -2,11 +2,15 @@
 
 The table is read off the un-optimized reverse-mode graph, evaluated node by
 node in Python, so every adjoint the seed names (``dJ = 1`` included) appears
-with the expression that produced it.
+with the expression that produced it. :func:`derive` computes that derivation
+(graph, values, names, adjoints, rows) once; :func:`explain` prints it as a
+table and ``gradc.draw`` (gradc/draw.py) draws it as a picture.
 """
 from __future__ import annotations
 
 import sys
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,15 +18,18 @@ from . import ad
 from .api import GradcFunction, _origin, function_name
 from .emit import assign_names, literal
 from .errors import ArgumentError
-from .ir import evaluate
+from .ir import Graph, evaluate
 from .ops import OPS
 from .trace import trace
 
 
-def _expression(node, names):
+def expression(node, names):
+    """``node``'s op written over its arguments' names, constants inline (``3.0 * v``)."""
     op = OPS[node.op]
+    if op.statement:  # a loop: its statements do not fit one expression
+        return f"{node.op}({', '.join(names.get(a.id, '?') for a in node.args)})"
     args = [literal(a.attrs[0]) if a.op == "const" else names[a.id] for a in node.args]
-    return op.template.format(*args, np="np")
+    return op.render(args, node.attrs, "np", is_array=bool(node.shape))
 
 
 def _number(v):
@@ -32,8 +39,182 @@ def _number(v):
     return repr(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
 
 
+@dataclass
+class Step:
+    """One named step of a graph as the table (and the picture) shows it.
+
+    ``node`` is the node whose value the step is (an alias carries a ``dvar``
+    name); ``computed`` is the node whose op computes it (an alias folded into
+    its target shows the target's expression); ``name`` and ``expr`` are text.
+    """
+
+    node: object
+    computed: object
+    name: str
+    expr: str
+
+
+def live_ids(graph):
+    """Ids of the nodes the outputs need (the rules build contributions nobody uses)."""
+    live = {o.id for o in graph.outputs}
+    for node in reversed(graph.nodes):
+        if node.id in live:
+            live.update(a.id for a in node.args)
+    return live
+
+
+def steps(graph, names, absorbed, live):
+    """The steps of ``graph`` in order: every live node but inputs and constants, each alias
+    folded into its target shown once, by its alias (``dv = dJ * 3.0``)."""
+    targets = {n.args[0].id for n in graph.nodes if n.id in absorbed}  # shown by their alias
+    out = []
+    for node in graph.nodes:
+        if node.op in ("input", "const") or node.id not in live:
+            continue
+        if node.op == "alias":
+            target = node.args[0]
+            if target.id in absorbed or names.get(target.id) == names[node.id]:
+                computed = target if node.id in absorbed else node  # da = dv reads dv itself
+                out.append(Step(node, computed, names[node.id], expression(target, names)))
+            else:
+                expr = literal(target.attrs[0]) if target.op == "const" else names[target.id]
+                out.append(Step(node, node, names[node.id], expr))
+        elif node.id not in targets:  # unnamed steps too, so every name used has a row
+            out.append(Step(node, node, names[node.id], expression(node, names)))
+    return out
+
+
+@dataclass
+class Derivation:
+    """A function's value and gradient at one point, step by step (what explain prints).
+
+    ``graph`` is the un-optimized reverse-mode graph, ``values`` its node values,
+    ``names`` its identifiers; ``n_traced`` nodes at the start of ``graph`` are the
+    traced forward program, ``adjoint`` maps each of their ids to its adjoint's node
+    (first order only); ``forward``/``reverse``/``order2`` are the rows, as Steps.
+    """
+
+    name: str
+    args: tuple
+    graph: Graph
+    values: dict
+    names: dict
+    n_traced: int
+    adjoint: dict
+    forward: list = field(default_factory=list)
+    reverse: list = field(default_factory=list)
+    order2: list = field(default_factory=list)
+    second: bool = False
+
+    @property
+    def params(self):
+        return self.names["params"]
+
+    def value(self, node):
+        return self.values[node.id]
+
+
+def _kind(f):
+    kind = getattr(f, "_kind", "value_and_grad")
+    if kind not in ("value_and_grad", "grad", "compile", "hessian", "value_grad_hessian"):
+        raise ArgumentError(f"gradc.explain covers gradients and Hessians, not gradc.{kind}.")
+    return kind
+
+
+def traced(f, args):
+    """``(fn, name, arguments, graph)``: ``f`` (a gradc function or a plain one) traced at
+    ``args`` with arrays unrolled, the arguments checked and converted as a call checks them."""
+    fn = f._fn if isinstance(f, GradcFunction) else f
+    name = function_name(fn)
+    probe = GradcFunction(fn, "value_and_grad", backend="python")
+    values_in = probe._bind(args, {})
+    shapes = [None if isinstance(v, float) else v.shape for v in values_in]
+    graph = trace(fn, list(zip(probe._arg_names(len(values_in)), shapes)), name, _origin(fn))
+    return fn, name, values_in, graph
+
+
+def _first_order(graph, argnums):
+    """The reverse sweep over a copy of ``graph``, the adjoint of each traced node, and how
+    many nodes at the start of the result are the traced program.
+
+    This is ``ad.value_and_grad`` keeping its adjoint map (the picture pairs each
+    value with its adjoint); the outputs are the value and the gradients, as there.
+    """
+    g = graph.copy()
+    n_traced = len(g.nodes)  # the copy's own count: replaying may merge nodes
+    wrt = [n for p in argnums for n in g.param_inputs(p)]
+    adjoint = ad._reverse(g, g.outputs[0], wrt, g.const(1.0))
+    g.set_outputs([g.outputs[0]] + [ad._gradient(g, adjoint, n) for n in wrt], 0)
+    return g, adjoint, n_traced
+
+
+def derive(f, *args, order=None):
+    """The derivation of ``f`` at ``args``: order 1 (value and gradient) or 2 (forward over
+    reverse, as gradc.hessian computes); by default the order ``f``'s kind asks for."""
+    kind = _kind(f)
+    second = order == 2 if order else kind in ("hessian", "value_grad_hessian")
+    fn, name, values_in, graph = traced(f, args)
+    n_traced = len(graph.nodes)
+    argnums = tuple(range(len(values_in)))
+    boundary, adjoint = None, {}
+    if second:  # forward over reverse, on the optimized gradient graph (as gradc.hessian does)
+        from .higher import hessian
+        from .optimize import optimize
+
+        boundary = len(optimize(ad.value_and_grad(graph, argnums, with_value=True)).nodes)
+        graph = hessian(graph, argnums, with_value_grad=True)
+    else:
+        graph, adjoint, n_traced = _first_order(graph, argnums)
+    values = evaluate(graph, values_in)
+    names, absorbed, _ = assign_names(graph, name)
+    result = Derivation(name, values_in, graph, values, names, n_traced, adjoint, second=second)
+    n_forward = max((i for i, n in enumerate(graph.nodes) if n.op != "alias"
+                     and i <= graph.outputs[0].id), default=0)
+    for step in steps(graph, names, absorbed, live_ids(graph)):
+        i = step.node.id
+        if step.node.op == "alias":
+            rows = result.order2 if boundary is not None and i >= boundary else result.reverse
+        else:
+            rows = (result.forward if i <= n_forward else
+                    result.order2 if boundary is not None and i >= boundary else result.reverse)
+        rows.append(step)
+    return result
+
+
+class Explanation:
+    """What :func:`explain` returns: the table as ``text``, the derivation behind it as
+    ``derivation``, ``draw()`` for its picture; Jupyter displays it as that picture."""
+
+    def __init__(self, f, args, derivation, text):
+        self._f, self._args, self.derivation, self.text = f, args, derivation, text
+
+    def draw(self, **options):
+        """The picture of the same graph: ``gradc.draw(f, *args, **options)``."""
+        from .draw import draw
+
+        return draw(self._f, *self._args, **options)
+
+    def _repr_svg_(self):
+        from .draw import DrawingUnavailable
+
+        try:
+            return self.draw().svg()
+        except DrawingUnavailable as exc:  # the table was printed; say why no picture follows
+            warnings.warn(str(exc), stacklevel=2)
+            return None
+
+    def __str__(self):
+        return self.text
+
+    def __repr__(self):
+        return f"<gradc.explain of {self.text.splitlines()[0]}: .text, .draw()>"
+
+
 def explain(f, *args, file=None):
     """Print how ``f``'s value and gradient at ``args`` are computed, one named step a line.
+
+    Returns an :class:`Explanation` (the table as ``.text``, ``.draw()`` for the picture,
+    which Jupyter shows by itself).
 
     >>> def J(a, b, c):
     ...     u = b * c
@@ -52,60 +233,23 @@ def explain(f, *args, file=None):
       du = dv         = 3
       db = du * c     = 6
       dc = du * b     = 9
+    <gradc.explain of J(a=5, b=3, c=2) = 33: .text, .draw()>
     """
-    fn = f._fn if isinstance(f, GradcFunction) else f
-    kind = getattr(f, "_kind", "value_and_grad")
-    second = kind in ("hessian", "value_grad_hessian")
-    if kind not in ("value_and_grad", "grad", "compile") and not second:
-        raise ArgumentError(f"gradc.explain covers gradients and Hessians, not gradc.{kind}.")
-    name = function_name(fn)
-    probe = GradcFunction(fn, "value_and_grad", backend="python")
-    values_in = probe._bind(args, {})
-    shapes = [None if isinstance(v, float) else v.shape for v in values_in]
-    graph = trace(fn, list(zip(probe._arg_names(len(values_in)), shapes)), name, _origin(fn))
-    argnums = tuple(range(len(values_in)))
-    boundary = None
-    if second:  # forward over reverse, on the optimized gradient graph (as gradc.hessian does)
-        from .higher import hessian
-        from .optimize import optimize
-
-        boundary = len(optimize(ad.value_and_grad(graph, argnums, with_value=True)).nodes)
-        graph = hessian(graph, argnums, with_value_grad=True)
-    else:
-        graph = ad.value_and_grad(graph, argnums)
-    live = {o.id for o in graph.outputs}  # skip contributions nobody uses (the rules build both sides)
-    for node in reversed(graph.nodes):
-        if node.id in live:
-            live.update(a.id for a in node.args)
-    values = evaluate(graph, values_in)
-    names, absorbed, _ = assign_names(graph, name)
-    forward, reverse, order2 = [], [], []
-    targets = {n.args[0].id for n in graph.nodes if n.id in absorbed}  # printed by their alias
-    n_forward = max((i for i, n in enumerate(graph.nodes) if n.op != "alias"
-                     and i <= graph.outputs[0].id), default=0)
-    for node in graph.nodes:
-        if node.op in ("input", "const") or node.id not in live:
-            continue
-        if node.op == "alias":
-            target = node.args[0]
-            expr = (_expression(target, names) if target.id in absorbed
-                    or names.get(target.id) == names[node.id]
-                    else literal(target.attrs[0]) if target.op == "const" else names[target.id])
-            rows = order2 if boundary is not None and node.id >= boundary else reverse
-            rows.append((names[node.id], expr, values[node.id]))
-        elif node.id not in targets:  # unnamed steps too, so every name used has a row
-            rows = (forward if node.id <= n_forward else
-                    order2 if boundary is not None and node.id >= boundary else reverse)
-            rows.append((names[node.id], _expression(node, names), values[node.id]))
-    rows = forward + reverse + order2
+    d = derive(f, *args)
+    rows = [(s.name, s.expr, d.value(s.node)) for s in d.forward + d.reverse + d.order2]
     w_name = max((len(r[0]) for r in rows), default=1)
     w_expr = max((len(r[1]) for r in rows), default=1)
-    fmt = lambda r: f"  {r[0]:<{w_name}} = {r[1]:<{w_expr}} = {_number(r[2])}"  # noqa: E731
-    params = ", ".join(f"{p}={_number(v)}" for p, v in zip(names["params"], values_in))
-    lines = [f"{name}({params}) = {_number(values[graph.outputs[0].id])}",
-             "forward, left to right:", *map(fmt, forward),
-             "reverse, right to left (dvar = d{0}/dvar):".format(name), *map(fmt, reverse)]
-    if second:
+
+    def fmt(step):
+        return f"  {step.name:<{w_name}} = {step.expr:<{w_expr}} = {_number(d.value(step.node))}"
+
+    params = ", ".join(f"{p}={_number(v)}" for p, v in zip(d.params, d.args))
+    lines = [f"{d.name}({params}) = {_number(d.values[d.graph.outputs[0].id])}",
+             "forward, left to right:", *map(fmt, d.forward),
+             "reverse, right to left (dvar = d{0}/dvar):".format(d.name), *map(fmt, d.reverse)]
+    if d.second:
         lines += ["second order, forward over reverse (ddv_dx = d(dv)/dx; "
-                  "dda_db is the Hessian entry for a, b):", *map(fmt, order2)]
-    print("\n".join(lines), file=file or sys.stdout)
+                  "dda_db is the Hessian entry for a, b):", *map(fmt, d.order2)]
+    text = "\n".join(lines)
+    print(text, file=file or sys.stdout)
+    return Explanation(f, args, d, text)
