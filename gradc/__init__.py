@@ -23,9 +23,30 @@ from .trace import scan, where  # noqa: E402
 from . import nn  # noqa: E402  (gradc.nn: layers, losses, optimizers, fit)
 
 __all__ = [
-    "value_and_grad", "grad", "compile", "vmap", "nn", "explain", "where", "scan", "math", "from_sympy", "to_sympy",
+    "value_and_grad", "grad", "compile", "jit", "vmap", "nn", "explain", "where", "scan", "math", "from_sympy", "to_sympy",
     "GradcFunction", "export", "BuildError",
     "hessian", "value_grad_hessian", "hvp", "jvp", "jacobian",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
     "UnsupportedFunctionError", "ArgumentError", "ShapeError", "CacheWarning", "__version__",
 ]
+
+
+import types as _types  # noqa: E402
+
+from . import jit  # noqa: E402  (the numba backend module)
+
+
+class _JitModule(_types.ModuleType):
+    """gradc/jit.py, the numba backend, also answers JAX's ``gradc.jit(f)`` (= ``gradc.compile``).
+
+    The name ``gradc.jit`` is the backend module's, which other modules import
+    (``from gradc import jit``); rebinding it to the function would hand them the function.
+    So the module itself is made callable: ``gradc.jit.load_numba`` and ``gradc.jit(f,
+    static_argnums=1)`` both work.
+    """
+
+    def __call__(self, fn=None, **options):
+        return compile(fn, **options)
+
+
+jit.__class__ = _JitModule

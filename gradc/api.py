@@ -19,15 +19,16 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import re
 
 import numpy as np
 
-from . import ad, errors, jit
+from . import ad, errors, jit, trees
 from .emit import emit_module
 from .ir import ArrayOut
 from .lower import LoweringError, lower_module
 from .optimize import optimize
-from .trace import identifier_or_none, trace
+from .trace import Tracer, identifier_or_none, trace
 
 BACKENDS = ("numba", "python")
 ARRAY_MODES = ("auto", "unroll", "numpy", "numba", "loops")
@@ -117,9 +118,19 @@ class GradcFunction:
     ``path`` (the cache file holding the source).
     """
 
-    def __init__(self, fn, kind, argnums=None, backend="numba", arrays="auto"):
+    def __init__(self, fn, kind, argnums=None, backend="numba", arrays="auto", has_aux=False,
+                 static_argnums=()):
         if not callable(fn):
             raise errors.ArgumentError(f"gradc.{kind} needs a callable, not {type(fn).__name__}.")
+        if has_aux and kind not in ("grad", "value_and_grad"):
+            raise errors.ArgumentError(
+                f"has_aux=True is for gradc.grad and gradc.value_and_grad, not gradc.{kind}.")
+        self._has_aux = bool(has_aux)
+        self._static = _normalize_static(static_argnums)
+        self._tree_calls: dict = {}  # (argument structures, static values) -> _TreeCall
+        self._inlined: dict = {}     # (shapes, whole) -> graph, for calls on traced values
+        # What trace() runs: the function, checked for what it returns (_Results)
+        self._tracee = _Results(fn, kind, has_aux) if kind in _RESULT_KINDS else fn
         if arrays not in ARRAY_MODES:
             raise errors.ArgumentError(f"arrays must be one of {ARRAY_MODES}, not {arrays!r}.")
         self._arrays = arrays
@@ -139,6 +150,12 @@ class GradcFunction:
     # --- arguments --------------------------------------------------------------------
     def _bind(self, args, kwargs):
         """The positional float arguments of a call, or a gradc ArgumentError."""
+        return tuple(self._check_number(i, v) for i, v in enumerate(self._positional(args, kwargs)))
+
+    def _positional(self, args, kwargs):
+        """The arguments of a call bound to the function's parameters, in positional order
+        (defaults applied, ``*args`` spread), not yet checked; a gradc ArgumentError where
+        they do not bind."""
         if self._signature is not None:
             try:
                 bound = self._signature.bind(*args, **kwargs)
@@ -163,7 +180,7 @@ class GradcFunction:
             raise errors.ArgumentError(f"{errors.where()}: pass {self._name}'s arguments by position.")
         else:
             values = list(args)
-        return tuple(self._check_number(i, v) for i, v in enumerate(values))
+        return values
 
     def _check_number(self, i, value):
         if isinstance(value, (numbers.Real, np.floating, np.integer, np.bool_)):
@@ -177,8 +194,12 @@ class GradcFunction:
             single = value.dtype.kind == "f" and value.dtype.itemsize == 4  # >f4 too
             return _argument_array(value, np.float32 if single else np.float64)
         kind = type(value).__name__
-        hint = (" Pass a NumPy array (numpy.asarray(...)) for a vector argument."
-                if isinstance(value, (list, tuple)) else "")
+        hint = (" Pass a NumPy array (numpy.asarray(...)) for a vector argument, or a tuple "
+                "for separate floats (tuples, dicts and lists of arrays are argument trees)."
+                if isinstance(value, (list, tuple)) else
+                f" An argument that is not traced (a setting) can be marked static: "
+                f"static_argnums=({i},)." if isinstance(value, (str, bytes, bool, type(None)))
+                else "")
         raise errors.ArgumentError(
             f"{errors.where()}: argument {i} of {self._name}() is a {kind}; gradc "
             f"differentiates functions of real numbers: floats (ints are taken as floats) "
@@ -219,10 +240,39 @@ class GradcFunction:
         return tuple(i % nargs for i in nums), isinstance(argnums, int)
 
     def _transform(self, graph, nargs):
+        kept = self._tracee.take() if isinstance(self._tracee, _Results) else _SCALAR
+        self._pending_regroup = None  # what _spec wraps the call with (results that are trees)
         if self._kind == "compile":
+            if kept is _SCALAR:
+                return graph
+            outputs, tree, regroup = _result_outputs(graph, kept, self._name, self._fn)
+            graph.set_outputs(outputs, tree)
+            self._pending_regroup = regroup
             return graph
         argnums, bare = self._argnums_for(nargs)
-        return ad.value_and_grad(graph, argnums, bare=bare, with_value=self._kind != "grad")
+        g = ad.value_and_grad(graph, argnums, bare=bare, with_value=self._kind != "grad")
+        if self._has_aux:
+            g = self._with_aux(graph, g, kept)
+        return g
+
+    def _with_aux(self, traced, g, aux):
+        """``g`` (the differentiated graph) also returning the auxiliary values ``aux``, traced
+        in ``traced``: JAX's ``((value, aux), grads)`` or ``(grads, aux)``. The aux nodes are
+        replayed into ``g``, where hash-consing finds them (``g`` is a copy of ``traced``)."""
+        outputs, tree, regroup = _result_outputs(traced, aux, self._name, self._fn)
+        mapped = _replay(traced, g, lambda node: g.inputs[node.attrs[0]])
+        offset = len(g.outputs)
+        aux_tree = _shift(tree, offset)
+        new_outputs = g.outputs + [mapped[o.id] for o in outputs]
+        if self._kind == "value_and_grad":
+            g.set_outputs(new_outputs, ((g.out_tree[0], aux_tree), g.out_tree[1]))
+            self._pending_regroup = regroup and _at_aux(regroup, lambda r: r[0][1],
+                                                        lambda r, a: ((r[0][0], a), r[1]))
+        else:
+            g.set_outputs(new_outputs, (g.out_tree, aux_tree))
+            self._pending_regroup = regroup and _at_aux(regroup, lambda r: r[1],
+                                                        lambda r, a: (r[0], a))
+        return g
 
     def _trace(self, shapes, dtype="float64", multiple=False, arrays=None):
         """Trace ``fn`` for one signature: array arguments unrolled into scalar code, or
@@ -234,12 +284,12 @@ class GradcFunction:
         whole = any(s is not None for s in shapes) and (
             arrays in ("numpy", "numba", "loops") or dtype == "float32"
             or arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
-        retrace = lambda: trace(self._fn, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
+        retrace = lambda: trace(self._tracee, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
                                 self._name, _origin(self._fn), multiple=multiple)
         if whole:
             return retrace()
         try:
-            traced = trace(self._fn, [(n, s, False) for n, s in zip(names, shapes)],
+            traced = trace(self._tracee, [(n, s, False) for n, s in zip(names, shapes)],
                            self._name, _origin(self._fn), multiple=multiple)
         except errors.ControlFlowError:
             # NumPy's object-array loops compare elements for max, min and maximum;
@@ -274,6 +324,7 @@ class GradcFunction:
         if spec is not None:
             return spec
         graph, source, func_name, entry_name = self.lower(shapes, dtype)
+        regroup = self.__dict__.pop("_pending_regroup", None)
         spec = None
         if self._backend == "numba" and graph.whole_params and self._arrays in ("auto", "loops"):
             spec = self._loops_spec(graph)
@@ -296,6 +347,8 @@ class GradcFunction:
             call = _python_caller(func, scalar, quiet=not graph.whole_params)
             plain = call if graph.whole_params else None
             spec = _Spec(graph, source, path, call, func_name, plain=plain)
+        if regroup is not None:
+            spec = _regrouped(spec, regroup)
         self._specs[key] = spec
         self._leave_numba()  # the dispatcher serves one float signature; now there are more
         if spec.plain is not None:
@@ -388,6 +441,10 @@ class GradcFunction:
     def _call_full(self, args, kwargs):
         """Any call: bind and convert the arguments, compile their specialisation if it is
         new, run it. The same for every call, whatever calls came before."""
+        if self._needs_trees(args, kwargs):
+            return self._call_tree(args, kwargs)
+        if _any_traced(args) or _any_traced(kwargs.values()):
+            return self._call_traced(args, kwargs)
         values = self._bind(args, kwargs)
         dtype = _dtype(values)
         values = _promote(values, dtype)
@@ -402,6 +459,98 @@ class GradcFunction:
             raise errors.GradcError(
                 f"{errors.where()}: {exc}, though gradc converted them. This is a gradc bug; "
                 "please report it. backend='python' runs the same source without numba.") from None
+
+    # --- argument trees, static arguments, calls on traced values ----------------------
+    def _needs_trees(self, args, kwargs):
+        """Whether a call goes through :meth:`_call_tree`: static arguments, or an argument
+        that is a tree (a tuple, a dict, or a list that is not a plain list of numbers)."""
+        if self._kind not in _RESULT_KINDS:
+            return False  # the higher orders take flat floats and arrays (gradc/higher_api.py)
+        return bool(self._static) or any(map(_is_tree, args)) or any(map(_is_tree, kwargs.values()))
+
+    def _call_tree(self, args, kwargs):
+        """A call with argument trees or static arguments: the leaves of the trees are the
+        arguments of a flat function (one :class:`_TreeCall` per structure and static
+        values, compiled as any other), and its gradients are put back into the trees."""
+        values = self._positional(args, kwargs)
+        static = self._static_positions(len(values))
+        leaves, structure = [], []
+        for i, value in enumerate(values):
+            if i in static:
+                structure.append(_static_key(self._name, i, value))
+                continue
+            found, treedef = trees.flatten(value)
+            for path, leaf in zip(trees.paths(treedef), found):
+                leaves.append(self._check_leaf(i, path, leaf))
+            structure.append(treedef)
+        key = tuple(structure)
+        call = self._tree_calls.get(key)
+        if call is None:
+            call = self._tree_calls[key] = _TreeCall(self, values, structure)
+        return call(leaves)
+
+    def _static_positions(self, nargs):
+        for i in self._static:
+            if not -nargs <= i < nargs:
+                raise errors.ArgumentError(
+                    f"{errors.where()}: static_argnums={self._static!r} but {self._name}() was "
+                    f"called with {nargs} argument(s).")
+        return {i % nargs for i in self._static}
+
+    def _check_leaf(self, i, path, leaf):
+        """A leaf of argument ``i``'s tree as compiled code takes it (traced values as they are)."""
+        if _any_traced((leaf,)):
+            return leaf
+        if not path:
+            return self._check_number(i, leaf)
+        try:
+            return self._check_number(i, leaf)
+        except errors.ArgumentError:
+            raise errors.ArgumentError(
+                f"{errors.where()}: argument {i} of {self._name}() holds {_describe(leaf)} at "
+                f"{path}; the leaves of an argument tree are floats and float arrays. Mark an "
+                f"argument of settings static (static_argnums=({i},)).") from None
+
+    def _call_traced(self, args, kwargs):
+        """A call on values another gradc transformation is tracing (``grad(grad(f))``,
+        a compiled helper called by a traced loss): this function's graph, traced at the
+        arguments' shapes, is replayed into the caller's graph, so the caller differentiates
+        through it and compiles it as part of its own code."""
+        values = list(args) if self._kind in ("hvp", "jvp") and not kwargs else \
+            self._positional(args, kwargs)
+        outer = _tracer_in(values).graph
+        whole = any(isinstance(v, Tracer) and v.shape for v in values)
+        shapes = tuple(_traced_shape(v, whole, self._name, i) for i, v in enumerate(values))
+        key = (shapes, whole)
+        if key not in self._inlined:
+            self._inlined[key] = self._graph_for(shapes, whole)
+        graph, regroup = self._inlined[key]
+        lift = _tracer_in(values)._lift
+
+        def argument(node):
+            _, _, p, index = node.attrs
+            return lift(values[p] if index is None else values[p][index])
+
+        mapped = _replay(graph, outer, argument)
+        result = _tree_of_tracers(outer, graph.out_tree, [mapped[o.id] for o in graph.outputs])
+        return regroup(result) if regroup is not None else result
+
+    def _graph_for(self, shapes, whole):
+        """``(graph, regroup)``: the optimized graph at ``shapes``, its arrays traced whole
+        or unrolled as the caller's are (for :meth:`_call_traced`)."""
+        if type(self).lower is GradcFunction.lower:
+            names = self._arg_names(len(shapes))
+            traced = trace(self._tracee, [(n, s, whole) for n, s in zip(names, shapes)],
+                           self._name, _origin(self._fn))
+            graph = optimize(self._transform(traced, len(shapes)))
+        else:  # the higher orders trace (and choose how) in their own lower()
+            graph = self.lower(shapes)[0]
+        if any(s is not None for s in shapes) and bool(graph.whole_params) != whole:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: gradc.{self._kind} of {self._name}() traces these arrays "
+                f"{'unrolled' if whole else 'whole'}, but the function calling it traces them "
+                f"{'whole' if whole else 'unrolled'}; give both the same arrays= mode.")
+        return graph, self.__dict__.pop("_pending_regroup", None)
 
     @property
     def _takes_out(self):
@@ -471,6 +620,12 @@ class GradcFunction:
     def _default_spec(self):
         if self._specs:
             return next(iter(self._specs.values()))
+        if self._tree_calls:  # called with trees or static arguments: the first such call's
+            return next(iter(self._tree_calls.values())).inner._default_spec()
+        if self._static:
+            raise errors.ArgumentError(
+                f"{self._name}() has static arguments: call it once before asking for "
+                ".source or .graph.")
         if not self._simple_signature():
             raise errors.ArgumentError(
                 f"{self._name}() takes a variable number of arguments: call it once before "
@@ -635,11 +790,383 @@ def _python_caller(func, scalar=np.float64, quiet=True):
     return call
 
 
+# --- results that are trees, argument trees, static arguments, nested transformations -------
+#: The kinds whose traced function goes through :class:`_Results` (and may take trees).
+_RESULT_KINDS = ("compile", "grad", "value_and_grad")
+#: _Results kept nothing aside: the function returned one float, which trace() took as it is.
+_SCALAR = object()
+
+
+def _defined_at(fn):
+    """``'file.py:12'`` where ``fn`` (or the function a gradc function transforms) is defined."""
+    from .trace import _definition
+
+    code = _code_of(fn)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else _definition(fn)
+
+
+def _code_of(fn):
+    """The code object trace() reads for names (a gradc function: the one it transforms)."""
+    return getattr(fn, "__code__", None) or getattr(getattr(fn, "__wrapped__", None), "__code__", None)
+
+
+class _Results:
+    """What ``trace()`` runs for compile, grad and value_and_grad: the user's function, with
+    its result sorted out first. ``compile`` may return a tree of floats and arrays (kept
+    aside for :func:`_result_outputs`); ``has_aux`` splits ``(value, aux)`` and keeps the
+    aux; a gradient of a function returning several values is refused with what to use.
+
+    It carries the function's ``__code__``: trace() names nodes after the locals of the frame
+    running that code, and its errors name that definition, as for the function itself.
+    """
+
+    def __init__(self, fn, kind, has_aux):
+        self._fn, self._kind, self._has_aux = fn, kind, has_aux
+        if _code_of(fn) is not None:
+            self.__code__ = _code_of(fn)
+        self.__name__ = getattr(fn, "__name__", None) or type(fn).__name__
+        self._kept = _SCALAR
+
+    def take(self):
+        """What the last call kept aside (:data:`_SCALAR` if nothing), forgotten after."""
+        kept, self._kept = self._kept, _SCALAR
+        return kept
+
+    def __call__(self, *args):
+        from .trace import _kind
+
+        result = self._fn(*args)
+        where = f"{_defined_at(self._fn)}: {self.__name__}"
+        if self._has_aux:
+            if not (isinstance(result, (tuple, list)) and len(result) == 2):
+                raise errors.TracingError(
+                    f"{where} is differentiated with has_aux=True, so it must return a pair "
+                    f"(value, aux); it returned {_kind(result)}.")
+            self._kept = result[1]
+            return result[0]
+        if self._kind == "compile":
+            if _is_scalar_result(result):
+                return result  # trace() takes it (and names it) as it always has
+            self._kept = result
+            return 0.0  # a placeholder output: _transform sets the real ones
+        if isinstance(result, (tuple, list, dict)):
+            raise errors.TracingError(
+                f"{where} returned {_kind(result)}; gradc.{self._kind} differentiates a "
+                "function that returns one float. If the other values are auxiliary (metrics, "
+                "a new state), return (value, aux) and pass has_aux=True: gradc.grad then "
+                "returns (gradient, aux). For the derivatives of every element, use "
+                "gradc.jacobian.")
+        return result
+
+
+def _is_scalar_result(result):
+    """One float as ``trace()`` takes it (a scalar Tracer, a number, a 0-d array)."""
+    if isinstance(result, Tracer):
+        return not result.shape
+    if isinstance(result, np.ndarray):
+        return result.shape == ()
+    return not isinstance(result, (tuple, list, dict, type(None)))
+
+
+def _result_outputs(graph, kept, name, fn, prefix="out"):
+    """``(outputs, out_tree, regroup)`` for a result tree ``kept`` traced in ``graph``.
+
+    Tuples, floats and arrays are the IR's own ``out_tree`` (the emitted code returns
+    them); lists, dicts and None are not, so their leaves are returned as a flat tuple and
+    ``regroup`` (else None) rebuilds the tree from it after each call.
+    """
+    leaves, treedef = trees.flatten(kept)
+    outputs, leaf_trees = [], []
+    for k, (path, leaf) in enumerate(zip(trees.paths(treedef), leaves)):
+        leaf_trees.append(_output_leaf(graph, leaf, outputs, name, fn, path, f"{prefix}{k}"))
+    if _native(treedef):
+        return outputs, _native_tree(treedef, iter(leaf_trees)), None
+    return outputs, tuple(leaf_trees), lambda flat: trees.unflatten(treedef, flat)
+
+
+def _native(treedef):
+    return treedef == trees.LEAF or treedef.kind == "tuple" and all(map(_native, treedef.children))
+
+
+def _native_tree(treedef, leaf_trees):
+    if treedef == trees.LEAF:
+        return next(leaf_trees)
+    return tuple(_native_tree(c, leaf_trees) for c in treedef.children)
+
+
+def _output_leaf(graph, leaf, outputs, name, fn, path, array_name):
+    """The out_tree leaf of one result leaf (its nodes appended to ``outputs``)."""
+    from .trace import _float_constant, _kind
+
+    where = f"{_defined_at(fn)}: {name} returned"
+    at = f" at {path}" if path else ""
+
+    def scalar(value):
+        if isinstance(value, Tracer):
+            if value.graph is not graph:
+                raise errors.TracingError(
+                    f"{where} a value traced by another function{at}; pass that value as an "
+                    "argument instead of capturing it.")
+            if value.is_condition:
+                raise errors.TracingError(
+                    f"{where} a condition (a comparison){at}; results are floats and float "
+                    "arrays. Use gradc.where(...) to turn it into a number.")
+            return value.node
+        if isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(
+                value, (bool, np.bool_)):
+            return graph.const(_float_constant(value))
+        raise errors.TracingError(
+            f"{where} {_kind(value)}{at}; results are floats and float arrays, in tuples, "
+            "lists and dicts.")
+
+    if isinstance(leaf, np.ndarray) and (leaf.dtype == object or leaf.dtype.kind in "biuf"):
+        if leaf.shape == ():
+            leaf = leaf[()]
+        elif leaf.dtype != object and graph.whole_params:
+            outputs.append(graph.const(leaf))
+            return len(outputs) - 1
+        else:
+            first = len(outputs)
+            outputs.extend(scalar(element) for element in leaf.flat)
+            return ArrayOut(array_name, leaf.shape, tuple(range(first, len(outputs))))
+    outputs.append(scalar(leaf))  # a traced array (whole) is one output too
+    return len(outputs) - 1
+
+
+def _shift(tree, offset):
+    """An out_tree whose output numbers are ``offset`` higher."""
+    if isinstance(tree, tuple):
+        return tuple(_shift(t, offset) for t in tree)
+    if isinstance(tree, ArrayOut):
+        return ArrayOut(tree.name, tree.shape, tuple(i + offset for i in tree.indices))
+    return tree + offset
+
+
+def _at_aux(regroup, get, put):
+    """A regroup of a whole result that regroups only its aux part (``get``/``put`` find it)."""
+    return lambda result: put(result, regroup(get(result)))
+
+
+def _regrouped(spec, regroup):
+    """``spec`` with its results rebuilt into their trees. The entry is dropped: the quick
+    path and numba's dispatcher would return the flat tuple."""
+    call, plain = spec.call, spec.plain
+    return _Spec(spec.graph, spec.source, spec.path, lambda *v: regroup(call(*v)),
+                 spec.func_name, None,
+                 None if plain is None else (lambda *v: regroup(plain(*v))), spec.runs)
+
+
+def _replay(source, target, argument):
+    """Node id of ``source`` -> node of ``target``: every node of ``source`` rebuilt in
+    ``target`` through its hash-consing builder (existing nodes are found, not copied),
+    with each input node replaced by ``argument(node)``."""
+    mapped = {}
+    for node in source.nodes:
+        if node.op == "input":
+            out = argument(node)
+        elif node.op == "const":
+            out = target.const(node.attrs[0])
+        else:
+            out = target.add(node.op, tuple(mapped[a.id] for a in node.args), node.attrs)
+            name = source.names.get(node.id)
+            if name is not None:
+                target.names.setdefault(out.id, name)
+        mapped[node.id] = out
+    return mapped
+
+
+def _tree_of_tracers(graph, tree, nodes):
+    """The result of a replayed function as traced values of ``graph``, nested as ``tree``."""
+    from .trace import _wrap
+
+    if isinstance(tree, tuple):
+        return tuple(_tree_of_tracers(graph, t, nodes) for t in tree)
+    if isinstance(tree, ArrayOut):
+        elements = np.empty(len(tree.indices), dtype=object)
+        for k, i in enumerate(tree.indices):
+            elements[k] = Tracer(graph, nodes[i])
+        return _wrap(elements.reshape(tree.shape))
+    return Tracer(graph, nodes[tree])
+
+
+def _tracer_in(values):
+    """The first traced value among ``values`` (also inside unrolled arrays), or None."""
+    for v in values:
+        if isinstance(v, Tracer):
+            return v
+        if isinstance(v, np.ndarray) and v.dtype == object:
+            found = next((e for e in v.flat if isinstance(e, Tracer)), None)
+            if found is not None:
+                return found
+    return None
+
+
+def _any_traced(values):
+    return _tracer_in(values) is not None
+
+
+def _traced_shape(value, whole, name, i):
+    """The parameter shape (None: a float) of one argument of a call on traced values."""
+    if isinstance(value, Tracer):
+        return value.shape or None
+    if isinstance(value, np.ndarray) and (value.dtype == object or value.dtype.kind in "biuf"):
+        return value.shape or None
+    if isinstance(value, (numbers.Real, np.floating, np.integer)):
+        return None
+    raise errors.ArgumentError(
+        f"{errors.where()}: argument {i} of {name}() is {_describe(value)}; called on traced "
+        "values, a gradc function takes floats and float arrays.")
+
+
+def _is_tree(value):
+    """Whether an argument is a tree: a tuple, a dict, or a list other than a plain list of
+    numbers (which NumPy code means as a vector: it keeps gradc's "use numpy.asarray")."""
+    if isinstance(value, tuple) or type(value) is dict:  # noqa: E721
+        return True
+    return type(value) is list and not all(
+        isinstance(v, (numbers.Real, np.generic)) for v in value)
+
+
+def _normalize_static(static_argnums):
+    if static_argnums is None:
+        return ()
+    if isinstance(static_argnums, (int, np.integer)) and not isinstance(static_argnums, bool):
+        return (int(static_argnums),)
+    if isinstance(static_argnums, (tuple, list)) and all(
+            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in static_argnums):
+        return tuple(int(i) for i in static_argnums)
+    raise errors.ArgumentError(
+        f"static_argnums must be an int or a tuple of ints, not {static_argnums!r}.")
+
+
+class _Static:
+    """A static argument's value as part of a cache key: equal when of one type and equal."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return (isinstance(other, _Static) and type(self.value) is type(other.value)
+                and bool(self.value == other.value))
+
+    def __hash__(self):
+        return hash((type(self.value).__name__, self.value))
+
+
+def _static_key(name, i, value):
+    try:
+        hash(value)
+    except TypeError:
+        raise errors.ArgumentError(
+            f"{errors.where()}: static argument {i} of {name}() is {_describe(value)}, which "
+            "cannot be hashed; gradc compiles once per distinct static value and looks it up "
+            "by hash. Pass a hashable value (a tuple instead of a list, a frozenset, a "
+            "string), or make it a traced argument.") from None
+    return _Static(value)
+
+
+class _FlatArgs:
+    """``fn`` as a function of the leaves of its argument trees: it rebuilds the trees, puts
+    the static values in their places and calls ``fn``. Its signature names the leaves
+    (``params_W``), so the emitted source does too; it carries ``fn``'s ``__code__`` for
+    trace() (see :class:`_Results`)."""
+
+    def __init__(self, fn, structure, leaf_names):
+        self._fn, self._structure = fn, structure
+        if _code_of(fn) is not None:
+            self.__code__ = _code_of(fn)
+        self.__name__ = getattr(fn, "__name__", None) or type(fn).__name__
+        self.__signature__ = inspect.Signature(
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in leaf_names])
+
+    def __call__(self, *leaves):
+        args, k = [], 0
+        for s in self._structure:
+            if isinstance(s, _Static):
+                args.append(s.value)
+                continue
+            n = trees.leaf_count(s)
+            args.append(trees.unflatten(s, leaves[k:k + n]))
+            k += n
+        return self._fn(*args)
+
+
+def _leaf_names(arg_names, structure):
+    """One identifier per leaf: the argument's name, then its path (``params_W``, ``p_0_1``)."""
+    names, taken = [], set()
+    for arg, s in zip(arg_names, structure):
+        if isinstance(s, _Static):
+            continue
+        for k, path in enumerate(trees.paths(s)):
+            parts = [p for p in re.split(r"\W+", path) if p]
+            name = identifier_or_none("_".join([arg, *parts])) if parts else arg
+            if name is None or name in taken:
+                name = f"{arg}_{k}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            names.append(name)
+    return names
+
+
+class _TreeCall:
+    """One argument structure (and static values) of a function called with trees: the
+    flat function of the leaves, compiled as a :class:`GradcFunction` of its own, and how
+    its flat gradients go back into the argument trees."""
+
+    def __init__(self, owner, values, structure):
+        self._kind, self._has_aux = owner._kind, owner._has_aux
+        self._structure = structure
+        nargs = len(values)
+        ranges, k = [], 0
+        for s in structure:
+            n = 0 if isinstance(s, _Static) else trees.leaf_count(s)
+            ranges.append(range(k, k + n))
+            k += n
+        static = {i for i, s in enumerate(structure) if isinstance(s, _Static)}
+        if owner._kind == "compile":
+            self._diff, self._bare = (), False
+        elif owner._argnums is None:  # every traced argument
+            self._diff = tuple(i for i in range(nargs) if i not in static)
+            self._bare = len(self._diff) == 1
+        else:
+            self._diff, self._bare = owner._argnums_for(nargs)
+            for i in self._diff:
+                if i in static:
+                    raise errors.ArgumentError(
+                        f"{errors.where()}: argument {i} of {owner._name}() is both "
+                        "differentiated (argnums) and static (static_argnums).")
+        self._ranges = ranges
+        leaf_argnums = tuple(j for i in self._diff for j in ranges[i])
+        flat = _FlatArgs(owner._fn, structure, _leaf_names(owner._arg_names(nargs), structure))
+        self.inner = GradcFunction(flat, owner._kind, None if owner._kind == "compile"
+                                   else leaf_argnums, owner._backend, owner._arrays,
+                                   has_aux=owner._has_aux)
+
+    def __call__(self, leaves):
+        result = self.inner(*leaves)
+        if self._kind == "compile":
+            return result
+        if self._kind == "grad":
+            flat, aux = result if self._has_aux else (result, None)
+        else:
+            head, flat = result
+        grads = tuple(trees.unflatten(self._structure[i], flat[r.start:r.stop])
+                      for i in self._diff for r in (self._ranges[i],))
+        grads = grads[0] if self._bare else grads
+        if self._kind == "grad":
+            return (grads, aux) if self._has_aux else grads
+        return head, grads
+
+
 def _transformation(kind):
-    def transform(fn=None, *, argnums=None, backend="numba", arrays="auto"):
+    def transform(fn=None, *, argnums=None, backend="numba", arrays="auto", **options):
+        # options: has_aux (grad, value_and_grad), static_argnums
         if fn is None:  # used with arguments: @gradc.grad(argnums=1)
-            return lambda f: GradcFunction(f, kind, argnums, backend, arrays)
-        return GradcFunction(fn, kind, argnums, backend, arrays)
+            return lambda f: GradcFunction(f, kind, argnums, backend, arrays, **options)
+        return GradcFunction(fn, kind, argnums, backend, arrays, **options)
 
     transform.__name__ = kind
     return transform
@@ -651,8 +1178,18 @@ value_and_grad.__doc__ = """``f -> f'`` returning ``(f(x), gradient)``.
 ``argnums=None`` differentiates every positional argument (a tuple of gradients
 in argument order; bare for a one-argument function); an int gives one bare
 gradient, a tuple a tuple. ``backend`` is ``"numba"`` (default) or ``"python"``.
+
+Arguments may be trees (tuples, dicts, lists of floats and arrays, nested): the
+gradient of a tree has its structure (dict keys sorted, as in JAX).
+``static_argnums`` marks arguments that are not traced (settings: ints, strings,
+tuples); each distinct static value compiles its own code. With ``has_aux=True``,
+``f`` returns ``(value, aux)`` and the result is ``((value, aux), gradient)``.
 """
 grad = _transformation("grad")
-grad.__doc__ = "Like :func:`value_and_grad`, returning only the gradient(s)."
+grad.__doc__ = """Like :func:`value_and_grad`, returning only the gradient(s)
+(``(gradient, aux)`` with ``has_aux=True``)."""
 compile = _transformation("compile")  # noqa: A001  (gradc.compile is the public name)
-compile.__doc__ = "``f -> f`` compiled: the value only, through the same pipeline."
+compile.__doc__ = """``f -> f`` compiled: the value only, through the same pipeline.
+
+``f`` may return a float, an array, or a tree (tuple, list, dict) of them, and take
+argument trees and ``static_argnums`` as :func:`value_and_grad` does."""
