@@ -1,0 +1,221 @@
+"""The native path (gradc/native.py) computes what the ordinary numba path computes, bit for bit.
+
+One program holds every scalar op of the table (and the forms the emitter gives them:
+int and float exponents, conditions inside ``where``, ``and``/``or``/``not``); it is
+compiled three ways, natively, by numba from the emitted source, and run by the
+Python backend, and the three are compared at special values (signed zeros,
+infinities, NaN) and ordinary ones: bitwise, NaN equal to NaN. A random program of
+5,000 nodes is compared with the Python backend; a second process must find the
+native code in the disk cache; graphs the native path does not lower are refused.
+"""
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import gradc
+from gradc import jit, native
+from gradc.emit import emit_module
+from gradc.ir import Graph
+from gradc.ops import OPS, _TABLE
+
+SPECIAL = [-0.0, 0.0, np.inf, -np.inf, np.nan, 1.0, -2.5, 0.5, 0.3, 3.0]
+CONDITIONS = ("lt", "le", "gt", "ge", "eq", "ne")
+#: Ops whose numba lowering calls the C library (or NumPy's loops differ from it): the
+#: Python backend runs NumPy's own loops there, which may differ in the last bit from the
+#: C library both compiled paths call. For these the native path is held to numba's.
+LIBM = {"exp", "log", "log1p", "expm1", "sin", "cos", "tan", "arcsin", "arccos", "arctan",
+        "arctan2", "sinh", "cosh", "tanh", "hypot", "pow", "sigmoid", "softplus"}
+
+
+def same(a, b):
+    """Bitwise equal floats, except that every NaN equals every NaN."""
+    a, b = np.float64(a), np.float64(b)
+    if np.isnan(a) or np.isnan(b):
+        return bool(np.isnan(a) and np.isnan(b))
+    return bool(a == b and np.signbit(a) == np.signbit(b))
+
+
+def _all_ops_graph():
+    """A graph of x, y with one output per case: (name, node) for every scalar op."""
+    g = Graph("ops")
+    x, y = g.input("x"), g.input("y")
+    cases = []
+    for op in _TABLE:
+        if op.shape is not None or op.statement or op.name in ("alias", "and", "or", "not"):
+            continue  # and, or, not: of conditions, below
+        if op.result == "bool":  # a condition is used by where, as the emitter writes it
+            cond = g.add(op.name, (x, y)[:op.arity])
+            cases.append((op.name, g.add("where", (cond, x, y))))
+        elif op.name == "where":
+            cases.append(("where", g.add("where", (g.add("lt", (x, y)), x, y))))
+            cases.append(("where-float", g.add("where", (x, y, g.const(2.0)))))
+        else:
+            cases.append((op.name, g.add(op.name, (x, y)[:op.arity])))
+    for k in (0.0, 1.0, 2.0, 3.0, 7.0, 0.5, -1.0, -2.0, 2.5):  # ints print as int literals
+        cases.append((f"pow-{k}", g.add("pow", (x, g.const(k)))))
+    cases.append(("pow-base-2", g.add("pow", (g.const(2.0), x))))
+    lt, gt0 = g.add("lt", (x, y)), g.add("gt", (x, g.const(0.0)))
+    for name in ("and", "or"):
+        cases.append((name, g.add("where", (g.add(name, (lt, gt0)), x, y))))
+    cases.append(("not", g.add("where", (g.add("not", (lt,)), x, y))))
+    g.set_outputs([n for _, n in cases], tuple(range(len(cases))))
+    return g, [name for name, _ in cases]
+
+
+@pytest.fixture(scope="module")
+def three_ways():
+    """The all-ops program natively, through numba's ordinary path, and in Python."""
+    graph, names = _all_ops_graph()
+    source, func_name, entry = emit_module(graph, "ops", "value")
+    compiled = native.compile_graph(graph, func_name, source, (None, None), min_nodes=0)
+    assert compiled is not None
+    ordinary, _ = jit.load_numba(source, func_name, entry, (None, None))
+    python, _ = jit.load_python(source, func_name)
+    return names, compiled[0], ordinary, python
+
+
+def _points():
+    rng = np.random.default_rng(1)
+    ordinary = [tuple(p) for p in rng.uniform(-3.0, 3.0, (40, 2))]
+    return list(itertools.product(SPECIAL, repeat=2)) + ordinary
+
+
+def test_native_matches_numba_on_every_op_bit_for_bit(three_ways):
+    names, compiled, ordinary, _ = three_ways
+    covered = {n.split("-")[0] for n in names}
+    scalar_ops = {op.name for op in _TABLE if op.shape is None and not op.statement}
+    assert scalar_ops - {"alias"} <= covered  # the program holds every op of the table
+    wrong = []
+    for x, y in _points():
+        for name, a, b in zip(names, compiled(x, y), ordinary(x, y)):
+            if not same(a, b):
+                wrong.append((name, x, y, a, b))
+    assert not wrong, wrong[:10]
+
+
+def test_native_matches_the_python_backend(three_ways):
+    """Exact ops agree with the emitted source run in Python everywhere; the C library's
+    functions agree at the special values (where their results are defined exactly)."""
+    names, compiled, _, python = three_ways
+    wrong = []
+    for x, y in _points():
+        with np.errstate(all="ignore"):
+            expected = python(np.float64(x), np.float64(y))
+        special = x in SPECIAL and y in SPECIAL and all(
+            v in (0.0, np.inf, -np.inf) or np.isnan(v) for v in (x, y))
+        for name, a, b in zip(names, compiled(x, y), expected):
+            if name.split("-")[0] in LIBM and not special:
+                continue
+            if not same(a, b):
+                wrong.append((name, x, y, a, b))
+    assert not wrong, wrong[:10]
+
+
+def _random_program(n_nodes, seed=0):
+    """A random straight-line program over four inputs using the exactly rounded ops (so the
+    Python backend is a bitwise oracle): arithmetic, sqrt, abs, sign, int powers, selections."""
+    rng = np.random.default_rng(seed)
+    g = Graph("rand")
+    pool = [g.input(f"x{i}") for i in range(4)]
+    unary = ["neg", "abs", "sqrt", "sign", "relu"]
+    binary = ["add", "sub", "mul", "div", "maximum", "minimum", "hypot"]
+    while len(g.nodes) < n_nodes:
+        a, b = (pool[int(i)] for i in rng.integers(max(0, len(pool) - 60), len(pool), 2))
+        kind = rng.random()
+        if kind < 0.55:
+            node = g.add(binary[int(rng.integers(len(binary) - 1))], (a, b))
+        elif kind < 0.75:
+            node = g.add(unary[int(rng.integers(len(unary)))], (a,))
+        elif kind < 0.85:
+            node = g.add("pow", (a, g.const(float(rng.integers(0, 4)))))
+        elif kind < 0.95:
+            cond = g.add(CONDITIONS[int(rng.integers(len(CONDITIONS)))], (a, b))
+            node = g.add("where", (cond, a, b))
+        else:
+            node = g.add("mul", (a, g.const(float(rng.uniform(-2, 2)))))
+        pool.append(node)
+    outs = pool[-5:]
+    g.set_outputs(outs, (0, tuple(range(1, len(outs)))))
+    return g
+
+
+def test_native_matches_python_on_a_random_5000_node_program():
+    graph = _random_program(5000)
+    assert len(graph.nodes) >= 5000
+    source, func_name, _ = emit_module(graph, "rand", "value")
+    compiled, _ = native.compile_graph(graph, func_name, source, (None,) * 4)
+    python, _ = jit.load_python(source, func_name)
+    for point in [(0.5, -1.25, 2.0, 0.75), (-0.0, np.inf, 1.0, np.nan), (3.0, 1e-300, -7.5, 2.0)]:
+        with np.errstate(all="ignore"):
+            expected = python(*map(np.float64, point))
+        got = compiled(*point)
+        flat = lambda r: [r[0], *r[1]]  # noqa: E731
+        assert all(same(a, b) for a, b in zip(flat(got), flat(expected))), point
+
+
+def test_array_arguments_and_gradients_match_the_ordinary_path():
+    def chain(p):
+        h = 0.3
+        for i in range(6):
+            h = np.tanh(p[2 * i] * h + p[2 * i + 1])
+        return 0.5 * (h - 0.5) ** 2
+
+    shapes = ((12,),)
+    graph, source, func_name, entry = gradc.value_and_grad(
+        chain, arrays="unroll", backend="python").lower(shapes)
+    compiled, _ = native.compile_graph(graph, func_name, source, shapes, min_nodes=0)
+    ordinary, _ = jit.load_numba(source, func_name, entry, shapes)
+    p = np.linspace(-1.0, 1.5, 24)[::2]  # a strided view: the "A" layout reads strides
+    (v1, g1), (v2, g2) = compiled(p), ordinary(p)
+    assert same(v1, v2) and g1.shape == (12,)
+    assert np.array_equal(g1, g2) and np.array_equal(np.signbit(g1), np.signbit(g2))
+
+
+def test_a_second_process_loads_native_code_from_the_cache(tmp_path):
+    script = textwrap.dedent("""
+        import gradc
+        from gradc import native
+        J = gradc.value_and_grad(lambda a, b: a * b + a ** 3, backend="python")
+        graph, source, func_name, _ = J.lower((None, None))
+        d, path = native.compile_graph(graph, func_name, source, (None, None), min_nodes=0)
+        assert d(2.0, 3.0) == (14.0, (15.0, 2.0)), d(2.0, 3.0)
+        print(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
+    """)
+    env = dict(os.environ, GRADC_CACHE_DIR=str(tmp_path / "cache"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=120) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    assert runs[0].stdout.split() == ["0", "1"]  # compiled, and saved
+    assert runs[1].stdout.split() == ["1", "0"]  # loaded: no compile
+
+
+def test_graphs_outside_the_scalar_table_are_refused():
+    whole = gradc.value_and_grad(lambda x: np.sum(x * x), arrays="numpy", backend="python")
+    graph, source, func_name, _ = whole.lower(((3,),))
+    assert not native.supports(graph)
+    assert native.compile_graph(graph, func_name, source, ((3,),), min_nodes=0) is None
+    g = Graph("f")
+    x = g.input("x")
+    g.set_outputs([g.add("and", (x, x))], 0)  # Python's `x and x` of a float is a float
+    assert not native.supports(g)
+    source, func_name, _ = emit_module(g, "f", "value")
+    assert native.compile_graph(g, func_name, source, (None,), min_nodes=0) is None
+
+
+def test_small_programs_keep_the_ordinary_path():
+    J = gradc.value_and_grad(lambda a, b: a * b, backend="python")
+    graph, source, func_name, _ = J.lower((None, None))
+    assert len(graph.nodes) < native.MIN_NODES
+    assert native.compile_graph(graph, func_name, source, (None, None)) is None
+
+
+def test_supported_ops_are_ops_of_the_table():
+    assert native.SUPPORTED_OPS <= set(OPS)
