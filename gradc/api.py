@@ -468,10 +468,11 @@ class GradcFunction:
             return False  # the higher orders take flat floats and arrays (gradc/higher_api.py)
         return bool(self._static) or any(map(_is_tree, args)) or any(map(_is_tree, kwargs.values()))
 
-    def _call_tree(self, args, kwargs):
+    def _call_tree(self, args, kwargs, out=None):
         """A call with argument trees or static arguments: the leaves of the trees are the
         arguments of a flat function (one :class:`_TreeCall` per structure and static
-        values, compiled as any other), and its gradients are put back into the trees."""
+        values, compiled as any other), and its gradients are put back into the trees.
+        ``out`` (gradient buffers) mirrors the gradient's trees, None at each float."""
         values = self._positional(args, kwargs)
         static = self._static_positions(len(values))
         leaves, structure = [], []
@@ -487,7 +488,7 @@ class GradcFunction:
         call = self._tree_calls.get(key)
         if call is None:
             call = self._tree_calls[key] = _TreeCall(self, values, structure)
-        return call(leaves)
+        return call(leaves, out)
 
     def _static_positions(self, nargs):
         for i in self._static:
@@ -566,6 +567,12 @@ class GradcFunction:
         (nothing is allocated); NumPy-level code computes, then copies.
         """
         out = kwargs.pop("out")
+        if self._has_aux:
+            raise errors.ArgumentError(
+                f"{errors.where()}: out= together with has_aux=True is not supported; call "
+                f"{self._name}() without out= (the gradient is returned).")
+        if self._needs_trees(args, kwargs):
+            return self._call_tree(args, kwargs, out)
         values = self._bind(args, kwargs)
         dtype = _dtype(values)
         values = _promote(values, dtype)
@@ -1145,8 +1152,8 @@ class _TreeCall:
                                    else leaf_argnums, owner._backend, owner._arrays,
                                    has_aux=owner._has_aux)
 
-    def __call__(self, leaves):
-        result = self.inner(*leaves)
+    def __call__(self, leaves, out=None):
+        result = self.inner(*leaves) if out is None else self.inner(*leaves, out=self._out(out))
         if self._kind == "compile":
             return result
         if self._kind == "grad":
@@ -1159,6 +1166,24 @@ class _TreeCall:
         if self._kind == "grad":
             return (grads, aux) if self._has_aux else grads
         return head, grads
+
+    def _out(self, out):
+        """``out=`` for the flat function: one buffer (or None) per differentiated leaf."""
+        per_arg = (out,) if self._bare else out
+        if not isinstance(per_arg, (tuple, list)) or len(per_arg) != len(self._diff):
+            raise errors.ArgumentError(
+                f"{errors.where()}: out= must mirror the gradient: a tuple of {len(self._diff)} "
+                "trees, one per differentiated argument.")
+        buffers = []
+        for i, tree in zip(self._diff, per_arg):
+            try:
+                buffers.extend(trees.leaves_like(self._structure[i], tree))
+            except ValueError:
+                raise errors.ArgumentError(
+                    f"{errors.where()}: out= must mirror the gradient of argument {i}, "
+                    f"{trees.describe(self._structure[i])} (an array at each array, None at "
+                    f"each float).") from None
+        return tuple(buffers)
 
 
 def _transformation(kind):

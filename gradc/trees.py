@@ -111,6 +111,31 @@ def _build(treedef, it):
     return tuple(items) if kind == "tuple" else items
 
 
+def leaves_like(treedef, tree):
+    """The values of ``tree`` at the leaf positions of ``treedef``, where anything (None
+    too) may stand at a leaf: how ``out=`` buffers mirror a gradient. ValueError when
+    ``tree`` has another structure."""
+    if treedef == LEAF:
+        return [tree]
+    kind, detail, children = treedef
+    if kind == "none":
+        if tree is not None:
+            raise ValueError("not None")
+        return []
+    if kind == "dict":
+        if not isinstance(tree, dict) or tuple(sorted(tree)) != detail:
+            raise ValueError("other keys")
+        items = [tree[k] for k in detail]
+    else:
+        if not isinstance(tree, (tuple, list)) or len(tree) != len(children):
+            raise ValueError("other length")
+        items = list(tree)
+    found = []
+    for child, item in zip(children, items):
+        found.extend(leaves_like(child, item))
+    return found
+
+
 def leaf_count(treedef):
     """How many leaves a tree of this structure holds."""
     if treedef == LEAF:

@@ -262,3 +262,21 @@ def test_grad_of_a_function_returning_a_tuple_points_to_has_aux_and_jacobian():
     with pytest.raises(gradc.TracingError, match="has_aux=True.*gradc.jacobian") as info:
         gradc.grad(lambda x: (x * x, x), backend="python")(1.0)
     assert "test_jax_habits.py" in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["python", "numba"])
+def test_out_buffers_mirror_a_tree_gradient(backend):
+    g = gradc.value_and_grad(lambda p, y: np.sum(p["a"] ** 2) * p["s"] * y, argnums=0,
+                             backend=backend)
+    buffer = np.zeros(3)
+    value, grads = g({"a": np.ones(3), "s": 2.0}, 1.0, out={"a": buffer, "s": None})
+    assert value == 6.0 and grads["s"] == 3.0 and grads["a"] is buffer
+    np.testing.assert_array_equal(buffer, [4.0, 4.0, 4.0])
+    with pytest.raises(gradc.ArgumentError, match=r"mirror the gradient of argument 0, \{'a'"):
+        g({"a": np.ones(3), "s": 2.0}, 1.0, out={"a": buffer})
+
+
+def test_out_with_has_aux_is_refused_clearly():
+    g = gradc.grad(lambda x: (np.sum(x ** 2), x[0]), has_aux=True, backend="python")
+    with pytest.raises(gradc.ArgumentError, match="out= together with has_aux"):
+        g(np.ones(2), out=np.zeros(2))
