@@ -11,6 +11,7 @@ from . import gmath as math  # noqa: E402  (gradc.math.exp, gradc.math.sigmoid, 
 from .aot import BuildError, export  # noqa: E402
 from .api import GradcFunction, compile, grad, value_and_grad  # noqa: E402
 from .batch import vmap  # noqa: E402
+from .config import config  # noqa: E402  (the function; gradc/config.py is the module)
 from .errors import (  # noqa: E402
     ArgumentError, CacheWarning, ControlFlowError, GradcError, MathModuleError, ShapeError,
     TracingError,
@@ -24,7 +25,7 @@ from . import nn  # noqa: E402  (gradc.nn: layers, losses, optimizers, fit)
 
 __all__ = [
     "value_and_grad", "grad", "compile", "jit", "vmap", "nn", "explain", "where", "scan", "math", "from_sympy", "to_sympy",
-    "GradcFunction", "export", "BuildError",
+    "GradcFunction", "export", "BuildError", "config",
     "hessian", "value_grad_hessian", "hvp", "jvp", "jacobian",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
     "UnsupportedFunctionError", "ArgumentError", "ShapeError", "CacheWarning", "__version__",

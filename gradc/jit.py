@@ -34,7 +34,9 @@ import contextlib
 import glob
 import hashlib
 import linecache
+import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -45,6 +47,7 @@ import types
 import warnings
 
 from . import __version__
+from .config import verbose_enabled
 from .errors import CacheWarning, GradcError
 
 try:
@@ -56,6 +59,13 @@ except ImportError:  # Windows: no lock; concurrent first calls may compile twic
 #: (``GRADC_LOCK_TIMEOUT`` overrides it). A compile takes seconds; a process that holds the
 #: lock longer is most likely stopped (``kill -STOP``, a debugger, a frozen container).
 LOCK_TIMEOUT = 60.0
+
+#: A numba compile of a gradc module that takes longer than this many seconds says so: once,
+#: to the ``gradc`` logger, and as one progress line on stderr when verbose (see
+#: :mod:`gradc.config`). numba itself is silent during a compile of a minute.
+COMPILE_NOTICE_SECONDS = 1.0
+
+_log = logging.getLogger("gradc")
 
 _UID = os.geteuid() if hasattr(os, "geteuid") else None  # None: Windows, where ACLs rule
 # Open flags for files in the cache: never follow a symbolic link, never block on a FIFO.
@@ -228,8 +238,36 @@ def cache_dir():
 
 # --- cache entries -------------------------------------------------------------------------
 
+def key_text(source):
+    """The part of an emitted source that determines its compiled code: ``source`` with each
+    comment line that opens it blanked to ``#``. The header names the function's origin (its
+    file and line); moving the function, or editing a comment above it, changes that header but
+    not the code, so it must not change the cache key (a 20k-statement model costs ~a minute).
+
+    Only whole physical lines are blanked: leading lines that start with ``#`` and end with
+    ``\n``, split by ``str.splitlines``, which breaks at every line end Python's tokenizer
+    knows and more. So a piece never holds a line end Python would see: ``# x\rimport os``
+    is two lines for Python, and for splitlines a piece that ends in ``\r``, which stops the
+    blanking (it and everything after stay in the key verbatim).
+    Each blanked line is still one line: line numbers, which compiled code records, are
+    unchanged.
+
+    Why sharing an entry is sound (see also ``_Entry.stamp``): two sources with the same key
+    text differ only inside comments on the same lines, so Python compiles them, under the same
+    file name (it comes from the key), to equal code objects, and numba's machine code for one
+    is the machine code for the other.
+    """
+    lines = source.splitlines(keepends=True)
+    blank = 0
+    while blank < len(lines) and lines[blank].startswith("#") and lines[blank].endswith("\n"):
+        blank += 1
+    return "#\n" * blank + "".join(lines[blank:])
+
+
 def _digest(source):
-    key = "\n".join((source, __version__, _numba_version(), sys.version))
+    """The cache key of an emitted source: its :func:`key_text` and the versions of everything
+    that turns it into machine code."""
+    key = "\n".join((key_text(source), __version__, _numba_version(), sys.version))
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
@@ -259,9 +297,17 @@ class _Entry:
         else:
             self.path = os.path.join(directory, self.name + ".py")
             self.pycache = os.path.join(directory, "__pycache__")
-        # numba stamps its index with the sha256 of the source file; this is that hash, taken
-        # from the verified text rather than from whatever the file holds when numba looks.
-        self.stamp = hashlib.sha256(self.data).digest()
+        # numba stamps its index with the sha256 of the source file, and throws the index away
+        # when the stamp differs. gradc's stamp is taken from the verified text in memory rather
+        # than from whatever the file holds when numba looks, and from its key_text rather than
+        # all of it: sources that share this entry differ only in their header comments, compile
+        # to the same code (see key_text), and so may share numba's machine code, which a stamp
+        # of the whole text would throw away and rebuild whenever the header changed. The file on
+        # disk holds whichever of them was written last (_write_source rewrites it when its bytes
+        # differ); it is never executed and never hashed, so another origin's header there is
+        # only a comment out of date.
+        self.stamp = hashlib.sha256(key_text(source).encode("utf-8")).digest()
+        self.label = self.name  # what a compile notice calls it (load_numba names the function)
 
     def in_memory(self):
         return _Entry(self.source, None)
@@ -316,6 +362,15 @@ def _write_source(path, data):
         raise
 
 
+def _mark_used(path):
+    """Set the source file's modification time to now: an entry's age (``gradc cache info``,
+    ``gradc cache clear --older-than``) is the time since a process last loaded it, not since
+    it was first written. The file was just written or verified; the link itself is touched,
+    never followed."""
+    with contextlib.suppress(OSError, NotImplementedError):
+        os.utime(path, follow_symlinks=False)
+
+
 def _load(entry):
     """``(entry, module)``: the entry's file written (a failed write: warned once, and the entry
     moves to memory) and its verified in-memory source executed as a fresh module."""
@@ -325,6 +380,8 @@ def _load(entry):
         except OSError as exc:
             _warn_write_failed(entry.directory, exc)
             entry = entry.in_memory()
+        else:
+            _mark_used(entry.path)
     _entries[entry.path] = entry
     return entry, _execute(entry)
 
@@ -340,6 +397,121 @@ def _execute(entry):
     exec(code, module.__dict__)
     sys.modules[entry.name] = module
     return module
+
+
+# --- looking after the cache: gradc cache info / clear ------------------------------------
+
+_ENTRY_FILE = re.compile(r"gradc_([0-9a-f]{24})\.py(\.lock)?\Z")   # a source and its lock
+_NUMBA_FILE = re.compile(r"gradc_([0-9a-f]{24})\.")               # numba's .nbi / .nbc files
+_TEMP_FILE = re.compile(r"\.(tmp|probe)-")                         # an unfinished write
+
+
+def _existing_problem(directory):
+    """As :func:`_trust_problem` for a directory that exists, where a missing ``__pycache__``
+    is no problem (gradc makes it at its first compile)."""
+    if not os.path.lexists(os.path.join(directory, "__pycache__")):
+        return _untrusted_reason(directory) or _parents_reason(directory)
+    return _trust_problem(directory)
+
+
+def _regular_files(folder, pattern):
+    """``(name, lstat)`` of the regular files in ``folder`` whose names match ``pattern``
+    (links are not followed, so a link is never counted or removed through)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if pattern.match(name):
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(folder, name))
+                if stat.S_ISREG(st.st_mode):
+                    found.append((name, st))
+    return found
+
+
+def _entry_files(directory):
+    """The cache's entries: hash -> ``[(path, lstat), ...]`` for its source, lock and numba
+    files; and the unfinished temporary files, as ``[(path, lstat)]``."""
+    entries = {}
+    for folder, pattern in ((directory, _ENTRY_FILE), (os.path.join(directory, "__pycache__"),
+                                                       _NUMBA_FILE)):
+        for name, st in _regular_files(folder, pattern):
+            entries.setdefault(pattern.match(name).group(1), []).append(
+                (os.path.join(folder, name), st))
+    temporary = [(os.path.join(directory, name), st)
+                 for name, st in _regular_files(directory, _TEMP_FILE)]
+    return entries, temporary
+
+
+def _last_used(files):
+    """When an entry was last loaded or written: its source file's time (see _mark_used), else
+    (numba's files without their source) the newest of its files."""
+    sources = [st.st_mtime for path, st in files if path.endswith(".py")]
+    return max(sources) if sources else max(st.st_mtime for _, st in files)
+
+
+def cache_summary(directory=None):
+    """What ``gradc cache info`` reports, as a dict: ``directory`` (the configured one by
+    default), ``exists``, ``problem`` (why gradc would not use it, or None), ``entries``
+    (compiled functions' modules), ``bytes`` (regular files in it and its ``__pycache__``)
+    and ``oldest`` (the time, in seconds since the epoch, since which the least recently
+    used entry has not been loaded; None without entries). Reads only; creates nothing."""
+    directory = os.path.realpath(directory or default_cache_dir())
+    info = {"directory": directory, "exists": os.path.isdir(directory), "problem": None,
+            "entries": 0, "bytes": 0, "oldest": None}
+    if not info["exists"]:
+        return info
+    info["problem"] = _existing_problem(directory)
+    entries, _ = _entry_files(directory)
+    info["entries"] = len(entries)
+    everything = re.compile(r".")
+    info["bytes"] = sum(st.st_size for folder in (directory, os.path.join(directory, "__pycache__"))
+                        for _, st in _regular_files(folder, everything))
+    if entries:
+        info["oldest"] = min(_last_used(files) for files in entries.values())
+    return info
+
+
+def clear_cache(directory=None, older_than_days=None):
+    """Remove gradc's entries from the cache: all of them, or those not used for more than
+    ``older_than_days`` days. Returns ``(entries removed, bytes freed)``.
+
+    Only gradc's own files go (its sources and locks, numba's files of them, unfinished
+    temporary files); the directory, its ``__pycache__`` and anything else stay. A directory
+    gradc would not trust is left alone (a GradcError says why): its ``__pycache__`` might be
+    planted to make gradc remove someone else's files. A process using an entry meanwhile
+    still runs: it holds its source in memory, and numba compiles again if its machine code
+    went.
+    """
+    directory = os.path.realpath(directory or default_cache_dir())
+    if not os.path.isdir(directory):
+        return 0, 0
+    problem = _existing_problem(directory)
+    if problem:
+        raise GradcError(f"gradc does not clear {directory!r}: it {problem}, so gradc does not "
+                         "use it either. Remove it yourself if it is yours.")
+    cutoff = None if older_than_days is None else time.time() - 86400.0 * older_than_days
+    entries, temporary = _entry_files(directory)
+    removed, freed = 0, 0
+    for files in entries.values():
+        if cutoff is not None and _last_used(files) >= cutoff:
+            continue
+        removed += 1
+        freed += _unlink_all(files)
+    freed += _unlink_all([(path, st) for path, st in temporary
+                          if cutoff is None or st.st_mtime < cutoff])
+    return removed, freed
+
+
+def _unlink_all(files):
+    freed = 0
+    for path, st in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # removes a name: a link swapped in meanwhile is not followed
+            freed += st.st_size
+    return freed
 
 
 # --- the compile lock ----------------------------------------------------------------------
@@ -558,12 +730,113 @@ def _gradc_caches():
     from numba.core import dispatcher
 
     with _BUILD_LOCK:
+        _listen_to_compiles()
         saved = dispatcher.FunctionCache
         dispatcher.FunctionCache = _function_cache_for
         try:
             yield
         finally:
             dispatcher.FunctionCache = saved
+
+
+# --- compile notices -----------------------------------------------------------------------
+
+def _statements(source):
+    """The statement count a notice quotes: emitted code writes one statement a line."""
+    return sum(1 for line in source.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
+class _CompileNotice:
+    """News of one numba compile of a gradc module, for a compile that takes long.
+
+    Created when numba starts compiling; :meth:`finish` when it is done. Past
+    :data:`COMPILE_NOTICE_SECONDS` the compile is logged once (logger ``gradc``, INFO:
+    name, statements, seconds). When verbose, a timer thread writes ``gradc: numba is
+    compiling NAME (N statements)...`` to stderr as that time passes, and :meth:`finish`
+    ends the same line with ``done in T s``, so the user learns what is happening while it
+    happens, not after.
+    """
+
+    def __init__(self, entry):
+        self.entry, self.start = entry, time.perf_counter()
+        self.lock, self.announced, self.done = threading.Lock(), False, False
+        self.timer = None
+        if verbose_enabled():
+            self.timer = threading.Timer(COMPILE_NOTICE_SECONDS, self._announce)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _what(self):
+        return f"{self.entry.label} ({_statements(self.entry.source):,} statements)"
+
+    def _announce(self):  # on the timer's thread, while numba compiles
+        with self.lock:
+            if not self.done:
+                self.announced = True
+                _stderr_write(f"gradc: numba is compiling {self._what()}... ")
+
+    def finish(self, failed):
+        seconds = time.perf_counter() - self.start
+        if self.timer is not None:
+            self.timer.cancel()
+        with self.lock:
+            self.done = True
+            outcome = "failed" if failed else "done"
+            if self.announced:
+                _stderr_write(f"{outcome} in {seconds:.1f} s\n")
+            elif self.timer is not None and seconds >= COMPILE_NOTICE_SECONDS:  # timer was late
+                _stderr_write(f"gradc: numba compiled {self._what()}: {outcome} in "
+                              f"{seconds:.1f} s\n")
+        if seconds >= COMPILE_NOTICE_SECONDS:
+            _log.info("numba %s %s in %.1f s (%s)", "failed to compile" if failed else "compiled",
+                      self._what(), seconds, self.entry.path)
+
+
+def _stderr_write(text):
+    with contextlib.suppress(Exception):  # a closed or missing stderr never breaks a compile
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+
+_compiles = threading.local()  # per thread: the notices of the numba compiles under way
+_listening = False
+
+
+def _listen_to_compiles():
+    """Register, once per process, a listener for numba's ``numba:compile`` events.
+
+    numba sends one around every real compile (never for a cache load), and a compile of one
+    of gradc's entry points nests the compile of the function it calls; only the outermost
+    compile of a gradc module gets a notice. Events of other numba functions are passed by
+    at the cost of a dictionary lookup.
+    """
+    global _listening
+    if _listening:
+        return
+    from numba.core import event
+
+    class Listener(event.Listener):
+        def on_start(self, ev):
+            stack = _compiles.__dict__.setdefault("stack", [])
+            entry = _entries.get(_code_file(ev.data.get("dispatcher")))
+            outer = entry is not None and not any(stack)
+            stack.append(_CompileNotice(entry) if outer else None)
+
+        def on_end(self, ev):
+            stack = getattr(_compiles, "stack", None)
+            notice = stack.pop() if stack else None
+            if notice is not None:
+                # Event.is_failed reads its own field inverted (numba 0.68): the field itself
+                # is None unless the compile raised.
+                notice.finish(failed=getattr(ev, "_exc_details", None) is not None)
+
+    event.register("numba:compile", Listener())
+    _listening = True
+
+
+def _code_file(dispatcher):
+    code = getattr(getattr(dispatcher, "py_func", None), "__code__", None)
+    return getattr(code, "co_filename", None)
 
 
 def _jit_inner(module, func_name):
@@ -651,7 +924,7 @@ def use_threading_layer():
 
 def load_numba_batched(source, func_name, batched_name, batched, n_outputs, parallel):
     """The numba dispatcher of the batched loop (see :func:`gradc.emit.emit_batched`)."""
-    return load_numba(source, func_name, None, None, build=lambda module: _njit_batched(
+    return load_numba(source, batched_name, None, None, build=lambda module: _njit_batched(
         module, func_name, batched_name, batched, n_outputs, parallel))
 
 
@@ -666,6 +939,7 @@ def load_numba(source, func_name, entry_name, shapes, build=None, dtype="float64
     entry = _entry(source)
     with _locked(entry):
         entry, module = _load(entry)
+        entry.label = func_name  # what a compile notice calls it
         try:
             with _gradc_caches():
                 return build(module), entry.path
