@@ -228,3 +228,25 @@ def test_the_suite_keeps_a_cache_directory_it_was_given(monkeypatch):
     assert _started_with("PATH") is True
     monkeypatch.setenv("GRADC_SET_WHILE_RUNNING", "1")
     assert _started_with("GRADC_SET_WHILE_RUNNING") is False
+
+
+def test_a_training_steps_header_names_the_users_model_not_gradc():
+    """The origin in a gradc.nn step's header is the user's line that built the model (or the
+    user's own apply), never gradc/nn/layers.py."""
+    import numpy as np
+
+    from gradc import nn
+
+    model = nn.Chain(nn.Scale(), nn.Scale()); line = sys._getframe().f_lineno  # noqa: E702
+    step = nn.compile_step(model, model.init(seed=0), np.array([1.0]), np.array([-1.0]), nn.mse,
+                           nn.SGD(0.05), backend="python")
+    assert f"from {os.path.abspath(__file__)!r}, line {line}." in step.source.splitlines()[0]
+
+    class Mine(nn.Layer):
+        def apply(self, params, x):
+            return 2.0 * x
+
+    mine = nn.compile_step(Mine(), {}, np.array([1.0]), np.array([-1.0]), nn.mse, nn.SGD(0.05),
+                           backend="python")
+    header = mine.source.splitlines()[0]
+    assert f"line {Mine.apply.__code__.co_firstlineno}." in header and "layers.py" not in header

@@ -17,11 +17,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import user_frame
 from ..trace import apply as _activation  # elementwise on floats, arrays and traced values
 
 
 class Layer:
-    """Base class: a layer with no parameters is the identity."""
+    """Base class: a layer with no parameters is the identity.
+
+    Each layer remembers the user's line that made it (``_made_at``: file and line, or
+    None), so that a compiled step's header names the user's model rather than this file.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        layer = super().__new__(cls)
+        frame = user_frame()  # the innermost frame outside gradc: where the model is built
+        layer._made_at = (frame.f_code.co_filename, frame.f_lineno) if frame else None
+        return layer
 
     def init_params(self, rng, dtype):
         """This layer's parameters drawn from ``rng`` (a ``numpy.random.Generator``)."""

@@ -21,6 +21,7 @@ and everything else is traced whole into NumPy-level code run by NumPy
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 import unicodedata
@@ -159,8 +160,18 @@ def add_update(graph, optimizer, n_params):
 
 
 def _origin(model):
+    """Where the user's model comes from, for the step's header: the ``apply`` the user wrote
+    (a layer class of their own, or any object with ``apply``), else the user's line that
+    built the model (gradc's own layers record it), never gradc/nn/layers.py."""
     code = getattr(getattr(type(model), "apply", None), "__code__", None)
-    return (code.co_filename, code.co_firstlineno) if code else None
+    if code is not None and not _in_gradc(code.co_filename):
+        return code.co_filename, code.co_firstlineno
+    return getattr(model, "_made_at", None)
+
+
+def _in_gradc(filename):
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.abspath(filename).startswith(package + os.sep)
 
 
 # --- compiled steps ---------------------------------------------------------------------
