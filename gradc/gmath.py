@@ -56,3 +56,44 @@ def log_softmax(x, axis=-1):
 
 
 __all__ += ["logsumexp", "softmax", "log_softmax"]
+
+
+# --- rounding to decimals: numpy.round's own steps, from the table's rint ----------------------
+def _power_of_ten(n):
+    """``10.0 ** n`` as NumPy's round computes it (exact to 1e8, then times 10 repeatedly),
+    so gradc rounds to the same floats."""
+    if n < 9:
+        return 10.0 ** n
+    scale = 1e9
+    for _ in range(n - 9):
+        scale *= 10.0
+    return scale
+
+
+def round(x, decimals=0):  # noqa: A001  (NumPy's name; kept out of __all__, see below)
+    """``numpy.round(x, decimals)``, traceable: half to even, derivative zero.
+
+    ``decimals=0`` is the ``rint`` op; otherwise NumPy's own steps, ``rint(x * 10**d) / 10**d``
+    (``rint(x / 10**-d) * 10**-d`` for negative ``d``), so the results are NumPy's floats.
+    """
+    import numbers
+
+    from . import errors
+
+    if isinstance(decimals, bool) or not isinstance(decimals, numbers.Integral):
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: round(x, decimals) needs decimals to be a constant int, "
+            f"got {type(decimals).__name__}; gradc does not round to a traced number of digits.")
+    decimals = int(decimals)
+    if decimals == 0:
+        return apply("rint", x)
+    scale = _power_of_ten(abs(decimals))
+    if decimals > 0:
+        return apply("div", apply("rint", apply("mul", x, scale)), scale)
+    return apply("mul", apply("rint", apply("div", x, scale)), scale)
+
+
+around = round
+# ``from gradc.math import *`` must not replace the builtin round (NumPy's __all__ leaves
+# out its round for the same reason); gradc.math.round and gradc.math.around are public.
+__all__ += ["around"]

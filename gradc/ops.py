@@ -17,6 +17,8 @@ else, and can be differentiated again.
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -152,6 +154,9 @@ def _builder(name):
 sin, cos, exp, log, sqrt, sign = map(_builder, ("sin", "cos", "exp", "log", "sqrt", "sign"))
 cosh, sinh, sigmoid, where = map(_builder, ("cosh", "sinh", "sigmoid", "where"))
 gt, ge, eq = map(_builder, ("gt", "ge", "eq"))
+lt, ne, logical_and, logical_or = map(_builder, ("lt", "ne", "and", "or"))
+absolute, hypot, copysign, floordiv, rint = map(_builder, ("abs", "hypot", "copysign",
+                                                          "floordiv", "rint"))
 
 
 def _power(x, y):
@@ -206,6 +211,142 @@ def _div_vjp(g, out, x, y):
 
 def _logaddexp0(x):
     return np.logaddexp(0.0, x)
+
+
+# --- the rest of NumPy's real ufuncs (the ones HIPS autograd differentiates) ----------------
+_LN2, _LN10 = math.log(2.0), math.log(10.0)
+
+
+def _no_gradient(g, out, *args):
+    """A step function (floor, x // y, ...): its derivative is zero wherever it exists."""
+    return (None,) * len(args)
+
+
+def _fmax(x, y):
+    """NumPy's fmax (a NaN loses to a number), ties as in ``_maximum``: the second argument.
+
+    NumPy itself is not consistent here: its array loop gives ``fmax(-0.0, 0.0) = 0.0``,
+    its scalar fmax (C's) ``-0.0``; the scalar template spells out the array loop's choice,
+    so unrolled, whole-array and loop code agree, and agree with ``maximum``.
+    """
+    if np.ndim(x) == 0 and np.ndim(y) == 0:
+        return x if x > y or np.isnan(y) else y
+    return np.fmax(x, y)
+
+
+def _fmin(x, y):
+    """NumPy's fmin (a NaN loses to a number), ties as in ``_minimum``: the second argument."""
+    if np.ndim(x) == 0 and np.ndim(y) == 0:
+        return x if x < y or np.isnan(y) else y
+    return np.fmin(x, y)
+
+
+def _nan_losing_vjp(first):
+    """The rule of fmax/fmin: the gradient goes to the argument the result is.
+
+    ``first(x, y)`` is the condition for the first argument: it wins when it is the larger
+    (fmax) or smaller (fmin), on a tie (a subgradient, as for maximum/minimum), and when
+    the second is NaN (``y != y``), which fmax and fmin ignore.
+    """
+    def vjp(g, out, x, y):
+        wins = logical_or(first(x, y), ne(y, y))
+        return where(wins, g, 0.0), where(wins, 0.0, g)
+
+    return vjp
+
+
+def _logaddexp_vjp(scale):
+    """``d logaddexp(x, y)/dx = e^x / (e^x + e^y) = sigmoid(x - y)`` (for logaddexp2, with
+    ``(x - y) * log 2``), and ``sigmoid(y - x)`` for y.
+
+    The same numbers as autograd's ``exp(x - out)``, except where both arguments are the
+    same infinity: there ``x - y`` is NaN, but the derivatives are 1/2 each (the limit along
+    ``x = y``, where ``logaddexp(x, x) = x + log 2``). Finite ties are left to sigmoid, which
+    gives 1/2 there too, so second derivatives stay right on the diagonal.
+    """
+    def vjp(g, out, x, y):
+        same_infinity = logical_and(eq(x, y), eq(absolute(x), np.inf))
+        dx, dy = x - y, y - x
+        if scale != 1.0:
+            dx, dy = dx * scale, dy * scale
+        return (g * where(same_infinity, 0.5, sigmoid(dx)),
+                g * where(same_infinity, 0.5, sigmoid(dy)))
+
+    return vjp
+
+
+# d sinc(x)/dx = sum over k >= 1 of (-1)**k 2k pi**2k x**(2k-1) / (2k+1)!, the odd powers'
+# coefficients from x to x**11; used where |x| < _SINC_SERIES (see _sinc_vjp).
+_SINC_SERIES = 0.1
+_SINC_COEFFS = tuple((-1) ** k * 2 * k * math.pi ** (2 * k) / math.factorial(2 * k + 1)
+                     for k in range(1, 7))
+
+
+def _sinc_vjp(g, out, x):
+    """``d sinc(x)/dx = (cos(pi x) - sinc(x)) / x``, and its Taylor series near 0.
+
+    The quotient is 0/0 at x = 0 (where the derivative is 0) and loses digits close to it:
+    ``cos(pi x)`` and ``sinc(x)`` agree in their leading ``1 - O(x**2)``, so its relative error
+    is about ``1e-16 / (3.3 x**2)``. Below |x| = 0.1 the series (six terms, truncation error
+    below 1e-16 relative) is used instead: exact to the last digits, and graph, so the
+    Hessian differentiates it again.
+    """
+    x2 = x * x
+    series = _SINC_COEFFS[-1]
+    for c in reversed(_SINC_COEFFS[:-1]):
+        series = series * x2 + c
+    near = lt(absolute(x), _SINC_SERIES)
+    return (g * where(near, x * series, (cos(x * math.pi) - out) / x),)
+
+
+def _copysign_vjp(g, out, x, y):
+    """``copysign(x, y) = |x|`` with y's sign: ``d/dx = sign(x) * copysign(1, y)``, which is 0
+    at x = 0 as abs's is; flat in y (a jump at y = 0)."""
+    return g * sign(x) * copysign(1.0, y), None
+
+
+def _mod_vjp(g, out, x, y):
+    """``x % y = x - y * (x // y)`` with ``x // y`` locally constant: ``d/dy = -(x // y)``.
+
+    The quotient is NumPy's ``floor_divide``, the one its remainder is computed with, not
+    ``floor(x / y)`` (autograd's): the rounded ``x / y`` can be an integer the true quotient
+    is just below (``1.0 % 0.1`` is 0.0999..., ``1.0 // 0.1`` is 9, ``floor(1.0 / 0.1)`` 10).
+    """
+    return g, -(g * floordiv(x, y))
+
+
+def _fmod_vjp(g, out, x, y):
+    """``fmod(x, y) = x - n * y`` with the integer ``n = trunc(x / y)`` computed exactly:
+    ``d/dy = -n``. ``n`` is recovered from the result, ``rint((x - out) / y)`` (exact for
+    ``|n| < 2**51``), because ``trunc(x / y)`` rounds like ``floor(x / y)`` does (see _mod_vjp)."""
+    return g, -(g * rint((x - out) / y))
+
+
+@functools.lru_cache(maxsize=None)
+def sympy_step(name):
+    """SymPy's ``floor``/``ceiling``, or a ``trunc`` or half-to-even ``rint``, with derivative
+    zero.
+
+    SymPy leaves ``diff(floor(x), x)`` unevaluated (it is a sum of Dirac deltas); the ops'
+    derivative is 0 wherever it exists, and the SymPy meaning has to say so for the tests
+    and ``gradc.to_sympy`` users to differentiate it.
+    """
+    sp = _sp()
+    zero = {"fdiff": lambda self, argindex=1: sp.S.Zero}
+    if name in ("floor", "ceiling"):
+        return type(name, (getattr(sp, name),), zero)
+
+    def number(x):  # the integer a finite SymPy number rounds to
+        if name == "trunc":
+            return sp.Integer(int(x))
+        below = sp.floor(x)
+        rest = x - below
+        return below + (1 if rest > sp.S.Half or rest == sp.S.Half and below % 2 else 0)
+
+    def evaluate(cls, x):
+        return number(x) if x.is_Number and x.is_finite else None
+
+    return type(name, (sp.Function,), dict(zero, eval=classmethod(evaluate)))
 
 
 _TABLE = [
@@ -268,12 +409,73 @@ _TABLE = [
     # 0.0) is 0.0), which numba's np.maximum makes differently (the first).
     Op("maximum", 2, "({0} if {0} > {1} or {np}.isnan({0}) else {1})", _maximum,
        lambda g, out, x, y: (where(ge(x, y), g, 0.0), where(ge(x, y), 0.0, g)),
-       lambda x, y: _sp().Max(x, y), ufuncs=("maximum", "fmax"),
+       lambda x, y: _sp().Max(x, y), ufuncs=("maximum",),
        array_template="{np}.maximum({0}, {1})"),
     Op("minimum", 2, "({0} if {0} < {1} or {np}.isnan({0}) else {1})", _minimum,
        lambda g, out, x, y: (where(ge(y, x), g, 0.0), where(ge(y, x), 0.0, g)),
-       lambda x, y: _sp().Min(x, y), ufuncs=("minimum", "fmin"),
+       lambda x, y: _sp().Min(x, y), ufuncs=("minimum",),
        array_template="{np}.minimum({0}, {1})"),
+    # --- the rest of NumPy's real ufuncs (HIPS autograd's list) ---------------------------
+    Op("log2", 1, "{np}.log2({0})", np.log2, lambda g, out, x: (g / (x * _LN2),),
+       lambda x: _sp().log(x) / _sp().log(2), domain=(0.2, 3.0), ufuncs=("log2",)),
+    Op("log10", 1, "{np}.log10({0})", np.log10, lambda g, out, x: (g / (x * _LN10),),
+       lambda x: _sp().log(x) / _sp().log(10), domain=(0.2, 3.0), ufuncs=("log10",)),
+    Op("exp2", 1, "{np}.exp2({0})", np.exp2, lambda g, out, x: (g * out * _LN2,),
+       lambda x: 2 ** x, ufuncs=("exp2",)),
+    # 1 / (3 cbrt(x)**2): +inf at +-0.0, as the true derivative; 0 at +-inf.
+    Op("cbrt", 1, "{np}.cbrt({0})", np.cbrt, lambda g, out, x: (g / (3.0 * (out * out)),),
+       lambda x: _sp().sign(x) * _sp().Abs(x) ** _sp().Rational(1, 3), domain=(0.2, 3.0),
+       ufuncs=("cbrt",)),
+    Op("deg2rad", 1, "{np}.deg2rad({0})", np.deg2rad, lambda g, out, x: (g * (math.pi / 180.0),),
+       lambda x: x * _sp().pi / 180, ufuncs=("deg2rad", "radians")),
+    Op("rad2deg", 1, "{np}.rad2deg({0})", np.rad2deg, lambda g, out, x: (g * (180.0 / math.pi),),
+       lambda x: x * 180 / _sp().pi, ufuncs=("rad2deg", "degrees")),
+    # The square roots of x*x + 1, x*x - 1 and 1 - x*x are written so they neither overflow
+    # for large x (hypot) nor lose digits next to +-1 (the factored forms).
+    Op("arcsinh", 1, "{np}.arcsinh({0})", np.arcsinh, lambda g, out, x: (g / hypot(x, 1.0),),
+       lambda x: _sp().asinh(x), ufuncs=("arcsinh",)),
+    Op("arccosh", 1, "{np}.arccosh({0})", np.arccosh,
+       lambda g, out, x: (g / (sqrt(x - 1.0) * sqrt(x + 1.0)),),
+       lambda x: _sp().acosh(x), domain=(1.2, 3.0), ufuncs=("arccosh",)),
+    Op("arctanh", 1, "{np}.arctanh({0})", np.arctanh,
+       lambda g, out, x: (g / ((1.0 - x) * (1.0 + x)),),
+       lambda x: _sp().atanh(x), domain=(-0.9, 0.9), ufuncs=("arctanh",)),
+    Op("sinc", 1, "{np}.sinc({0})", np.sinc, _sinc_vjp,
+       lambda x: _sp().sinc(_sp().pi * x)),  # np.sinc is a function, not a ufunc
+    Op("logaddexp", 2, "{np}.logaddexp({0}, {1})", np.logaddexp, _logaddexp_vjp(1.0),
+       lambda x, y: _sp().log(_sp().exp(x) + _sp().exp(y)), ufuncs=("logaddexp",)),
+    Op("logaddexp2", 2, "{np}.logaddexp2({0}, {1})", np.logaddexp2, _logaddexp_vjp(_LN2),
+       lambda x, y: _sp().log(2 ** x + 2 ** y) / _sp().log(2), ufuncs=("logaddexp2",)),
+    # NaN-ignoring maximum and minimum (fmax(x, NaN) is x); ties as maximum/minimum.
+    Op("fmax", 2, "({0} if {0} > {1} or {np}.isnan({1}) else {1})", _fmax,
+       _nan_losing_vjp(ge), lambda x, y: _sp().Max(x, y), ufuncs=("fmax",),
+       array_template="{np}.fmax({0}, {1})"),
+    Op("fmin", 2, "({0} if {0} < {1} or {np}.isnan({1}) else {1})", _fmin,
+       _nan_losing_vjp(lambda x, y: ge(y, x)), lambda x, y: _sp().Min(x, y), ufuncs=("fmin",),
+       array_template="{np}.fmin({0}, {1})"),
+    Op("copysign", 2, "{np}.copysign({0}, {1})", np.copysign, _copysign_vjp,
+       lambda x, y: _sp().Abs(x) * _sp().sign(y), ufuncs=("copysign",)),
+    # x % y and x // y as Python and NumPy define them for floats (the sign of the divisor,
+    # the floor of the quotient); numba's % and // agree with NumPy's scalars bitwise, its
+    # np.remainder and np.floor_divide do not (the sign of a zero result, inf // 1).
+    Op("mod", 2, "{0} % {1}", np.remainder, _mod_vjp,
+       lambda x, y: x - y * sympy_step("floor")(x / y), domain=(0.3, 2.0),
+       ufuncs=("remainder",)),
+    Op("fmod", 2, "{np}.fmod({0}, {1})", np.fmod, _fmod_vjp,
+       lambda x, y: x - y * sympy_step("trunc")(x / y), domain=(0.3, 2.0), ufuncs=("fmod",)),
+    # --- step functions: derivative zero wherever it exists ------------------------------
+    Op("floordiv", 2, "{0} // {1}", np.floor_divide, _no_gradient,
+       lambda x, y: sympy_step("floor")(x / y), domain=(0.3, 2.0), ufuncs=("floor_divide",)),
+    Op("floor", 1, "{np}.floor({0})", np.floor, _no_gradient,
+       lambda x: sympy_step("floor")(x), ufuncs=("floor",)),
+    Op("ceil", 1, "{np}.ceil({0})", np.ceil, _no_gradient,
+       lambda x: sympy_step("ceiling")(x), ufuncs=("ceil",)),
+    # Round half to even, as np.round with decimals=0 (gradc.math.round builds the others).
+    Op("rint", 1, "{np}.rint({0})", np.rint, _no_gradient,
+       lambda x: sympy_step("rint")(x), ufuncs=("rint",)),
+    # Toward zero; also np.fix, which equals it on floats (numba has no np.fix).
+    Op("trunc", 1, "{np}.trunc({0})", np.trunc, _no_gradient,
+       lambda x: sympy_step("trunc")(x), ufuncs=("trunc",)),
     # --- neural-network activations (gradc.math) ---------------------------------------
     Op("sigmoid", 1, "1.0 / (1.0 + {np}.exp(-{0}))", lambda x: 1.0 / (1.0 + np.exp(-x)),
        lambda g, out, x: (g * out * (1.0 - out),),
@@ -611,10 +813,14 @@ MATH_FUNCTIONS = (
     "exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "arcsin", "arccos", "arctan",
     "arctan2", "sinh", "cosh", "tanh", "maximum", "minimum", "abs", "hypot", "power", "sign",
     "sigmoid", "softplus", "relu",
+    "log2", "log10", "exp2", "cbrt", "deg2rad", "radians", "rad2deg", "degrees", "arcsinh",
+    "arccosh", "arctanh", "sinc", "logaddexp", "logaddexp2", "fmax", "fmin", "copysign",
+    "mod", "remainder", "fmod", "floor_divide", "floor", "ceil", "rint", "trunc", "fix",
 )
 
 #: Public names that differ from the op name.
-ALIASES = {"power": "pow", "absolute": "abs"}
+ALIASES = {"power": "pow", "absolute": "abs", "radians": "deg2rad", "degrees": "rad2deg",
+           "remainder": "mod", "floor_divide": "floordiv", "fix": "trunc"}
 
 
 def op_for(public_name):

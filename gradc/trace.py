@@ -204,13 +204,20 @@ class Tracer:
 
     __float__ = __int__ = __index__ = __complex__ = _no_number
 
+    # % and // as Python and NumPy define them for floats; x // y has derivative zero.
+    def __mod__(self, o): return self._apply("mod", (self, o))
+    def __rmod__(self, o): return self._apply("mod", (o, self))
+    def __floordiv__(self, o): return self._apply("floordiv", (self, o))
+    def __rfloordiv__(self, o): return self._apply("floordiv", (o, self))
+    def __divmod__(self, o): return self.__floordiv__(o), self.__mod__(o)
+    def __rdivmod__(self, o): return self.__rfloordiv__(o), self.__rmod__(o)
+
     def _unsupported_operator(self, *_):
         raise errors.UnsupportedFunctionError(
-            f"{errors.where()}: this operator (//, %, divmod, bit operations or matrix "
-            "product) is not differentiable or not supported on traced scalars; "
-            "supported: + - * / ** unary -, abs, comparisons.")
+            f"{errors.where()}: bit operations (<<, >>, ^) are not defined for floats and "
+            "not supported on traced values; supported: + - * / // % ** divmod, unary -, "
+            "abs, comparisons, and & | ~ on conditions.")
 
-    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __divmod__ = _unsupported_operator
     __lshift__ = __rshift__ = __xor__ = _unsupported_operator
 
     def __matmul__(self, o): return self._apply("matmul", (self, o))
