@@ -5,7 +5,7 @@
 >>> J(5.0, 3.0, 2.0)
 (33.0, (3.0, 6.0, 9.0))
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 from . import gmath as math  # noqa: E402  (gradc.math.exp, gradc.math.sigmoid, ...)
 from .aot import BuildError, export  # noqa: E402

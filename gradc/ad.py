@@ -30,8 +30,9 @@ def J(a, b, c):
 """
 from __future__ import annotations
 
-from .ir import ArrayOut
+from .ir import ArrayOut, Body
 from .ops import OPS, fit
+from .optimize import optimize
 from .trace import Tracer
 
 
@@ -84,6 +85,7 @@ def _reverse(g, out, wrt, seed):
         if rule is None or adj is None:  # a zero adjoint: nothing flows, but uses are counted
             cotangents = (None,) * len(node.args)
         else:
+            _give_bodies_their_reverse(node)
             wrap = lambda n: Tracer(g, n)  # noqa: E731  (rules build graph through operators)
             cotangents = rule(wrap(adj), wrap(node), *map(wrap, node.args))
         for arg, ct in zip(node.args, cotangents):
@@ -97,6 +99,14 @@ def _reverse(g, out, wrt, seed):
             if pending[arg.id] == 0 and arg.id in contributions:
                 finalize(arg)
     return adjoint
+
+
+def _give_bodies_their_reverse(node):
+    """A loop's vjp rule runs the reverse of its body: build it here, once per body (the op
+    table sits below this module and cannot differentiate a graph itself)."""
+    for attr in node.attrs:
+        if isinstance(attr, Body) and attr.reverse is None:
+            attr.reverse = Body(optimize(vjp(attr.graph)), attr.n_xs)
 
 
 def _gradient(g, adjoint, node):

@@ -58,7 +58,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, errors
+from . import errors
+from .version import __version__
 from .emit import statements, assign_names, literal
 from .ir import ArrayOut, leaves
 

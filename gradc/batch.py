@@ -37,7 +37,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import __version__, errors, jit
+from . import errors, jit
+from .version import __version__
 from .api import GradcFunction
 from .emit import emit_batched
 from .ir import leaves

@@ -33,7 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import __version__, batch, errors, jit
+from . import batch, errors, jit
+from .version import __version__
 from .api import (GradcFunction, _argument_array, _normalize_argnums, _python_caller,
                   numba_layout, numba_runs)
 from .lower import LoweringError, lower_module

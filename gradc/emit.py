@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from . import __version__
-from .ir import ArrayOut, leaves
+from .ir import ArrayOut, Graph, leaves
 from .ops import OPS
 from .trace import identifier_or_none
 
@@ -367,3 +367,7 @@ def emit_batched(source, graph, func_name, params, batched, parallel=True):
     ]
     lines += [f"        {out}[{i}] = {r}{path}" for out, (_, path) in zip(outs, leaves)]
     return source + "\n".join(lines) + "\n", batched_name
+
+
+# The IR prints as the program it is (``print(graph)``); it cannot import this module.
+Graph.printer = staticmethod(lambda graph: emit_function(graph, graph.name).rstrip("\n"))

@@ -70,12 +70,22 @@ class ArrayOut:
 
 
 class Body:
-    """A graph used as an op's attribute (a loop body): hashed by identity, printed by name."""
+    """A graph used as an op's attribute (a loop body): hashed by identity, printed by name.
 
-    __slots__ = ("graph", "n_xs")
+    ``reverse`` is the body's reverse-mode graph (a Body), which :mod:`gradc.ad` gives it
+    before the loop's vjp rule runs: the op table sits below ``ad`` and cannot import it.
+    """
+
+    __slots__ = ("graph", "n_xs", "reverse")
 
     def __init__(self, graph, n_xs=0):
         self.graph, self.n_xs = graph, n_xs  # parameters: carry, n_xs per-step slices, captures
+        self.reverse = None
+
+    def run(self, args):
+        """The body's outputs at ``args`` (NumPy semantics): the loop ops' interpreter."""
+        values = evaluate(self.graph, args)
+        return [values[o.id] for o in self.graph.outputs]
 
     def __repr__(self):
         return f"<body {self.graph.name}>"
@@ -258,9 +268,13 @@ class Graph:
             count[o.id] += 1
         return count
 
-    def __str__(self):
-        from .emit import emit_function
+    #: ``printer(graph) -> str``: gradc.emit installs its emitter here (emit sits above the IR,
+    #: so the IR cannot import it); without it a graph prints as a plain list of nodes.
+    printer = None
 
-        return emit_function(self, self.name).rstrip("\n")
+    def __str__(self):
+        if Graph.printer is None:
+            return "\n".join(map(repr, self.nodes))
+        return Graph.printer(self)
 
     __repr__ = __str__

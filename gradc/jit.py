@@ -46,7 +46,7 @@ import time
 import types
 import warnings
 
-from . import __version__
+from .version import __version__
 from .config import verbose_enabled
 from .errors import CacheWarning, GradcError
 

@@ -738,42 +738,30 @@ _ARRAY_TABLE = [
 # A scan node runs its body ``length`` times over a carry; its value is a pair (final carry,
 # stacked carries), taken apart by ``part`` nodes whose attributes carry their shapes.
 def _scan_impl(init, *rest):
-    from .ir import evaluate
-
     *arrays, body, length = rest
-    graph, n_xs = body.graph, body.n_xs
-    xs, caps = arrays[:n_xs], arrays[n_xs:]
+    xs, caps = arrays[:body.n_xs], arrays[body.n_xs:]
     carry, states = init, []
     for t in range(length):
         states.append(carry)
-        values = evaluate(graph, [carry, *(x[t] for x in xs), *caps])
-        carry = values[graph.outputs[0].id]
+        carry = body.run([carry, *(x[t] for x in xs), *caps])[0]
     return carry, np.array(states)
 
 
 def _scan_vjp(g, out, init, *rest):
-    from .ad import vjp
-    from .ir import Body
-    from .optimize import optimize
-
     body, length = out.node.attrs
-    bwd = Body(optimize(vjp(body.graph)), body.n_xs)
     states = call("part", (out,), (1, (length,) + init.shape))
-    result = call("scan_bwd", (g, init, *rest, states), (bwd, length))
+    result = call("scan_bwd", (g, init, *rest, states), (body.reverse, length))
     return tuple(call("part", (result,), (k, a.shape)) for k, a in enumerate((init, *rest)))
 
 
 def _scan_bwd_impl(g, init, *rest):
-    from .ir import evaluate
-
     *arrays, states, body, length = rest
-    graph, n_xs = body.graph, body.n_xs
+    n_xs = body.n_xs
     xs, caps = arrays[:n_xs], arrays[n_xs:]
     dxs = [np.zeros(np.shape(x)) for x in xs]
     dcaps = [np.zeros(np.shape(c)) for c in caps]
     for t in reversed(range(length)):
-        values = evaluate(graph, [states[t], *(x[t] for x in xs), *caps, g])
-        outs = [values[o.id] for o in graph.outputs]
+        outs = body.run([states[t], *(x[t] for x in xs), *caps, g])
         g = outs[0]
         for k in range(n_xs):
             dxs[k][t] = outs[1 + k]
