@@ -6,18 +6,60 @@ function's name for its result, ``dv`` for the adjoint of ``v``, and short
 counters (``t0``, ``t1``) for the rest. Only identifiers that pass
 ``str.isidentifier`` and are not keywords ever reach the source; collisions
 (an argument called ``np``, a ``dx`` beside an ``x``) are renamed, never merged.
+
+Arrays of results start zeroed and only their nonzero entries are written (see
+:func:`stores`). A program past :data:`SCAN_HINT_NODES` operations gets a one-time
+:class:`CompileTimeWarning` pointing at ``gradc.scan``.
 """
 from __future__ import annotations
 
 import keyword
 import math
+import warnings
 
 import numpy as np
 
-from . import __version__
-from .ir import ArrayOut, Graph, leaves
+from . import errors
+from .version import __version__
+from .ir import ArrayOut, Graph, leaves, structural_zero
 from .ops import OPS
 from .trace import identifier_or_none
+
+
+#: A program of more operations than this gets the hint to use gradc.scan: numba compiles
+#: unrolled code at a few ms per statement (issue 15: 5,003 nodes took 7.6 s), while a loop
+#: kept by gradc.scan compiles its body once.
+SCAN_HINT_NODES = 2000
+_scan_hint_shown = False  # the hint is shown once per process
+
+
+class CompileTimeWarning(UserWarning):
+    """A program that numba will compile slowly, and how to write it so that it compiles fast."""
+
+
+def _hint_scan(graph, fn_name, origin):
+    """Warn once per process when ``graph`` is past SCAN_HINT_NODES operations (a warning,
+    not a log line: it asks for a change to the user's code, and filters can silence it).
+    Only for traced Python code (``origin`` known): a SymPy expression has no loop to keep."""
+    global _scan_hint_shown
+    if _scan_hint_shown or origin is None:
+        return
+    count = sum(node.op not in ("input", "const", "alias") for node in graph.nodes)
+    if count <= SCAN_HINT_NODES:
+        return
+    _scan_hint_shown = True
+    defined = f" (defined at {origin[0]}:{int(origin[1])})" if origin else ""
+    message = (
+        f"{fn_name}(){defined} traced to {count:,} operations, which numba compiles one "
+        "statement at a time (seconds per thousand). If they repeat the steps of a Python "
+        "loop, gradc.scan(step, init, xs) keeps the loop a loop and compiles its step once. "
+        "gradc shows this hint once per process.")
+    frame = errors.user_frame()
+    if frame is None:
+        warnings.warn(message, CompileTimeWarning, stacklevel=2)
+    else:  # attributed to the user's line, so warning filters by module and line apply
+        warnings.warn_explicit(message, CompileTimeWarning, frame.f_code.co_filename,
+                               frame.f_lineno, module=frame.f_globals.get("__name__"))
 
 
 def _reserved(name):
@@ -156,21 +198,44 @@ def _index_text(index):
     return ", ".join(map(str, index))
 
 
-def _array_lines(graph, names, np_alias, out_params=False):
-    """Statements that gather array-valued outputs (gradients of array arguments).
+def stores(graph, leaf):
+    """The entries of ArrayOut ``leaf`` that are written, as ``(output index, positions)``.
 
-    With ``out_params`` the arrays are the caller's (parameters), not allocated.
+    Structural zeros are left out. Positions that share an output index (the two halves
+    of a symmetric pair in a Hessian) form one group, written from one value; groups come
+    in the C order of their first position, so the source is deterministic.
+    """
+    groups = {}
+    for i, index in zip(leaf.indices, np.ndindex(*leaf.shape)):
+        if not structural_zero(graph.outputs[i]):
+            groups.setdefault(i, []).append(index)
+    return list(groups.items())
+
+
+def _array_lines(graph, names, np_alias, out_params=False):
+    """Statements that gather array-valued outputs (gradients, Hessians, Jacobians).
+
+    An array with structural zeros starts zeroed in one statement (``np.zeros``, or
+    ``fill(0.0)`` for the caller's array with ``out_params``) and only its other entries
+    are written: numba's compile time grows steeply with the number of stores, and a
+    Hessian is mostly zeros. An array without any is allocated uninitialised. Entries
+    of one value are one chained assignment: ``H[0, 1] = H[1, 0] = t3``.
     """
     lines = []
     for leaf in leaves(graph.out_tree):
         if isinstance(leaf, ArrayOut):
             name = names["arrays"][leaf.name]
             shape = leaf.shape[0] if len(leaf.shape) == 1 else leaf.shape
+            groups = stores(graph, leaf)
+            zeroed = sum(len(positions) for _, positions in groups) < len(leaf.indices)
             if not out_params:
-                lines.append(f"    {name} = {np_alias}.empty({shape})")
-            for i, index in zip(leaf.indices, np.ndindex(*leaf.shape)):
+                lines.append(f"    {name} = {np_alias}.{'zeros' if zeroed else 'empty'}({shape})")
+            elif zeroed:
+                lines.append(f"    {name}.fill(0.0)")
+            for i, positions in groups:
                 value = _arg_text(graph.outputs[i], names, np_alias, False)
-                lines.append(f"    {name}[{_index_text(index)}] = {value}")
+                targets = " = ".join(f"{name}[{_index_text(index)}]" for index in positions)
+                lines.append(f"    {targets} = {value}")
     return lines
 
 
@@ -294,6 +359,7 @@ def emit_module(graph, fn_name, kind, origin=None, out_params=False):
     # The name as Python will define it (normalised) and short enough for numba's cache file
     # names; gradc looks the function up under the name returned here.
     func_name = identifier_or_none(f"{fn_name}__{kind}" + ("__out" if out_params else "")) or "f"
+    _hint_scan(graph, fn_name, origin)
     body, np_alias, namer, params = _emit(graph, func_name, fn_name, out_params)
     # Module-level names must not be shadowed by any local of either function.
     for p in params:

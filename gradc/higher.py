@@ -18,6 +18,9 @@ subexpression of the value, the gradient and the Hessian exists once.
 - :func:`jacobian`: forward (one sweep per input scalar) when there are fewer
   input scalars than outputs, else reverse (one reverse sweep per output);
   shape ``out_shape + in_shape``.
+- :func:`sparse`: a Hessian's or Jacobian's graph returning only the entries that
+  are not structural zeros, as the ``data`` of a CSR matrix, and the pattern
+  (:class:`Sparsity`) that places them, found once from the optimized graph.
 
 Names: the tangent of a named node ``u`` along input ``b`` is ``du_db``, so the
 second-order adjoint of ``da`` along ``b`` — a Hessian entry — is ``dda_db``;
@@ -43,16 +46,19 @@ def f(a, b):
     ddb_db = ddu_db * a
     H = np.empty((2, 2))
     H[0, 0] = dda_da
-    H[0, 1] = dda_db
-    H[1, 0] = dda_db
+    H[0, 1] = H[1, 0] = dda_db
     H[1, 1] = ddb_db
     return H
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
 from . import ad
 from .forward import node_name, tangents
-from .ir import ArrayOut, Graph
+from .ir import ArrayOut, Graph, structural_zero
 from .optimize import optimize
 
 
@@ -218,3 +224,57 @@ def _replay(dst: Graph, src: Graph, rename):
                 dst.names.setdefault(out.id, hint)
         mapped[node.id] = out
     return mapped
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    """Where the stored entries of a sparse Hessian or Jacobian lie: CSR's ``indptr`` and
+    ``indices`` for a matrix of ``shape`` (rows, columns), its data in row-major order."""
+
+    shape: tuple
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @property
+    def nnz(self):
+        return len(self.indices)
+
+
+def _index_dtype(*bounds):
+    """int32 where every index fits (as SciPy itself would choose), else int64."""
+    return np.int32 if max(bounds, default=0) < 2**31 else np.int64
+
+
+def sparse(graph, shape):
+    """``graph`` (out_tree one ArrayOut, dense) returning only its entries that are not
+    structural zeros, and the :class:`Sparsity` placing them in a ``shape`` matrix.
+
+    ``shape`` is (rows, columns) for the array read in C order: ``(n, n)`` for a
+    Hessian over ``n`` scalars, ``(m, n)`` for a Jacobian of ``m`` outputs. Row-major
+    order of the stored entries is CSR's, so the compiled function's result is the
+    matrix's ``data`` as it stands: no sort, no conversion per call. Which entries are
+    stored is decided by :func:`gradc.ir.structural_zero`, the test the dense array's
+    emission uses, so the two forms always store the same entries. Both entries of a
+    symmetric pair keep one output index: written from one value.
+    """
+    leaf = graph.out_tree
+    rows, cols = shape
+    if not isinstance(leaf, ArrayOut) or rows * cols != len(leaf.indices):
+        raise ValueError(f"sparse: expected one ArrayOut of {rows * cols} entries")
+    kept = [(flat, i) for flat, i in enumerate(leaf.indices)
+            if not structural_zero(graph.outputs[i])]
+    dtype = _index_dtype(len(kept), cols)
+    per_row = np.bincount(np.array([flat // cols for flat, _ in kept], dtype=np.intp),
+                          minlength=rows)
+    indptr = np.concatenate([[0], np.cumsum(per_row)]).astype(dtype)
+    indices = np.array([flat % cols for flat, _ in kept], dtype=dtype)
+    # one output per distinct node index, positions sharing an index share it still
+    order = {}
+    for _, i in kept:
+        order.setdefault(i, len(order))
+    g = graph.copy()
+    g.set_outputs([g.outputs[i] for i in order],
+                  ArrayOut(f"{leaf.name}_data", (len(kept),), tuple(order[i] for _, i in kept)))
+    for arr in (indptr, indices):
+        arr.setflags(write=False)
+    return g, Sparsity((rows, cols), indptr, indices)

@@ -21,6 +21,16 @@ chosen by ``argnums`` as in :func:`gradc.grad`):
   for ``f`` returning a float, a tuple of floats (``out_shape = (m,)``) or an
   array; forward mode when there are fewer input scalars than outputs, else
   reverse (``mode="forward"``/``"reverse"`` forces one). ``.source`` says which.
+- ``hessian(f, sparse=True)`` and ``jacobian(f, sparse=True)`` return a
+  ``scipy.sparse.csr_matrix`` of shape ``(n, n)`` / ``(m, n)`` (``m`` outputs and
+  ``n`` differentiated scalars, both flattened in C order). The pattern is found
+  once per signature when gradc traces: every entry that is not a structural zero
+  is stored (explicit zeros included), so every call's matrix has the same
+  ``indices`` and ``indptr``, what IPOPT's structure callbacks and SciPy's
+  ``trust-constr`` take. The compiled code computes the stored entries only, in
+  CSR order; CSR (not COO) because that row-major data is CSR's as it stands (no
+  conversion per call), and CSR is what products ``H @ p`` and the optimizers
+  want. SciPy is imported only when ``sparse=True`` is used.
 
 >>> import gradc
 >>> gradc.hessian(lambda x, y: x * x * y, backend="python")(1.0, 2.0).tolist()
@@ -33,22 +43,44 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors, higher
-from .api import GradcFunction
+from .api import GradcFunction, _NeedsConversion, _shapes
 from .emit import emit_module
 from .optimize import optimize
 
 _TANGENT_KINDS = ("hvp", "jvp")
+_SPARSE_KINDS = ("hessian", "jacobian")
 _MODES = ("auto", "forward", "reverse")
+
+
+def _scipy_sparse():
+    """scipy.sparse, imported here only: gradc itself never needs SciPy."""
+    try:
+        import scipy.sparse
+    except ImportError:
+        raise errors.GradcError(
+            f"{errors.where()}: sparse=True returns scipy.sparse matrices, and SciPy is not "
+            "installed: pip install scipy (or leave sparse=False for NumPy arrays).") from None
+    return scipy.sparse
 
 
 class HigherFunction(GradcFunction):
     """A compiled higher-order transformation of ``fn`` (see the module docstring)."""
 
-    def __init__(self, fn, kind, argnums=None, backend="numba", mode="auto", arrays="auto"):
+    def __init__(self, fn, kind, argnums=None, backend="numba", mode="auto", arrays="auto",
+                 sparse=False):
         if mode not in _MODES:
             raise errors.ArgumentError(f"mode must be one of {_MODES}, not {mode!r}.")
+        if sparse is not True and sparse is not False:
+            raise errors.ArgumentError(f"sparse must be True or False, not {sparse!r}.")
+        if sparse and kind not in _SPARSE_KINDS:
+            raise errors.ArgumentError(
+                f"{errors.where()}: sparse=True is for gradc.hessian and gradc.jacobian, "
+                f"not gradc.{kind}.")
         super().__init__(fn, kind, argnums, backend, arrays)
         self._mode = mode
+        # sparse: scipy.sparse, and the pattern of each signature (set where it is lowered)
+        self._sparse = _scipy_sparse() if sparse else None
+        self._patterns: dict[tuple, higher.Sparsity] = {}
 
     # --- arguments: hvp and jvp take tangents after the primal arguments ----------------
     def _primal_count(self, total):
@@ -85,6 +117,31 @@ class HigherFunction(GradcFunction):
                     f"{errors.where()}: the tangent of argument {p} of {self._name}() has shape "
                     f"{_shape(v)}, the argument {_shape(primals[p])}.")
         return primals + tangents
+
+    # --- calling: sparse results ---------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        if self._sparse is None:
+            return super().__call__(*args, **kwargs)
+        # The compiled code returns the stored entries; the pattern of this signature (found
+        # when it was lowered) makes them a matrix. Never the class switch to numba's bare
+        # dispatcher (_call_full's), whose result would be the entries alone.
+        shapes = _shapes(args)
+        spec = None if kwargs else self._specs.get(shapes)
+        data = None
+        if spec is not None and spec.entry is not None:  # the quick path, as GradcFunction's
+            try:
+                data = spec.entry(*args)
+            except _NeedsConversion:
+                pass  # ints, float32, read-only arrays: converted below
+        if data is None:
+            values = self._bind(args, kwargs)
+            shapes = _shapes(values)
+            data = self._spec(shapes).call(*values)
+        pattern = self._patterns[shapes]
+        # copies of the index arrays: a matrix edited in place (eliminate_zeros, resize)
+        # must not change the pattern of later calls
+        return self._sparse.csr_matrix((data, pattern.indices.copy(), pattern.indptr.copy()),
+                                       shape=pattern.shape)
 
     def _simple_signature(self):
         # hvp/jvp calls always pass through _bind (numba's own binding does not know the tangents)
@@ -123,15 +180,25 @@ class HigherFunction(GradcFunction):
         arrays = None if self._kind in _TANGENT_KINDS else "unroll"
         traced = self._trace(shapes[:nargs], dtype, multiple=multiple, arrays=arrays)
         graph = optimize(self._transform(traced, nargs))
-        source, func_name, entry_name = emit_module(graph, self._name, self._kind, traced.origin)
+        argnums, _ = self._argnums_for(nargs)
+        n, m = len(higher.wrt_inputs(traced, argnums)), len(traced.outputs)
+        kind, notes = self._kind, []
         if self._kind == "jacobian":
-            argnums, _ = self._argnums_for(nargs)
             mode = higher.jacobian_mode(traced, argnums, self._mode)
-            n, m = len(higher.wrt_inputs(traced, argnums)), len(traced.outputs)
             how = ("forward mode: one tangent sweep per input scalar" if mode == "forward" else
                    "reverse mode: one adjoint sweep per output")
+            notes.append(f"# jacobian by {how} ({n} inputs, {m} outputs).")
+        if self._sparse is not None:
+            rows = n if self._kind == "hessian" else m
+            graph, pattern = higher.sparse(graph, (rows, n))
+            self._patterns[tuple(shapes)] = pattern
+            kind = f"sparse_{self._kind}"
+            notes.append(f"# sparse: returns the CSR data of a {rows} x {n} matrix, its "
+                         f"{pattern.nnz} stored entries in row-major order.")
+        source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin)
+        if notes:
             head, rest = source.split("\n", 1)
-            source = f"{head}\n# jacobian by {how} ({n} inputs, {m} outputs).\n{rest}"
+            source = "\n".join([head, *notes, rest])
         return graph, source, func_name, entry_name
 
 
@@ -155,6 +222,8 @@ hessian = _transformation("hessian", """``f -> H``: the Hessian as a NumPy array
 Shape ``s + s`` for one differentiated array argument of shape ``s``, else
 ``(n, n)`` over the differentiated scalars. Each symmetric entry is computed
 once, sharing every subexpression with the value and the gradient.
+``sparse=True``: a ``scipy.sparse.csr_matrix`` of shape ``(n, n)`` holding the
+entries that are not structural zeros (see the module docstring).
 """)
 value_grad_hessian = _transformation("value_grad_hessian", """``f -> (value, gradient, H)``.
 
@@ -172,5 +241,6 @@ jvp = _transformation("jvp", """``f -> jvp(x..., v...) = (f(x), df(x)[v])``: for
 jacobian = _transformation("jacobian", """``f -> J`` for ``f`` returning floats, a tuple or an array.
 
 Shape ``out_shape + in_shape``. ``mode="auto"`` (forward when there are fewer input
-scalars than outputs, else reverse), ``"forward"`` or ``"reverse"``.
+scalars than outputs, else reverse), ``"forward"`` or ``"reverse"``. ``sparse=True``:
+a ``scipy.sparse.csr_matrix`` of shape ``(m, n)`` (see the module docstring).
 """)

@@ -59,6 +59,14 @@ def resolve(node):
     return node
 
 
+def structural_zero(node):
+    """True for a node that is the constant +0.0 whatever the arguments: an entry of an
+    array result that is never stored (the array starts zeroed; see gradc.emit) and
+    that a sparse result leaves out (gradc.higher). -0.0 is stored: its sign survives."""
+    value = node.value
+    return isinstance(value, float) and value == 0.0 and not np.signbit(value)
+
+
 @dataclass(frozen=True)
 class ArrayOut:
     """A leaf of ``Graph.out_tree``: an array of ``shape`` built from ``outputs[i] for i in indices``
