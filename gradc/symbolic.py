@@ -123,22 +123,14 @@ class _Converter:
             sp.exp: "exp", sp.log: "log", sp.sin: "sin", sp.cos: "cos", sp.tan: "tan",
             sp.asin: "arcsin", sp.acos: "arccos", sp.atan: "arctan", sp.sinh: "sinh",
             sp.cosh: "cosh", sp.tanh: "tanh", sp.Abs: "abs", sp.sign: "sign",
-            sp.atan2: "arctan2", sp.asinh: "arcsinh", sp.acosh: "arccosh", sp.atanh: "arctanh",
-            sp.floor: "floor", sp.ceiling: "ceil", sp.Mod: "mod",
+            sp.atan2: "arctan2",
         }
-        # the ops' own SymPy meanings (gradc.to_sympy writes them): floor and friends whose
-        # derivative SymPy knows to be zero
-        from .ops import sympy_step
-
-        self.functions.update({sympy_step(n): op for n, op in (
-            ("floor", "floor"), ("ceiling", "ceil"), ("trunc", "trunc"), ("rint", "rint"))})
         self.reciprocals = {sp.sec: "cos", sp.csc: "sin", sp.cot: "tan"}
         try:  # SymPy's C-style functions, where available
             from sympy.codegen import cfunctions as cf
 
             self.functions.update({cf.log1p: "log1p", cf.expm1: "expm1", cf.hypot: "hypot",
-                                   cf.Sqrt: "sqrt", cf.Cbrt: "cbrt", cf.exp2: "exp2",
-                                   cf.log2: "log2", cf.log10: "log10"})
+                                   cf.Sqrt: "sqrt"})
         except ImportError:  # pragma: no cover
             pass
         self.relations = {
@@ -373,9 +365,9 @@ class _Converter:
 SUPPORTED = (
     "Symbol (one of the given symbols), numbers (Integer, Rational, Float, pi, E, oo, nan, ...), "
     "Add, Mul, Pow (integer, rational and symbolic exponents; sqrt), exp, log, sin, cos, tan, "
-    "sec, csc, cot, asin, acos, atan, atan2, sinh, cosh, tanh, asinh, acosh, atanh, Abs, sign, "
-    "floor, ceiling, Mod, Max, Min, Piecewise, Lt, Le, Gt, Ge, Eq, Ne, And, Or, Not, true, "
-    "false, and sympy.codegen's log1p, expm1, hypot, Sqrt, Cbrt, exp2, log2, log10")
+    "sec, csc, cot, asin, acos, atan, atan2, sinh, cosh, tanh, Abs, sign, Max, Min, Piecewise, "
+    "Lt, Le, Gt, Ge, Eq, Ne, And, Or, Not, true, false, and sympy.codegen's log1p, expm1, hypot, "
+    "Sqrt")
 
 
 def _describe(node):
