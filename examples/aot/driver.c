@@ -1,6 +1,6 @@
 /* Calls the library that `gradc build examples/aot/model.py -o OUT --format c` writes.
  *
- *   cc -O2 -I OUT examples/aot/driver.c -L OUT -lmodel -Wl,-rpath,OUT -lm -o driver && ./driver
+ *   cc -O2 -I OUT examples/aot/driver.c -L OUT -lmodel -Wl,-rpath,OUT -lm -o OUT/driver && OUT/driver
  *
  * Prints one line per result, `name value...`, with 17 significant digits.
  */
