@@ -816,19 +816,24 @@ def _listen_to_compiles():
     from numba.core import event
 
     class Listener(event.Listener):
+        # numba calls these inside its compile: whatever goes wrong here is news lost, never
+        # a compile broken, so both swallow their errors (and keep the stack balanced).
         def on_start(self, ev):
             stack = _compiles.__dict__.setdefault("stack", [])
-            entry = _entries.get(_code_file(ev.data.get("dispatcher")))
-            outer = entry is not None and not any(stack)
-            stack.append(_CompileNotice(entry) if outer else None)
+            stack.append(None)
+            with contextlib.suppress(Exception):
+                entry = _entries.get(_code_file(ev.data.get("dispatcher")))
+                if entry is not None and not any(stack):
+                    stack[-1] = _CompileNotice(entry)
 
         def on_end(self, ev):
             stack = getattr(_compiles, "stack", None)
             notice = stack.pop() if stack else None
             if notice is not None:
-                # Event.is_failed reads its own field inverted (numba 0.68): the field itself
-                # is None unless the compile raised.
-                notice.finish(failed=getattr(ev, "_exc_details", None) is not None)
+                with contextlib.suppress(Exception):
+                    # Event.is_failed reads its own field inverted (numba 0.68): the field
+                    # itself is None unless the compile raised.
+                    notice.finish(failed=getattr(ev, "_exc_details", None) is not None)
 
     event.register("numba:compile", Listener())
     _listening = True
