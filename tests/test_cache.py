@@ -173,8 +173,12 @@ def test_a_slow_compile_is_logged_once(monkeypatch, tmp_path, caplog, capfd):
     with caplog.at_level(logging.INFO, logger="gradc"):
         _slow_compile(monkeypatch, tmp_path, 0.125)
         gradc.value_and_grad(eval("lambda a, b: a * b + 0.125"))(1.0, 2.0)  # loaded: silent
+    from gradc import jit
+
     records = [r for r in caplog.records if r.name == "gradc"]
     assert len(records) == 1, records
+    path = re.search(r"\((/.*gradc_[0-9a-f]+\.py)\)", records[0].getMessage()).group(1)
+    assert jit.compile_seconds(path) > 0.0 and jit.compile_seconds("elsewhere.py") == 0.0
     message = records[0].getMessage()
     assert re.fullmatch(r"numba compiled lambda__value_and_grad \(9 statements\) in \d+\.\d s "
                         r"\(.*gradc_[0-9a-f]+\.py\)", message), message
