@@ -274,10 +274,12 @@ class GradcFunction:
                                                         lambda r, a: (r[0], a))
         return g
 
-    def _trace(self, shapes, dtype="float64", multiple=False, arrays=None):
+    def _trace(self, shapes, dtype="float64", multiple=False, arrays=None, capture=False):
         """Trace ``fn`` for one signature: array arguments unrolled into scalar code, or
         traced whole (NumPy-level and loop code), as ``arrays`` (default: the function's
-        mode) and the sizes decide."""
+        mode) and the sizes decide. With ``capture``, the float arrays ``fn`` reads from
+        outside its arguments become hidden parameters (``graph.captured_arrays``), in the
+        same form as the arguments; otherwise they are constants in the source."""
         arrays = arrays or self._arrays
         names = self._arg_names(len(shapes))
         elements = array_elements(shapes)
@@ -285,32 +287,36 @@ class GradcFunction:
             arrays in ("numpy", "numba", "loops") or dtype == "float32"
             or arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
         retrace = lambda: trace(self._tracee, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
-                                self._name, _origin(self._fn), multiple=multiple)
+                                self._name, _origin(self._fn), multiple=multiple,
+                                capture="whole" if capture else None)
         if whole:
             return retrace()
         try:
             traced = trace(self._tracee, [(n, s, False) for n, s in zip(names, shapes)],
-                           self._name, _origin(self._fn), multiple=multiple)
+                           self._name, _origin(self._fn), multiple=multiple,
+                           capture="unrolled" if capture else None)
         except errors.ControlFlowError:
             # NumPy's object-array loops compare elements for max, min and maximum;
-            # the NumPy-level form has ops for them.
-            if arrays != "auto" or not elements:
+            # the NumPy-level form has ops for them (and a big captured array is read whole).
+            if arrays != "auto" or not (elements or capture):
                 raise
             return retrace()
         if arrays == "auto" and elements and len(traced.nodes) > UNROLL_MAX_NODES:
             return retrace()  # too big to unroll: NumPy-level code
         return traced
 
-    def lower(self, shapes, dtype="float64", out_params=False):
+    def lower(self, shapes, dtype="float64", out_params=False, capture=False):
         """Trace, transform, optimize and emit for one signature, without compiling.
 
         ``shapes`` has one entry per argument: None for a float, a shape tuple for
         an array. Returns ``(graph, source, func_name, entry_name)``; ahead-of-time
         builds and the backends start from here. ``dtype="float32"`` (all array
-        arguments float32) gives NumPy-level code that stays in float32.
+        arguments float32) gives NumPy-level code that stays in float32. ``capture``:
+        arrays read from outside the arguments are hidden parameters (see :meth:`_trace`);
+        calls of this object use that, builds and pictures keep them as constants.
         """
         nargs = len(shapes)
-        traced = self._trace(shapes, dtype)
+        traced = self._trace(shapes, dtype, capture=capture)
         traced.dtype = dtype
         graph = optimize(self._transform(traced, nargs))
         kind = {"compile": "value"}.get(self._kind, self._kind)
@@ -323,14 +329,15 @@ class GradcFunction:
         spec = self._specs.get(key)
         if spec is not None:
             return spec
-        graph, source, func_name, entry_name = self.lower(shapes, dtype)
+        graph, source, func_name, entry_name = self.lower(shapes, dtype, capture=True)
         regroup = self.__dict__.pop("_pending_regroup", None)
         spec = None
         if self._backend == "numba" and graph.whole_params and self._arrays in ("auto", "loops"):
             spec = self._loops_spec(graph)
         if spec is None and self._backend == "numba" and numba_runs(graph, shapes, self._arrays):
             try:
-                dispatcher, path = jit.load_numba(source, func_name, entry_name, shapes,
+                dispatcher, path = jit.load_numba(source, func_name, entry_name,
+                                                  _with_hidden_shapes(shapes, graph),
                                                   dtype=dtype, layout=numba_layout(graph))
             except errors.GradcError:
                 if not graph.whole_params or self._arrays == "numba":
@@ -347,6 +354,8 @@ class GradcFunction:
             call = _python_caller(func, scalar, quiet=not graph.whole_params)
             plain = call if graph.whole_params else None
             spec = _Spec(graph, source, path, call, func_name, plain=plain)
+        if graph.captured_arrays:
+            spec = _with_captured(spec, graph.captured_arrays)
         if regroup is not None:
             spec = _regrouped(spec, regroup)
         self._specs[key] = spec
@@ -432,11 +441,23 @@ class GradcFunction:
                     return spec.entry(*args)
                 except _NeedsConversion:
                     pass  # ints, float32, lists of the right shape: convert below
+                except CapturedArrayChanged:
+                    self._forget()  # a captured name now holds another shape: trace again
             elif self._plain:  # NumPy-level code: arrays of the compiled dtype, as they are
                 plain = self._plain.get(tuple(map(_shape_and_dtype, args)))
                 if plain is not None:
-                    return plain(*args)
+                    try:
+                        return plain(*args)
+                    except CapturedArrayChanged:
+                        self._forget()
         return self._call_full(args, kwargs)
+
+    def _forget(self):
+        """Drop every compiled specialisation's binding (a captured array's name now holds
+        an array of another shape or kind): the next call traces again."""
+        self._specs.clear()
+        self._plain.clear()
+        self._leave_numba()
 
     def _call_full(self, args, kwargs):
         """Any call: bind and convert the arguments, compile their specialisation if it is
@@ -450,11 +471,15 @@ class GradcFunction:
         values = _promote(values, dtype)
         spec = self._spec(_shapes(values), dtype)
         if (spec.entry is not None and "_own_class" not in self.__dict__
+                and not spec.graph.captured_arrays
                 and self._simple_signature() and len(self._specs) == 1
                 and all(isinstance(v, float) for v in values)):
             self._go_straight_to_numba(spec, len(values))
         try:
             return spec.call(*values)
+        except CapturedArrayChanged:
+            self._forget()
+            return self._call_full(args, kwargs)
         except _NeedsConversion as exc:  # _bind's values are what numba takes: a gradc bug
             raise errors.GradcError(
                 f"{errors.where()}: {exc}, though gradc converted them. This is a gradc bug; "
@@ -584,11 +609,15 @@ class GradcFunction:
             key = (shapes, "out")
             out_spec = self._specs.get(key)
             if out_spec is None:
-                graph, source, func_name, entry = self.lower(shapes, dtype, out_params=True)
+                graph, source, func_name, entry = self.lower(shapes, dtype, out_params=True,
+                                                             capture=True)
                 extra = tuple(b.shape for b in buffers)
-                dispatcher, path = jit.load_numba(source, func_name, entry, shapes + extra)
-                out_spec = self._specs[key] = _Spec(graph, source, path, dispatcher, func_name,
-                                                    dispatcher)
+                dispatcher, path = jit.load_numba(source, func_name, entry,
+                                                  _with_hidden_shapes(shapes, graph) + extra)
+                out_spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
+                if graph.captured_arrays:
+                    out_spec = _with_captured(out_spec, graph.captured_arrays)
+                self._specs[key] = out_spec
             return out_spec.entry(*values, *buffers)
         result = spec.call(*values)
         grads = result[1] if self._kind == "value_and_grad" else result
@@ -663,6 +692,7 @@ class GradcFunction:
         """
         spec = self._default_spec()
         dispatcher = spec.call if spec.runs == "loops" else spec.entry
+        dispatcher = getattr(dispatcher, "_gradc_inner", dispatcher)  # captured arrays' wrapper
         if dispatcher is None:
             runs = "numpy" if spec.graph.whole_params else "python"
             return {"path": spec.path, "backend": self._backend, "runs": runs}
@@ -676,6 +706,53 @@ class GradcFunction:
 
     def __repr__(self):
         return f"<gradc.{self._kind} of {self._name} ({self._backend})>"
+
+
+class CapturedArrayChanged(Exception):
+    """A captured array's name now holds an array of another shape (or no float array): the
+    compiled code no longer fits, and the call traces again (never seen by users)."""
+
+
+def _with_hidden_shapes(shapes, graph):
+    """A call's shapes with the captured arrays' shapes inserted where their parameters are."""
+    shapes = list(shapes)
+    for c in graph.captured_arrays:
+        shapes.insert(c.position, c.array.shape)
+    return tuple(shapes)
+
+
+def _with_captured(spec, captured):
+    """``spec`` whose callables take the call's own arguments and insert the captured arrays'
+    current values (by reference; converted only if not C-contiguous float64) at their
+    parameters, which follow the function's own (and precede tangents and out buffers).
+    A float32 program gets them as float32 (a copy per call), as it takes its arguments."""
+    at = captured[0].position
+    shapes = [c.array.shape for c in captured]
+    dtype = np.dtype(spec.graph.dtype)
+
+    def current():
+        arrays = []
+        for c, shape in zip(captured, shapes):
+            a = c.current()
+            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype.kind != "f":
+                raise CapturedArrayChanged(c.name)
+            if a.dtype != dtype or not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a, dtype=dtype)
+            arrays.append(a)
+        return arrays
+
+    def wrap(f):
+        if f is None:
+            return None
+
+        def with_captured(*args):
+            return f(*args[:at], *current(), *args[at:])
+
+        with_captured._gradc_inner = f  # (numba dispatchers have a __wrapped__ of their own)
+        return with_captured
+
+    return _Spec(spec.graph, spec.source, spec.path, wrap(spec.call), spec.func_name,
+                 wrap(spec.entry), wrap(spec.plain), spec.runs)
 
 
 def _shape_or_none(a):
@@ -829,6 +906,7 @@ class _Results:
 
     def __init__(self, fn, kind, has_aux):
         self._fn, self._kind, self._has_aux = fn, kind, has_aux
+        self.__wrapped__ = fn  # where trace() finds the arrays fn reads (its closure, globals)
         if _code_of(fn) is not None:
             self.__code__ = _code_of(fn)
         self.__name__ = getattr(fn, "__name__", None) or type(fn).__name__

@@ -171,14 +171,15 @@ class HigherFunction(GradcFunction):
         # higher orders unroll arrays into float64 scalar code: float32 arrives as float64
         return value.astype(np.float64) if isinstance(value, np.ndarray) else value
 
-    def lower(self, shapes, dtype="float64", out_params=False):
+    def lower(self, shapes, dtype="float64", out_params=False, capture=False):
         """As :meth:`GradcFunction.lower`; for hvp/jvp ``shapes`` includes the tangents'."""
         nargs = self._primal_count(len(shapes)) if self._kind in _TANGENT_KINDS else len(shapes)
         multiple = self._kind in ("jvp", "jacobian")
         # hvp and jvp run on arrays traced whole (loops past a few hundred elements, as
         # value_and_grad does); hessian and jacobian build their output entry by entry.
         arrays = None if self._kind in _TANGENT_KINDS else "unroll"
-        traced = self._trace(shapes[:nargs], dtype, multiple=multiple, arrays=arrays)
+        traced = self._trace(shapes[:nargs], dtype, multiple=multiple, arrays=arrays,
+                             capture=capture)
         graph = optimize(self._transform(traced, nargs))
         argnums, _ = self._argnums_for(nargs)
         n, m = len(higher.wrt_inputs(traced, argnums)), len(traced.outputs)

@@ -458,11 +458,14 @@ def _outer_arrays(fn):
     """id(array) -> (name, lookup) for the float arrays ``fn`` names in its closure and in the
     globals its code reads (``lookup()`` re-reads that name)."""
     target = fn
-    for _ in range(4):  # functools.partial, bound methods, callable objects
-        if getattr(target, "__code__", None) is not None:
+    for _ in range(6):  # wrappers (functools.wraps), partials, bound methods, callable objects
+        if getattr(target, "__wrapped__", None) is not None:
+            target = target.__wrapped__
+        elif getattr(target, "__code__", None) is not None:
             break
-        target = (getattr(target, "func", None) or getattr(target, "__func__", None)
-                  or getattr(type(target), "__call__", None))
+        else:
+            target = (getattr(target, "func", None) or getattr(target, "__func__", None)
+                      or getattr(type(target), "__call__", None))
     code = getattr(target, "__code__", None)
     if code is None:
         return {}
