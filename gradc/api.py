@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from . import ad, errors, jit, trees
+from . import ad, errors, jit, native, trees
 from .emit import emit_module
 from .ir import ArrayOut
 from .lower import LoweringError, lower_module
@@ -336,9 +336,14 @@ class GradcFunction:
             spec = self._loops_spec(graph)
         if spec is None and self._backend == "numba" and numba_runs(graph, shapes, self._arrays):
             try:
-                dispatcher, path = jit.load_numba(source, func_name, entry_name,
-                                                  _with_hidden_shapes(shapes, graph),
-                                                  dtype=dtype, layout=numba_layout(graph))
+                # Large straight-line scalar programs: the body as LLVM IR in one numba call
+                # (gradc/native.py); None for everything else, which numba compiles as before.
+                all_shapes = _with_hidden_shapes(shapes, graph)
+                compiled = None if graph.whole_params else native.compile_graph(
+                    graph, func_name, source, all_shapes)
+                dispatcher, path = compiled or jit.load_numba(
+                    source, func_name, entry_name, all_shapes, dtype=dtype,
+                    layout=numba_layout(graph))
             except errors.GradcError:
                 if not graph.whole_params or self._arrays == "numba":
                     raise
@@ -498,16 +503,19 @@ class GradcFunction:
         arguments of a flat function (one :class:`_TreeCall` per structure and static
         values, compiled as any other), and its gradients are put back into the trees.
         ``out`` (gradient buffers) mirrors the gradient's trees, None at each float."""
-        values = self._positional(args, kwargs)
-        static = self._static_positions(len(values))
+        if not kwargs and len(args) == self._positional_count():
+            values = args  # nothing to bind: the common call, kept cheap (no signature.bind)
+        else:
+            values = self._positional(args, kwargs)
+        static = self._static_positions(len(values)) if self._static else ()
         leaves, structure = [], []
         for i, value in enumerate(values):
             if i in static:
                 structure.append(_static_key(self._name, i, value))
                 continue
             found, treedef = trees.flatten(value)
-            for path, leaf in zip(trees.paths(treedef), found):
-                leaves.append(self._check_leaf(i, path, leaf))
+            for k, leaf in enumerate(found):
+                leaves.append(self._check_leaf(i, treedef, k, leaf))
             structure.append(treedef)
         key = tuple(structure)
         call = self._tree_calls.get(key)
@@ -523,15 +531,27 @@ class GradcFunction:
                     f"called with {nargs} argument(s).")
         return {i % nargs for i in self._static}
 
-    def _check_leaf(self, i, path, leaf):
-        """A leaf of argument ``i``'s tree as compiled code takes it (traced values as they are)."""
+    def _positional_count(self):
+        """How many parameters a call binds by position alone (None: it needs binding)."""
+        count = self.__dict__.get("_n_positional", False)
+        if count is False:
+            count = self._n_positional = (len(self._signature.parameters)
+                                          if self._simple_signature() else None)
+        return count
+
+    def _check_leaf(self, i, treedef, k, leaf):
+        """Leaf ``k`` of argument ``i``'s tree (structure ``treedef``) as compiled code takes
+        it (traced values as they are)."""
+        if type(leaf) is float:
+            return leaf
         if _any_traced((leaf,)):
             return leaf
-        if not path:
+        if treedef == trees.LEAF:
             return self._check_number(i, leaf)
         try:
             return self._check_number(i, leaf)
         except errors.ArgumentError:
+            path = trees.paths(treedef)[k]
             raise errors.ArgumentError(
                 f"{errors.where()}: argument {i} of {self._name}() holds {_describe(leaf)} at "
                 f"{path}; the leaves of an argument tree are floats and float arrays. Mark an "

@@ -280,3 +280,10 @@ def test_out_with_has_aux_is_refused_clearly():
     g = gradc.grad(lambda x: (np.sum(x ** 2), x[0]), has_aux=True, backend="python")
     with pytest.raises(gradc.ArgumentError, match="out= together with has_aux"):
         g(np.ones(2), out=np.zeros(2))
+
+
+def test_a_helper_with_trees_and_static_arguments_composes_inside_a_traced_loss():
+    helper = gradc.grad(lambda p, n: np.sum(p["w"] ** n), argnums=0, static_argnums=1,
+                        backend="python")
+    loss = gradc.grad(lambda w: np.sum(helper({"w": w}, 3)["w"]), backend="python")
+    np.testing.assert_allclose(loss(np.array([1.0, 2.0])), [6.0, 12.0])  # d/dw sum(3 w^2)
