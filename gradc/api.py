@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from . import ad, errors, jit, trees
+from . import ad, errors, jit, native, trees
 from .emit import emit_module
 from .ir import ArrayOut
 from .lower import LoweringError, lower_module
@@ -336,9 +336,14 @@ class GradcFunction:
             spec = self._loops_spec(graph)
         if spec is None and self._backend == "numba" and numba_runs(graph, shapes, self._arrays):
             try:
-                dispatcher, path = jit.load_numba(source, func_name, entry_name,
-                                                  _with_hidden_shapes(shapes, graph),
-                                                  dtype=dtype, layout=numba_layout(graph))
+                # Large straight-line scalar programs: the body as LLVM IR in one numba call
+                # (gradc/native.py); None for everything else, which numba compiles as before.
+                all_shapes = _with_hidden_shapes(shapes, graph)
+                compiled = None if graph.whole_params else native.compile_graph(
+                    graph, func_name, source, all_shapes)
+                dispatcher, path = compiled or jit.load_numba(
+                    source, func_name, entry_name, all_shapes, dtype=dtype,
+                    layout=numba_layout(graph))
             except errors.GradcError:
                 if not graph.whole_params or self._arrays == "numba":
                     raise
