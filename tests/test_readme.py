@@ -43,7 +43,8 @@ BLOCKS = blocks()
 
 
 def _selected(languages, run):
-    return [pytest.param(text, id=f"README.md:{line}") for line, language, marker, text in BLOCKS
+    return [pytest.param(line, text, id=f"README.md:{line}")
+            for line, language, marker, text in BLOCKS
             if language in languages and bool(marker) != run]
 
 
@@ -59,10 +60,10 @@ def test_every_block_is_run_or_says_why_not():
     assert len(_selected(("python",), run=True)) >= 10  # the parsing found the README's code
 
 
-@pytest.mark.parametrize("text", _selected(("python",), run=True))
-def test_python_block_runs(text, tmp_path, monkeypatch):
+@pytest.mark.parametrize("line, text", _selected(("python",), run=True))
+def test_python_block_runs(line, text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # blocks may write files (pictures)
-    code = compile(text, "README.md", "exec")
+    code = compile("\n" * line + text, README, "exec")  # tracebacks name README.md's lines
     try:
         exec(code, {"__name__": "__readme__"})
     except Exception as exc:
@@ -76,8 +77,8 @@ def test_python_block_runs(text, tmp_path, monkeypatch):
 NEVER_RUN = re.compile(r"\b(pip|pytest|sudo|apt(-get)?|brew|conda)\b")
 
 
-@pytest.mark.parametrize("text", _selected(("bash", "sh"), run=True))
-def test_shell_block_runs(text, tmp_path):
+@pytest.mark.parametrize("line, text", _selected(("bash", "sh"), run=True))
+def test_shell_block_runs(line, text, tmp_path):
     found = NEVER_RUN.search(text)
     assert found is None, (f"a shell block runs {found.group(0)!r}: mark it 'not-run (why)' "
                            "after the language; it was not run")
