@@ -175,8 +175,8 @@ class _Spec(NamedTuple):
     parallel: bool
 
 
-# Compiled loops of this process by (digest, backend): a Dask worker compiles each kernel it
-# is sent once, however many tasks carry it.
+# Compiled loops of this process by (digest, versions sent, backend): a Dask worker compiles
+# each kernel it is sent once, however many tasks carry it (and checks each new sender's).
 _COMPILED: dict = {}
 _COMPILING = threading.Lock()
 
@@ -187,7 +187,7 @@ def compiled(kernel: BatchedKernel) -> _Spec:
     numba compiles through :func:`gradc.jit.load_numba_batched`, so the source is written
     to this process's own verified cache and executed from the checked text in memory.
     """
-    key = (kernel.digest, kernel.backend)
+    key = (kernel.digest, tuple(kernel.versions), kernel.backend)
     spec = _COMPILED.get(key)
     if spec is None:
         with _COMPILING:

@@ -216,13 +216,15 @@ _LOSS_COMPILED: dict = {}
 
 def _lossfn(kernel: LossKernel):
     """The callable of ``kernel`` in this process: checked, compiled once, kept."""
-    found = _LOSS_COMPILED.get(kernel.digest + kernel.runs)
+    ranks = tuple(None if shape is None else len(shape) for shape in kernel.shapes)
+    key = (kernel.digest, tuple(kernel.versions), kernel.runs, ranks)  # signatures are by rank
+    found = _LOSS_COMPILED.get(key)
     if found is None:
         with batch._COMPILING:
-            found = _LOSS_COMPILED.get(kernel.digest + kernel.runs)
+            found = _LOSS_COMPILED.get(key)
             if found is None:
                 batch.check_shipped(kernel.source, kernel.digest, kernel.versions, "loss kernel")
-                found = _LOSS_COMPILED[kernel.digest + kernel.runs] = _compile_loss(kernel)
+                found = _LOSS_COMPILED[key] = _compile_loss(kernel)
     return found
 
 
