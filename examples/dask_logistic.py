@@ -38,7 +38,7 @@ def make_chunk(block_id, rows, features, seed):
     w, b = true_coefficients(features)
     p = 1.0 / (1.0 + np.exp(-(X @ w + b)))
     y = (rng.random(rows) < p).astype(np.float64)
-    return np.column_stack([X, y])
+    return X, y  # separate C-contiguous arrays: the kernel reads them without a copy
 
 
 def dataset(rows, features, chunk_rows, seed=0):
@@ -46,16 +46,18 @@ def dataset(rows, features, chunk_rows, seed=0):
     import dask.array as da
 
     sizes = [chunk_rows] * (rows // chunk_rows) + ([rows % chunk_rows] if rows % chunk_rows else [])
-    blocks = [da.from_delayed(_delayed_chunk(k, n, features, seed), shape=(n, features + 1),
-                              dtype=np.float64) for k, n in enumerate(sizes)]
-    Xy = da.concatenate(blocks, axis=0)
-    return Xy[:, :features], Xy[:, features]
+    chunks = [_delayed_chunk(k, n, features, seed) for k, n in enumerate(sizes)]
+    X = da.concatenate([da.from_delayed(c[0], shape=(n, features), dtype=np.float64)
+                        for c, n in zip(chunks, sizes)], axis=0)
+    y = da.concatenate([da.from_delayed(c[1], shape=(n,), dtype=np.float64)
+                        for c, n in zip(chunks, sizes)], axis=0)
+    return X, y
 
 
 def _delayed_chunk(k, n, features, seed):
     import dask
 
-    return dask.delayed(make_chunk, pure=True)((k,), n, features, seed)
+    return dask.delayed(make_chunk, pure=True, nout=2)((k,), n, features, seed)
 
 
 def main(argv=None):
