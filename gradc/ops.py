@@ -734,6 +734,353 @@ _ARRAY_TABLE = [
 ]
 
 
+# --- more arrays traced whole: scans, products of elements, permutations, updates, linalg ----
+# Each op here is one that composing the ops above cannot express; everything else NumPy offers
+# (var, flip, outer, einsum, tril, norm, ...) is composed from table ops in gradc/numpy_api.py.
+def _axis_item(axis, ndim, item):
+    """A canonical index that applies ``item`` along ``axis`` and keeps every other axis."""
+    full = ("s", None, None, None)
+    return tuple(full for _ in range(axis)) + (item,) + tuple(full for _ in range(ndim - axis - 1))
+
+
+def flip(x, axis):
+    """``x`` reversed along ``axis`` (a getitem with step -1)."""
+    return call("getitem", (x,), (_axis_item(axis, len(x.shape), ("s", None, None, -1)),))
+
+
+def moveaxis(x, source, destination):
+    """``numpy.moveaxis`` for one axis, as a transpose."""
+    order = [k for k in range(len(x.shape)) if k != source]
+    order.insert(destination, source)
+    return transpose(x, tuple(order))
+
+
+def _along_last(x, axis):
+    return x if axis == len(x.shape) - 1 else moveaxis(x, axis, len(x.shape) - 1)
+
+
+def _from_last(x, axis):
+    return x if axis == len(x.shape) - 1 else moveaxis(x, len(x.shape) - 1, axis)
+
+
+def _check_axis(attrs, shape):
+    if not 0 <= attrs[0] < len(shape):
+        raise ValueError(f"axis {attrs[0]} is out of range")
+    return shape
+
+
+def _cumsum_vjp(g, out, x):
+    """The adjoint of a running sum is the running sum from the other end."""
+    axis = out.node.attrs[0]
+    return (flip(call("cumsum", (flip(g, axis),), (axis,)), axis),)
+
+
+def _cumprod_partials(x, axis):
+    """``M[..., i, j] = d cumprod(x)[i] / d x[j]`` along ``axis`` (moved last): the product of
+    ``x[k]`` for ``k <= i, k != j`` where ``j <= i``, else 0.
+
+    Computed without dividing by ``x[j]`` (autograd's ``out / x`` is NaN where x is 0): the
+    running product of ``x`` with ``x[j]`` replaced by 1 in column ``j``, masked to ``j <= i``.
+    Exact at zeros, at the price of ``L**2`` elements per row of length ``L``.
+    """
+    xt = _along_last(x, axis)
+    length = xt.shape[-1]
+    square = xt.shape + (length,)
+    column = broadcast_to(reshape(xt, xt.shape + (1,)), square)  # [..., k, j] = x[k]
+    ones_on_diagonal = where(np.eye(length, dtype=bool), 1.0, column)
+    running = call("cumprod", (ones_on_diagonal,), (len(square) - 2,))
+    return where(np.tril(np.ones((length, length), dtype=bool)), running, 0.0)
+
+
+def _cumprod_vjp(g, out, x):
+    axis = out.node.attrs[0]
+    m = _cumprod_partials(x, axis)
+    gt = _along_last(g, axis)
+    dx = reduce_sum(m * reshape(gt, gt.shape + (1,)), (len(m.shape) - 2,), False)
+    return (_from_last(dx, axis),)
+
+
+def _cumprod_jvp(ts, out, x):
+    axis = out.node.attrs[0]
+    m = _cumprod_partials(x, axis)
+    tt = _along_last(ts[0], axis)
+    return _from_last(reduce_sum(m * reshape(tt, tt.shape[:-1] + (1,) + tt.shape[-1:]),
+                                 (len(m.shape) - 1,), False), axis)
+
+
+def _prod_partials(x, axis):
+    """``d prod(x)/d x[j]`` (the reduced axes of ``axis`` taken as one): the product of all
+    other elements, as the running product from the left times the one from the right, each
+    shifted by one. No division, so it is exact where elements are 0 (autograd's is NaN)."""
+    ndim = len(x.shape)
+    axes = tuple(range(ndim)) if axis is None else axis
+    kept = tuple(k for k in range(ndim) if k not in axes)
+    order = kept + tuple(axes)
+    moved = transpose(x, order)
+    lead = tuple(x.shape[k] for k in kept)
+    flat = reshape(moved, lead + (int(np.prod([x.shape[k] for k in axes])),))
+    last = len(flat.shape) - 1
+    ones = np.ones(lead + (1,))
+    drop_last = _axis_item(last, len(flat.shape), ("s", None, -1, None))
+
+    def exclusive(v):  # [1, v0, v0*v1, ...]: the product of the elements before each one
+        running = call("cumprod", (v,), (last,))
+        return call("concatenate", (ones, call("getitem", (running,), (drop_last,))), (last,))
+
+    partials = exclusive(flat) * flip(exclusive(flip(flat, last)), last)
+    return transpose(reshape(partials, moved.shape), tuple(np.argsort(order)))
+
+
+def _prod_vjp(g, out, x):
+    axis = out.node.attrs[0]
+    kept = _reduced((axis, True), x.shape)
+    return (broadcast_to(reshape(g, kept), x.shape) * _prod_partials(x, axis),)
+
+
+def _prod_jvp(ts, out, x):
+    axis, keepdims = out.node.attrs
+    return call("sum", (ts[0] * _prod_partials(x, axis),), (axis, keepdims))
+
+
+# Permutations: ``take_along(x, order)`` reads x in a computed order (sort, partition), and its
+# adjoint ``put_along`` writes a cotangent back to where each element came from. The order is
+# an integer array (a node with no gradient); constant folding may turn it into a float array,
+# so the impls and templates cast it back to indices.
+def _zero_tangent(out):
+    """A zero tangent of ``out``'s shape (forward rules return a node, never None)."""
+    return out._apply("zeros", (), (out.shape, "float64")) if out.shape else 0.0
+
+
+def _indices(order):
+    return np.asarray(order).astype(np.intp)
+
+
+def _put_along(g, order, axis, shape):
+    out = np.zeros(shape, np.result_type(g))
+    np.put_along_axis(out, _indices(order), g, axis)
+    return out
+
+
+def _take_along_jvp(ts, out, x, order):
+    return _zero_tangent(out) if ts[0] is None else call("take_along", (ts[0], order),
+                                                         out.node.attrs)
+
+
+def _put_along_jvp(ts, out, g, order):
+    return _zero_tangent(out) if ts[0] is None else call("put_along", (ts[0], order),
+                                                         out.node.attrs)
+
+
+# Item assignment as a functional update: ``setitem(x, v)`` is x with ``x[index] = v``.
+def _setitem(x, v, index):
+    out = np.array(x, dtype=np.result_type(x, v), copy=True)
+    out[python_index(index)] = v
+    return out
+
+
+def _setitem_shape(attrs, x, v):
+    target = _index_shape(attrs, x)
+    if np.broadcast_shapes(v, target) != target:
+        raise ValueError(f"a value of shape {v} cannot be stored into {target}")
+    return x
+
+
+def _setitem_vjp(g, out, x, v):
+    index = out.node.attrs[0]
+    return (call("setitem", (g, 0.0), (index,)), call("getitem", (g,), (index,)))
+
+
+def _setitem_jvp(ts, out, x, v):
+    tx, tv = ts
+    tx = tx if tx is not None else out._apply("zeros", (), (x.shape, "float64"))
+    return call("setitem", (tx, 0.0 if tv is None else tv), out.node.attrs)
+
+
+# --- linear algebra: derivatives from the matrix identities (square 2-D matrices) -------------
+def _matrix_t(x):
+    return transpose(x, (1, 0))
+
+
+def _square(name):
+    def shape(attrs, s, *rest):
+        if len(s) != 2 or s[0] != s[1]:
+            raise ValueError(f"numpy.linalg.{name} takes one square 2-D matrix here")
+        return s
+    return shape
+
+
+def _solve_shape(attrs, a, b):
+    _square("solve")(attrs, a)
+    if len(b) not in (1, 2) or b[0] != a[0]:
+        raise ValueError("solve(a, b) needs b of shape (n,) or (n, k) for a of shape (n, n)")
+    return b
+
+
+def _inv_vjp(g, out, x):
+    return (-call("matmul", (call("matmul", (_matrix_t(out), g)), _matrix_t(out))),)
+
+
+def _inv_jvp(ts, out, x):
+    return -call("matmul", (call("matmul", (out, ts[0])), out))
+
+
+def _solve_vjp(g, out, a, b):
+    gb = call("solve", (_matrix_t(a), g))
+    if len(b.shape) == 1:
+        ga = reshape(gb, gb.shape + (1,)) * reshape(out, (1,) + out.shape)
+    else:
+        ga = call("matmul", (gb, _matrix_t(out)))
+    return (-ga, gb)
+
+
+def _solve_jvp(ts, out, a, b):
+    ta, tb = ts
+    rhs = tb if tb is not None else None
+    if ta is not None:
+        change = call("matmul", (ta, out))
+        rhs = -change if rhs is None else rhs - change
+    return call("solve", (a, rhs))
+
+
+def _det_vjp(g, out, x):
+    return (g * out * _matrix_t(call("inv", (x,))),)
+
+
+def _det_jvp(ts, out, x):
+    return out * reduce_sum(_matrix_t(call("inv", (x,))) * ts[0])
+
+
+def _logabsdet_vjp(g, out, x):
+    return (g * _matrix_t(call("inv", (x,))),)
+
+
+def _logabsdet_jvp(ts, out, x):
+    return reduce_sum(_matrix_t(call("inv", (x,))) * ts[0])
+
+
+def _lower_gradient(s):
+    """The gradient with respect to the matrix as LAPACK reads it (its lower triangle only)
+    from ``s``, a gradient for symmetric perturbations: an entry below the diagonal stands for
+    itself and its mirror (``s_ij + s_ji``), the diagonal for itself, the upper triangle for
+    nothing (numpy.linalg.cholesky and eigh never read it)."""
+    n = s.shape[0]
+    below = np.tril(np.ones((n, n), dtype=bool), -1)
+    return where(below, s + _matrix_t(s), where(np.eye(n, dtype=bool), s, 0.0))
+
+
+def _symmetric_from_lower(t):
+    """The symmetric matrix LAPACK sees for ``t``: its lower triangle mirrored."""
+    n = t.shape[0]
+    below = np.tril(np.ones((n, n), dtype=bool), -1)
+    return where(below, t, where(np.eye(n, dtype=bool), t, _matrix_t(t)))
+
+
+def _phi(x):
+    """The lower triangle of ``x`` with its diagonal halved (the Cholesky derivative's mask)."""
+    n = x.shape[0]
+    below = np.tril(np.ones((n, n), dtype=bool), -1)
+    return where(below, x, where(np.eye(n, dtype=bool), 0.5 * x, 0.0))
+
+
+def _cholesky_vjp(g, out, x):
+    """``A = L L^T``: ``dA-bar = L^-T Phi(L^T L-bar) L^-1`` (Murray, 2016), read as LAPACK does."""
+    linv = call("inv", (out,))
+    inner = _phi(call("matmul", (_matrix_t(out), g)))
+    s = call("matmul", (call("matmul", (_matrix_t(linv), inner)), linv))
+    return (_lower_gradient(s),)
+
+
+def _cholesky_jvp(ts, out, x):
+    linv = call("inv", (out,))
+    t = _symmetric_from_lower(ts[0])
+    return call("matmul", (out, _phi(call("matmul", (call("matmul", (linv, t)), _matrix_t(linv))))))
+
+
+def _eigh_value_vjp(g, out, x):
+    v = call("eigh_vectors", (x,))
+    return (_lower_gradient(call("matmul", (v * reshape(g, (1,) + g.shape), _matrix_t(v)))),)
+
+
+def _eigh_value_jvp(ts, out, x):
+    v = call("eigh_vectors", (x,))
+    t = _symmetric_from_lower(ts[0])
+    return reduce_sum(v * call("matmul", (t, v)), (0,), False)
+
+
+def _eigen_gaps(x):
+    """``F[i, j] = 1 / (w[j] - w[i])`` off the diagonal, 0 on it (distinct eigenvalues)."""
+    w = call("eigh_values", (x,))
+    n = w.shape[0]
+    gaps = reshape(w, (1, n)) - reshape(w, (n, 1))
+    return where(np.eye(n, dtype=bool), 0.0, 1.0 / gaps)
+
+
+def _eigh_vector_vjp(g, out, x):
+    """``dV = V (F o (V^T dA V))``, so ``dA-bar = V (F o (V^T V-bar)) V^T`` (read as LAPACK does)."""
+    inner = _eigen_gaps(x) * call("matmul", (_matrix_t(out), g))
+    return (_lower_gradient(call("matmul", (call("matmul", (out, inner)), _matrix_t(out)))),)
+
+
+def _eigh_vector_jvp(ts, out, x):
+    t = _symmetric_from_lower(ts[0])
+    inner = _eigen_gaps(x) * call("matmul", (call("matmul", (_matrix_t(out), t)), out))
+    return call("matmul", (out, inner))
+
+
+def _no_tangent(ts, out, *args):
+    return _zero_tangent(out)
+
+
+_ARRAY_TABLE += [
+    Op("cumsum", 1, "{np}.cumsum({0}, axis={axis})", lambda x, axis: np.cumsum(x, axis=axis),
+       _cumsum_vjp, attrs=("axis",), shape=_check_axis, jvp=_linear_jvp),
+    Op("cumprod", 1, "{np}.cumprod({0}, axis={axis})", lambda x, axis: np.cumprod(x, axis=axis),
+       _cumprod_vjp, attrs=("axis",), shape=_check_axis, jvp=_cumprod_jvp),
+    Op("prod", 1, "{np}.prod({0})",
+       lambda x, axis, keepdims: np.prod(x, axis=axis, keepdims=keepdims), _prod_vjp,
+       attrs=("axis", "keepdims"), shape=lambda a, s: _reduced(a, s), array_template=_REDUCE,
+       jvp=_prod_jvp),
+    # The order that sorts x along axis (stable: ties keep their order): integers, no gradient.
+    Op("sort_order", 1, "{np}.argsort({0}, axis={axis}, kind='stable')",
+       lambda x, axis: np.argsort(x, axis=axis, kind="stable"), _no_gradient,
+       attrs=("axis",), shape=_check_axis, jvp=_no_tangent),
+    # numpy.partition's values, without gradient: gradc.numpy_api reads x in the order that
+    # gives them (np.argpartition's order may be a different valid partition).
+    Op("partition", 1, "{np}.partition({0}, {kth}, axis={axis})",
+       lambda x, kth, axis: np.partition(x, kth, axis=axis), _no_gradient,
+       attrs=("kth", "axis"), shape=lambda a, s: _check_axis(a[1:], s), jvp=_no_tangent),
+    Op("take_along", 2, "{np}.take_along_axis({0}, {1}.astype({np}.intp), axis={axis})",
+       lambda x, order, axis: np.take_along_axis(x, _indices(order), axis),
+       lambda g, out, x, order: (call("put_along", (g, order), (out.node.attrs[0], x.shape)), None),
+       attrs=("axis",), shape=lambda a, x, order: order, jvp=_take_along_jvp),
+    # The adjoint of reading in a permuted order: each element written back to where it was.
+    Op("put_along", 2, "{out} = {np}.zeros({shape}, {dt})\n"
+                       "{np}.put_along_axis({out}, {1}.astype({np}.intp), {0}, {axis})",
+       _put_along,
+       lambda g, out, x, order: (call("take_along", (g, order), (out.node.attrs[0],)), None),
+       attrs=("axis", "shape"), shape=lambda a, g, order: a[1], statement=True,
+       jvp=_put_along_jvp),
+    Op("setitem", 2, "{out} = {0}.copy()\n{out}[{index}] = {1}", _setitem, _setitem_vjp,
+       attrs=("index",), shape=_setitem_shape, statement=True, jvp=_setitem_jvp),
+    Op("inv", 1, "{np}.linalg.inv({0})", np.linalg.inv, _inv_vjp, shape=_square("inv"),
+       jvp=_inv_jvp),
+    Op("solve", 2, "{np}.linalg.solve({0}, {1})", np.linalg.solve, _solve_vjp,
+       shape=_solve_shape, jvp=_solve_jvp),
+    Op("det", 1, "{np}.linalg.det({0})", np.linalg.det, _det_vjp,
+       shape=lambda a, s: (_square("det")(a, s), ())[1], jvp=_det_jvp),
+    Op("logabsdet", 1, "{np}.linalg.slogdet({0})[1]", lambda x: np.linalg.slogdet(x)[1],
+       _logabsdet_vjp, shape=lambda a, s: (_square("slogdet")(a, s), ())[1], jvp=_logabsdet_jvp),
+    Op("signdet", 1, "{np}.linalg.slogdet({0})[0]", lambda x: np.linalg.slogdet(x)[0],
+       _no_gradient, shape=lambda a, s: (_square("slogdet")(a, s), ())[1], jvp=_no_tangent),
+    Op("cholesky", 1, "{np}.linalg.cholesky({0})", np.linalg.cholesky, _cholesky_vjp,
+       shape=_square("cholesky"), jvp=_cholesky_jvp),
+    Op("eigh_values", 1, "{np}.linalg.eigh({0})[0]", lambda x: np.linalg.eigh(x)[0],
+       _eigh_value_vjp, shape=lambda a, s: _square("eigh")(a, s)[:1], jvp=_eigh_value_jvp),
+    Op("eigh_vectors", 1, "{np}.linalg.eigh({0})[1]", lambda x: np.linalg.eigh(x)[1],
+       _eigh_vector_vjp, shape=_square("eigh"), jvp=_eigh_vector_jvp),
+]
+
+
 # --- loops: gradc.scan keeps repeated structure a loop (see trace.scan) -----------------------
 # A scan node runs its body ``length`` times over a carry; its value is a pair (final carry,
 # stacked carries), taken apart by ``part`` nodes whose attributes carry their shapes.

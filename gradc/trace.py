@@ -29,11 +29,93 @@ from .ops import MATH_FUNCTIONS, OPS, UFUNCS
 class Tracer:
     """A traced scalar: a node of ``graph``. Supports Python operators and NumPy ufuncs."""
 
-    __slots__ = ("graph", "node")
+    # ``_view``: for a view of another traced array (``y[1:]``, ``y.T``), ``(base, the base's
+    # version it was read at, rebuild)``; ``_version`` counts writes (item assignment, ``+=``).
+    __slots__ = ("graph", "_node", "_view", "_version")
     __array_priority__ = 1000  # NumPy scalars and arrays defer to us
 
-    def __init__(self, graph, node):
-        self.graph, self.node = graph, node
+    def __init__(self, graph, node, view=None):
+        self.graph, self._node, self._view, self._version = graph, node, view, 0
+
+    # --- item assignment: functional updates with NumPy's aliasing ----------------------------
+    # ``y[i] = v`` and ``y += v`` replace the node this object stands for, so every name bound
+    # to it sees the change, as with a NumPy array. A view (``v = y[1:]``) rereads its base
+    # when the base has changed since, and a write into a view is written into its base.
+    @property
+    def node(self):
+        view = self._view
+        if view is not None:
+            base, seen, rebuild = view
+            current = base.node  # a view of a view: its base rereads first
+            if base._version != seen:
+                self._node = rebuild(Tracer(base.graph, current))._node
+                self._view = (base, base._version, rebuild)
+                self._version += 1
+        return self._node
+
+    @node.setter
+    def node(self, node):
+        self._node = node
+
+    def _write(self, node):
+        """This array (and so every name bound to it) now holds ``node``; a view writes
+        through into its base."""
+        self.node  # noqa: B018  (bring a view up to date before it is overwritten)
+        self._node, self._version = node, self._version + 1
+        view = self._view
+        if view is None:
+            return
+        base, _, rebuild = view
+        index = getattr(rebuild, "index", None)
+        if index is None:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: writing into a reshaped or transposed view of a traced "
+                "array is not supported (NumPy would change the array it views); write into "
+                "that array itself, for example y[...] = ....")
+        base._write(base.graph.add("setitem", (base.node, node), (index,)))
+        self._view = (base, base._version, rebuild)
+
+    def _as_view_of(self, base, rebuild):
+        """This value as a view of ``base`` (it rereads ``base`` when ``base`` is written)."""
+        self._view = (base, base._version, rebuild)
+        return self
+
+    def __setitem__(self, index, value):
+        canon = _ops.canonical_index(index)
+        if canon is None:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: gradc assigns into traced arrays at constant ints, slices, "
+                "None and ... only (no boolean masks, arrays of indices or traced indices); "
+                "use numpy.where(mask, new, y) to replace elements where a condition holds.")
+        if not self.shape:
+            raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
+        if isinstance(value, Tracer) and value._view is not None and value._view[0] is self \
+                and getattr(value._view[2], "index", None) == canon \
+                and value._view[1] == self._version:
+            return  # y[1:] += v: the view's += has already written through into y
+        self._write(self._apply("setitem", (self, value), (canon,)).node)
+
+    def _in_place(self, op, other):
+        """``self op= other`` on a traced array: the result replaces this array's contents
+        (NumPy's in-place arithmetic, seen by every name bound to it). Scalars rebind, as
+        Python floats do."""
+        if not self.shape:
+            return NotImplemented
+        result = self._apply(op, (self, other))
+        if not isinstance(result, Tracer) or result.shape != self.shape:
+            raise errors.ShapeError(
+                f"{errors.where()}: in-place {op} would change the shape of a traced array of "
+                f"shape {self.shape} (to {getattr(result, 'shape', None)}); write y = y op x.")
+        self._write(result.node)
+        return self
+
+    def __iadd__(self, o): return self._in_place("add", o)
+    def __isub__(self, o): return self._in_place("sub", o)
+    def __imul__(self, o): return self._in_place("mul", o)
+    def __itruediv__(self, o): return self._in_place("div", o)
+    def __ipow__(self, o): return self._in_place("pow", o)
+    def __ifloordiv__(self, o): return self._in_place("floordiv", o)
+    def __imod__(self, o): return self._in_place("mod", o)
 
     # --- building -------------------------------------------------------------------
     def _lift(self, value):
@@ -99,7 +181,7 @@ class Tracer:
     def transpose(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         axes = tuple(a % self.ndim for a in axes) if axes else None
-        return _ops.transpose(self, axes)
+        return self._view_result(_ops.transpose(self, axes), functools.partial(_ops.transpose, axes=axes))
 
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
@@ -107,7 +189,13 @@ class Tracer:
             shape = np.broadcast_to(np.empty(()), self.shape).reshape(shape).shape
         except ValueError as exc:
             raise errors.ShapeError(f"{errors.where()}: cannot reshape {self.shape}: {exc}.") from None
-        return _ops.reshape(self, shape)
+        return self._view_result(_ops.reshape(self, shape), functools.partial(_ops.reshape, shape=shape))
+
+    def _view_result(self, result, rebuild):
+        """``result`` (computed from this array) as a view of it, a new object as in NumPy."""
+        if result is self:
+            result = Tracer(self.graph, self.node)
+        return result._as_view_of(self, rebuild)
 
     def _reduce(self, op, axis, keepdims):
         if not self.shape:
@@ -148,7 +236,7 @@ class Tracer:
                 "None and ... only (no arrays of indices or traced indices).")
         if not self.shape:
             raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
-        return self._apply("getitem", (self,), (canon,))
+        return self._view_result(self._apply("getitem", (self,), (canon,)), _IndexView(canon))
 
     @property
     def is_condition(self):
@@ -240,17 +328,40 @@ class Tracer:
         return _function(func, args, kwargs)
 
     # --- ndarray methods gradc has no rule for ----------------------------------------
-    def copy(self):
-        return self  # traced values are immutable
+    def copy(self, order="C"):
+        return Tracer(self.graph, self.node)  # a new array: writes into it leave this one alone
 
     def astype(self, dtype, *args, **kwargs):
         _check_astype(dtype, args, kwargs)
         return self
 
     def ravel(self, order="C"):
+        _check_order(order)
         return self.reshape(-1) if self.shape else self
 
-    flatten = ravel
+    def flatten(self, order="C"):
+        _check_order(order)
+        return Tracer(self.graph, _ops.reshape(self, (self.size,)).node)  # a copy, not a view
+
+    @property
+    def dtype(self):
+        return np.dtype(bool) if self.is_condition else np.dtype(self.graph.dtype)
+
+    def squeeze(self, axis=None): return np.squeeze(self, axis)
+    def swapaxes(self, axis1, axis2): return np.swapaxes(self, axis1, axis2)
+    def repeat(self, repeats, axis=None): return np.repeat(self, repeats, axis)
+    def diagonal(self, offset=0, axis1=0, axis2=1): return np.diagonal(self, offset, axis1, axis2)
+    def trace(self, offset=0, axis1=0, axis2=1): return np.trace(self, offset, axis1, axis2)
+    def clip(self, min=None, max=None): return np.clip(self, min, max)  # noqa: A002
+    def prod(self, *args, **kwargs): return _function(np.prod, (self, *args), kwargs)
+    def cumsum(self, *args, **kwargs): return _function(np.cumsum, (self, *args), kwargs)
+    def cumprod(self, *args, **kwargs): return _function(np.cumprod, (self, *args), kwargs)
+    def var(self, *args, **kwargs): return _function(np.var, (self, *args), kwargs)
+    def std(self, *args, **kwargs): return _function(np.std, (self, *args), kwargs)
+
+    def sort(self, axis=-1, kind=None, order=None):
+        """In place, as ndarray.sort: this array now holds its sorted values."""
+        self._write(_function(np.sort, (self, axis, kind, order), {}).node)
 
     def __getattr__(self, name):
         # Only called when normal lookup fails: an ndarray method or attribute gradc
@@ -260,6 +371,25 @@ class Tracer:
                 f"{errors.where()}: .{name} of a NumPy array is not supported on traced values. "
                 f"Supported NumPy functions: {_supported()}.")
         raise AttributeError(f"'Tracer' object has no attribute {name!r}")
+
+
+class _IndexView:
+    """How a view made by basic indexing rereads its base; writes into it go to ``index``."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __call__(self, base):
+        return base._apply("getitem", (base,), (self.index,))
+
+
+def _check_order(order):
+    if order not in ("C", "A", "K"):
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: order={order!r} is not supported on traced arrays; gradc "
+            "flattens in C order (order='C').")
 
 
 class UnsupportedAttributeError(errors.UnsupportedFunctionError, AttributeError):
@@ -296,9 +426,24 @@ Tracer.conjugate = Tracer.conj = Tracer.positive = lambda self: self
 for _ufunc_name in sorted({u.__name__ for u in vars(np).values() if isinstance(u, np.ufunc)}):
     if _ufunc_name not in Tracer.__dict__:
         setattr(Tracer, _ufunc_name, _refused_ufunc_method(_ufunc_name))
-for _dunder, _ufunc_name in (("__floor__", "floor"), ("__ceil__", "ceil"),
-                             ("__trunc__", "trunc"), ("__round__", "round")):
-    setattr(Tracer, _dunder, _refused_ufunc_method(_ufunc_name))
+# The one object loop that calls a method of another name: np.bitwise_count calls .bit_count().
+Tracer.bit_count = _refused_ufunc_method("bitwise_count")
+def _integer_rounding(name, instead):
+    def method(self, *args):
+        raise errors.MathModuleError(
+            f"{errors.where()}: {name} of a traced value would return a Python int, which needs "
+            f"a concrete number; use {instead}, which gives a float gradc can trace.")
+
+    method.__name__ = name
+    return method
+
+
+for _dunder, _name, _instead in (
+        ("__floor__", "math.floor()", "numpy.floor(x)"),
+        ("__ceil__", "math.ceil()", "numpy.ceil(x)"),
+        ("__trunc__", "math.trunc()", "numpy.trunc(x)"),
+        ("__round__", "round()", "numpy.rint(x) (or numpy.round(x, decimals))")):
+    setattr(Tracer, _dunder, _integer_rounding(_name, _instead))
 
 
 def _encloses(outer, inner):
@@ -737,6 +882,8 @@ def _ufunc(ufunc, method, inputs, kwargs):
         result = _wrap(np.array(_plain(inputs[0]), dtype=object)) if _is_unrolled(inputs[0]) else inputs[0]
     elif name == "matmul":
         result = _matmul(*inputs)
+    elif name == "divmod":
+        return apply("floordiv", *inputs), apply("mod", *inputs)
     elif name in UFUNCS:
         result = apply(UFUNCS[name], *inputs)
     else:
@@ -748,6 +895,15 @@ def _store(out, result, name):
     """``out=`` of a ufunc (``x += 1`` passes it): write into an object array; a NumPy float
     array can hold numbers only."""
     target = out[0] if isinstance(out, tuple) and len(out) == 1 else out
+    if isinstance(target, Tracer) and target.shape:
+        if not isinstance(result, Tracer):
+            result = target._lift(result)
+            result = Tracer(target.graph, result)
+        if result.shape != target.shape:
+            raise errors.ShapeError(f"{errors.where()}: numpy.{name}(..., out=) would write shape "
+                                    f"{result.shape} into a traced array of shape {target.shape}.")
+        target._write(result.node)
+        return target
     if not _is_unrolled(target):
         raise errors.TracingError(
             f"{errors.where()}: numpy.{name} would write traced values into a NumPy "
@@ -762,10 +918,10 @@ def _store(out, result, name):
 
 
 def _matmul(a, b):
-    """``a @ b``: one op for arrays traced whole, NumPy's object loop (sums of products of
-    the Tracers) for unrolled ones."""
+    """``a @ b``: one op for arrays traced whole (batched N-D operands: see numpy_api.matmul),
+    NumPy's object loop (sums of products of the Tracers) for unrolled ones."""
     if _whole(a, b):
-        return _tracer_of((a, b))._apply("matmul", (a, b))
+        return numpy_api.matmul(a, b)
     return _numpy_on_unrolled(np.matmul, _box(a), _box(b))
 
 
@@ -785,14 +941,19 @@ def _function(func, args, kwargs):
     rule = _FUNCTIONS.get(func)
     if rule is not None:
         return rule(**_arguments(func, args, kwargs, rule))
+    whole_rule = _WHOLE_FUNCTIONS.get(func)
+    values = [*_flat(args), *_flat(kwargs.values())]
+    unrolled = any(_is_unrolled(v) for v in values)
+    if whole_rule is not None and not unrolled and (
+            _whole(*values) or func not in _UNROLLED_FUNCTIONS):
+        return whole_rule(**_arguments(func, args, kwargs, whole_rule))
     if func in _UNROLLED_FUNCTIONS:
-        if _whole(*_flat(args), *_flat(kwargs.values())):
-            raise errors.UnsupportedFunctionError(
-                f"{errors.where()}: numpy.{_name_of(func)} is supported on arrays gradc unrolls "
-                "(arrays='unroll', or 'auto' with at most 256 elements), not on arrays traced "
-                f"whole. Supported there: {_supported()}.")
         _arguments(func, args, kwargs, None)
         return _numpy_on_unrolled(func, *(_box(a) for a in args), **kwargs)
+    if whole_rule is not None:
+        raise NeedsWholeArrays(
+            f"{errors.where()}: numpy.{_name_of(func)} is supported on arrays traced whole; "
+            "use arrays='numpy' (arrays='auto' does this by itself).")
     raise errors.UnsupportedFunctionError(
         f"{errors.where()}: numpy.{_name_of(func)} is not supported on traced values. "
         f"Supported NumPy functions: {_supported()}; on unrolled arrays also "
@@ -825,6 +986,9 @@ def _arguments(func, args, kwargs, rule):
     chosen = {}
     for pname, value in bound.arguments.items():
         param = signature.parameters[pname]
+        if param.kind is param.VAR_KEYWORD and taken is not None and pname in taken:
+            chosen[pname] = value  # the rule checks these keywords itself (numpy.pad)
+            continue
         if param.kind is param.VAR_KEYWORD:
             extra = sorted(value)
         elif (pname in taken) if taken is not None else (pname not in _REFUSED_KEYWORDS):
@@ -934,7 +1098,7 @@ def _dot(a, b):
     if isinstance(a, Tracer) and not a.shape or isinstance(b, Tracer) and not b.shape:
         return a * b
     if _whole(a, b):
-        return _tracer_of((a, b))._apply("matmul", (a, b))
+        return numpy_api.dot(a, b)
     return _numpy_on_unrolled(np.dot, a, b)
 
 
@@ -1018,8 +1182,12 @@ def where(cond, a, b):
             return where(*(v[()] if _is_unrolled(v) else v for v in (cond, a, b)))
         return np.where(cond, a, b)
     if not isinstance(cond, Tracer):
-        return a if cond else b
-    if not cond.is_condition:  # NumPy semantics: a number is true when non-zero
+        if np.ndim(cond) == 0:
+            return a if cond else b
+        cond = np.asarray(cond)  # a constant mask: one where node selecting element by element
+        if cond.dtype != bool:
+            cond = cond != 0
+    if isinstance(cond, Tracer) and not cond.is_condition:  # a number is true when non-zero
         cond = cond != 0.0
     return t._apply("where", (cond, a, b))
 
@@ -1204,3 +1372,10 @@ def _trace_outputs(graph, result, name, fn):
     tree = ArrayOut(name, elements.shape, indices) if isinstance(result, np.ndarray) else indices
     graph.set_outputs(outputs, tree)
     return graph
+
+
+# NumPy functions composed from table ops on arrays traced whole (imported last: it builds on
+# the Tracer defined above).
+from . import numpy_api  # noqa: E402
+
+_WHOLE_FUNCTIONS = numpy_api.RULES

@@ -324,8 +324,6 @@ def test_mod_and_floordiv_operators_on_traced_values(arrays):
     np.testing.assert_allclose(dy, -2 * q - np.floor_divide(3.0, y) + q)
 
 
-@pytest.mark.xfail(strict=True, raises=gradc.UnsupportedFunctionError,
-                   reason="needs trace._ufunc to take numpy.divmod as (floor_divide, remainder)")
 def test_divmod_of_unrolled_arrays():
     f = gradc.value_and_grad(lambda x: np.sum(divmod(x, 2.0)[1]), backend="python", arrays="unroll")
     assert np.array_equal(f(np.array([5.5, -1.0]))[1], [1.0, 1.0])
@@ -363,9 +361,7 @@ def test_gradc_math_round_matches_numpy_round_bitwise():
 
 
 # np.round, np.around, np.fix and np.sinc are functions, not ufuncs: they reach gradc through
-# __array_function__, whose table (trace._FUNCTIONS) does not route them yet.
-@pytest.mark.xfail(strict=True, raises=gradc.UnsupportedFunctionError,
-                   reason="needs np.round/np.around/np.fix/np.sinc in trace._FUNCTIONS")
+# __array_function__ (gradc.numpy_api.RULES routes them to the ops).
 @pytest.mark.parametrize("fn, twin", [(np.round, gradc.math.round), (np.around, gradc.math.round),
                                       (np.fix, np.trunc), (np.sinc, gradc.math.sinc)],
                          ids=["round", "around", "fix", "sinc"])
