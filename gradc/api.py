@@ -29,6 +29,7 @@ from .ir import ArrayOut
 from .lower import LoweringError, lower_module
 from .optimize import optimize
 from .trace import Tracer, identifier_or_none, trace
+from .unroll import can_unroll, size_of, unroll
 
 BACKENDS = ("numba", "python")
 ARRAY_MODES = ("auto", "unroll", "numpy", "numba", "loops")
@@ -275,35 +276,51 @@ class GradcFunction:
         return g
 
     def _trace(self, shapes, dtype="float64", multiple=False, arrays=None, capture=False):
-        """Trace ``fn`` for one signature: array arguments unrolled into scalar code, or
-        traced whole (NumPy-level and loop code), as ``arrays`` (default: the function's
-        mode) and the sizes decide. With ``capture``, the float arrays ``fn`` reads from
-        outside its arguments become hidden parameters (``graph.captured_arrays``), in the
-        same form as the arguments; otherwise they are constants in the source."""
+        """Trace ``fn`` for one signature, its arrays whole (one node per array, at every
+        size); :meth:`lower` unrolls small programs into scalar code after differentiating
+        (gradc/unroll.py). ``arrays="unroll"`` (asked for, or by hessian and jacobian, which
+        build their output entry by entry) traces element by element from the start.
+        With ``capture``, the float arrays ``fn`` reads from outside its arguments become
+        hidden parameters (``graph.captured_arrays``); otherwise constants in the source.
+
+        A function using NumPy that only the element-by-element tracer knows (an op the
+        whole-array IR does not have yet) is traced that way while it is small enough.
+        """
         arrays = arrays or self._arrays
         names = self._arg_names(len(shapes))
-        elements = array_elements(shapes)
-        whole = any(s is not None for s in shapes) and (
-            arrays in ("numpy", "numba", "loops") or dtype == "float32"
-            or arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
-        retrace = lambda: trace(self._tracee, [(n, s, True) for n, s in zip(names, shapes)],  # noqa: E731
-                                self._name, _origin(self._fn), multiple=multiple,
-                                capture="whole" if capture else None)
-        if whole:
-            return retrace()
+        if arrays == "unroll":  # element by element from the start (hessian, jacobian)
+            return self._trace_elements(names, shapes, multiple, capture)
         try:
-            traced = trace(self._tracee, [(n, s, False) for n, s in zip(names, shapes)],
+            traced = trace(self._tracee, [(n, s, True) for n, s in zip(names, shapes)],
                            self._name, _origin(self._fn), multiple=multiple,
-                           capture="unrolled" if capture else None)
-        except errors.ControlFlowError:
-            # NumPy's object-array loops compare elements for max, min and maximum;
-            # the NumPy-level form has ops for them (and a big captured array is read whole).
-            if arrays != "auto" or not (elements or capture):
+                           capture="whole" if capture else None)
+        except errors.UnsupportedFunctionError:
+            if not self._may_trace_elements(shapes, arrays):
                 raise
-            return retrace()
-        if arrays == "auto" and elements and len(traced.nodes) > UNROLL_MAX_NODES:
-            return retrace()  # too big to unroll: NumPy-level code
+            return self._trace_elements(names, shapes, multiple, capture)
         return traced
+
+    def _may_trace_elements(self, shapes, arrays):
+        return (arrays == "unroll" or arrays == "auto"
+                and array_elements(shapes) <= UNROLL_MAX_ELEMENTS)
+
+    def _trace_elements(self, names, shapes, multiple, capture):
+        """The element-by-element tracer (object arrays of scalar Tracers), kept for the NumPy
+        functions the whole-array IR lacks; to be retired as the op table grows."""
+        return trace(self._tracee, [(n, s, False) for n, s in zip(names, shapes)],
+                     self._name, _origin(self._fn), multiple=multiple,
+                     capture="unrolled" if capture else None)
+
+    def _unrolled_if_small(self, graph, shapes, dtype):
+        """``graph`` unrolled into scalar code (gradc/unroll.py) where that measurably wins:
+        arrays of at most UNROLL_MAX_ELEMENTS elements in all whose unrolled program stays
+        under UNROLL_MAX_NODES nodes (benchmarks/array_choice.py); else as it is."""
+        if (not graph.whole_params or self._arrays != "auto" or dtype != "float64"
+                or array_elements(shapes) > UNROLL_MAX_ELEMENTS or not can_unroll(graph)
+                or size_of(graph) > 20 * UNROLL_MAX_NODES):
+            return graph
+        unrolled = optimize(unroll(graph))
+        return unrolled if len(unrolled.nodes) <= UNROLL_MAX_NODES else graph
 
     def lower(self, shapes, dtype="float64", out_params=False, capture=False):
         """Trace, transform, optimize and emit for one signature, without compiling.
@@ -318,7 +335,7 @@ class GradcFunction:
         nargs = len(shapes)
         traced = self._trace(shapes, dtype, capture=capture)
         traced.dtype = dtype
-        graph = optimize(self._transform(traced, nargs))
+        graph = self._unrolled_if_small(optimize(self._transform(traced, nargs)), shapes, dtype)
         kind = {"compile": "value"}.get(self._kind, self._kind)
         source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin,
                                                     out_params=out_params)

@@ -180,7 +180,7 @@ class HigherFunction(GradcFunction):
         arrays = None if self._kind in _TANGENT_KINDS else "unroll"
         traced = self._trace(shapes[:nargs], dtype, multiple=multiple, arrays=arrays,
                              capture=capture)
-        graph = optimize(self._transform(traced, nargs))
+        graph = self._unrolled_if_small(optimize(self._transform(traced, nargs)), shapes, dtype)
         argnums, _ = self._argnums_for(nargs)
         n, m = len(higher.wrt_inputs(traced, argnums)), len(traced.outputs)
         kind, notes = self._kind, []

@@ -147,7 +147,11 @@ def test_hessian_source_computes_shared_subexpressions_and_symmetric_pairs_once(
     statements = [line.split(" = ", 1) for line in body if " = " in line and "[" not in line]
     rhs = [r for _, r in statements]
     assert len(rhs) == len(set(rhs)), "a right-hand side is computed twice"
-    entries = dict(re.findall(r"H\[(\d+, \d+)\] = (\w+)", src))
+    entries = {}  # position -> value; a symmetric pair is one chained store
+    for line in body:
+        if line.startswith("H["):
+            *targets, value = line.split(" = ")
+            entries.update((t[2:-1], value) for t in targets)
     assert len(entries) == 9
     for i in range(3):
         for j in range(3):
