@@ -16,6 +16,7 @@ unrolled code is specialised to it.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import numbers
@@ -601,19 +602,23 @@ class GradcFunction:
     def _graph_for(self, shapes, whole):
         """``(graph, regroup)``: the optimized graph at ``shapes``, its arrays traced whole
         or unrolled as the caller's are (for :meth:`_call_traced`)."""
-        if type(self).lower is GradcFunction.lower:
-            names = self._arg_names(len(shapes))
-            traced = trace(self._tracee, [(n, s, whole) for n, s in zip(names, shapes)],
-                           self._name, _origin(self._fn))
-            graph = optimize(self._transform(traced, len(shapes)))
-        else:  # the higher orders trace (and choose how) in their own lower()
-            graph = self.lower(shapes)[0]
+        with _apart_from_the_callers_trace():
+            graph = self._build_for(shapes, whole)
         if any(s is not None for s in shapes) and bool(graph.whole_params) != whole:
             raise errors.UnsupportedFunctionError(
                 f"{errors.where()}: gradc.{self._kind} of {self._name}() traces these arrays "
                 f"{'unrolled' if whole else 'whole'}, but the function calling it traces them "
                 f"{'whole' if whole else 'unrolled'}; give both the same arrays= mode.")
         return graph, self.__dict__.pop("_pending_regroup", None)
+
+    def _build_for(self, shapes, whole):
+        """The optimized graph of this transformation at ``shapes`` (arrays whole or not)."""
+        if type(self).lower is GradcFunction.lower:
+            names = self._arg_names(len(shapes))
+            traced = trace(self._tracee, [(n, s, whole) for n, s in zip(names, shapes)],
+                           self._name, _origin(self._fn))
+            return optimize(self._transform(traced, len(shapes)))
+        return self.lower(shapes)[0]  # the higher orders trace (and choose how) in lower()
 
     @property
     def _takes_out(self):
@@ -918,6 +923,22 @@ _RESULT_KINDS = ("compile", "grad", "value_and_grad")
 _SCALAR = object()
 
 
+@contextlib.contextmanager
+def _apart_from_the_callers_trace():
+    """While a nested gradc function builds its own graph (traced, differentiated) inside the
+    caller's trace: the caller's capture of outside arrays (trace.py's ``_CAPTURING``) is
+    set aside, so the arrays its derivative rules make (``np.ones`` in a vjp) are constants
+    of its graph, not hidden parameters of the caller's."""
+    from . import trace as tracing
+
+    saved = getattr(tracing._CAPTURING, "current", None)
+    tracing._CAPTURING.current = None
+    try:
+        yield
+    finally:
+        tracing._CAPTURING.current = saved
+
+
 def _defined_at(fn):
     """``'file.py:12'`` where ``fn`` (or the function a gradc function transforms) is defined."""
     from .trace import _definition
@@ -974,10 +995,10 @@ class _Results:
         if isinstance(result, (tuple, list, dict)):
             raise errors.TracingError(
                 f"{where} returned {_kind(result)}; gradc.{self._kind} differentiates a "
-                "function that returns one float. If the other values are auxiliary (metrics, "
-                "a new state), return (value, aux) and pass has_aux=True: gradc.grad then "
-                "returns (gradient, aux). For the derivatives of every element, use "
-                "gradc.jacobian.")
+                "function that returns one float: return a float (a scalar loss). If the other "
+                "values are auxiliary (metrics, a new state), return (value, aux) and pass "
+                "has_aux=True: gradc.grad then returns (gradient, aux). For the derivatives of "
+                "every element, use gradc.jacobian.")
         return result
 
 
