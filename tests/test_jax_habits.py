@@ -20,7 +20,7 @@ def central(f, x, h=1e-6):
     return g
 
 
-# --- trees -----------------------------------------------------------------------------------
+# --- trees ------------------------------------------------------------------------------------
 def test_tree_flatten_orders_dict_keys_sorted_and_round_trips():
     Point = collections.namedtuple("Point", "x y")
     tree = {"b": (1.0, [2.0, None]), "a": Point(3.0, 4.0), "c": {}}
@@ -34,7 +34,7 @@ def test_tree_flatten_orders_dict_keys_sorted_and_round_trips():
         trees.flatten({1: 1.0, "a": 2.0})
 
 
-# --- has_aux ---------------------------------------------------------------------------------
+# --- has_aux ----------------------------------------------------------------------------------
 def loss_with_metrics(w, x):
     r = w * x - 1.0
     loss = np.sum(r ** 2)
@@ -85,7 +85,7 @@ def test_has_aux_needs_a_pair_and_is_only_for_gradients():
         gradc.compile(lambda x: x, has_aux=True)
 
 
-# --- argument trees ----------------------------------------------------------------------------
+# --- argument trees ---------------------------------------------------------------------------
 def linear_loss(params, X, y):
     pred = X @ params["W"] + params["b"]
     return np.mean((pred - y) ** 2)
@@ -140,11 +140,12 @@ def test_a_tuple_of_floats_is_a_tree_and_a_list_of_floats_still_asks_for_an_arra
 
 
 def test_a_leaf_that_is_not_a_number_names_its_path_and_static_argnums():
-    with pytest.raises(gradc.ArgumentError, match=r"holds a str at \['mode'\].*static_argnums=\(0,\)"):
+    message = r"holds a str at \['mode'\].*static_argnums=\(0,\)"
+    with pytest.raises(gradc.ArgumentError, match=message):
         gradc.grad(lambda p: p["w"], backend="python")({"w": 1.0, "mode": "fast"})
 
 
-# --- static_argnums ------------------------------------------------------------------------------
+# --- static_argnums ---------------------------------------------------------------------------
 def powered(x, n, mode):
     y = x ** n
     return y if mode == "plain" else np.log(y)
@@ -181,7 +182,7 @@ def test_static_argument_errors_are_clear():
         gradc.grad(powered, argnums=0, backend="python")(2.0, 3.0, "plain")
 
 
-# --- compile of tuples and arrays; gradc.jit --------------------------------------------------------
+# --- compile of tuples and arrays; gradc.jit --------------------------------------------------
 @pytest.mark.parametrize("backend", ["python", "numba"])
 def test_compile_returns_tuples_arrays_and_dicts(backend):
     f = gradc.jit(lambda x, y: (x * y, np.array([x, y, x + y])), backend=backend)
@@ -209,7 +210,7 @@ def test_jit_is_compile_and_the_backend_module_stays_importable():
     assert gradc.jit(static_argnums=1, backend="python")(lambda x, k: x * k)(2.0, 5) == 10.0
 
 
-# --- nested transformations -------------------------------------------------------------------------
+# --- nested transformations -------------------------------------------------------------------
 def test_grad_of_grad_is_the_second_derivative():
     f = lambda x: np.sin(x) * x ** 3  # noqa: E731
     d2 = gradc.grad(gradc.grad(f, backend="python"), backend="python")
@@ -257,7 +258,7 @@ def test_vmap_of_grad_of_grad_over_points():
     np.testing.assert_allclose(d2(np.array([1.0, 2.0, 3.0])), 12 * np.array([1.0, 4.0, 9.0]))
 
 
-# --- errors that teach --------------------------------------------------------------------------------
+# --- errors that teach ------------------------------------------------------------------------
 def test_grad_of_a_function_returning_a_tuple_points_to_has_aux_and_jacobian():
     with pytest.raises(gradc.TracingError, match="has_aux=True.*gradc.jacobian") as info:
         gradc.grad(lambda x: (x * x, x), backend="python")(1.0)
