@@ -30,7 +30,7 @@ from .ir import ArrayOut
 from .lower import LoweringError, lower_module
 from .optimize import optimize
 from .trace import Tracer, identifier_or_none, trace
-from .unroll import can_unroll, size_of, unroll
+from .unroll import UnrollError, can_unroll, size_of, unroll
 
 BACKENDS = ("numba", "python")
 ARRAY_MODES = ("auto", "unroll", "numpy", "numba", "loops")
@@ -276,33 +276,35 @@ class GradcFunction:
                                                         lambda r, a: (r[0], a))
         return g
 
-    def _trace(self, shapes, dtype="float64", multiple=False, arrays=None, capture=False):
+    def _trace(self, shapes, dtype="float64", multiple=False, capture=False, scalar=False):
         """Trace ``fn`` for one signature, its arrays whole (one node per array, at every
         size); :meth:`lower` unrolls small programs into scalar code after differentiating
-        (gradc/unroll.py). ``arrays="unroll"`` (asked for, or by hessian and jacobian, which
-        build their output entry by entry) traces element by element from the start.
+        (gradc/unroll.py). ``scalar`` unrolls the trace itself, before differentiating
+        (hessian and jacobian build their output entry by entry).
         With ``capture``, the float arrays ``fn`` reads from outside its arguments become
         hidden parameters (``graph.captured_arrays``); otherwise constants in the source.
 
         A function using NumPy that only the element-by-element tracer knows (an op the
         whole-array IR does not have yet) is traced that way while it is small enough.
         """
-        arrays = arrays or self._arrays
         names = self._arg_names(len(shapes))
-        if arrays == "unroll":  # element by element from the start (hessian, jacobian)
-            return self._trace_elements(names, shapes, multiple, capture)
         try:
             traced = trace(self._tracee, [(n, s, True) for n, s in zip(names, shapes)],
                            self._name, _origin(self._fn), multiple=multiple,
                            capture="whole" if capture else None)
         except errors.UnsupportedFunctionError:
-            if not self._may_trace_elements(shapes, arrays):
+            if not self._may_trace_elements(shapes, scalar):
                 raise
             return self._trace_elements(names, shapes, multiple, capture)
+        if scalar and traced.whole_params:
+            try:
+                return unroll(traced)
+            except UnrollError:
+                return self._trace_elements(names, shapes, multiple, capture)
         return traced
 
-    def _may_trace_elements(self, shapes, arrays):
-        return (arrays == "unroll" or arrays == "auto"
+    def _may_trace_elements(self, shapes, scalar):
+        return (scalar or self._arrays == "unroll" or self._arrays == "auto"
                 and array_elements(shapes) <= UNROLL_MAX_ELEMENTS)
 
     def _trace_elements(self, names, shapes, multiple, capture):
@@ -315,9 +317,13 @@ class GradcFunction:
     def _unrolled_if_small(self, graph, shapes, dtype):
         """``graph`` unrolled into scalar code (gradc/unroll.py) where that measurably wins:
         arrays of at most UNROLL_MAX_ELEMENTS elements in all whose unrolled program stays
-        under UNROLL_MAX_NODES nodes (benchmarks/array_choice.py); else as it is."""
-        if (not graph.whole_params or self._arrays != "auto" or dtype != "float64"
-                or array_elements(shapes) > UNROLL_MAX_ELEMENTS or not can_unroll(graph)
+        under UNROLL_MAX_NODES nodes (benchmarks/array_choice.py), or always with
+        ``arrays="unroll"``; else as it is."""
+        if not graph.whole_params or dtype != "float64" or not can_unroll(graph):
+            return graph
+        if self._arrays == "unroll":
+            return optimize(unroll(graph))
+        if (self._arrays != "auto" or array_elements(shapes) > UNROLL_MAX_ELEMENTS
                 or size_of(graph) > 20 * UNROLL_MAX_NODES):
             return graph
         unrolled = optimize(unroll(graph))

@@ -177,9 +177,8 @@ class HigherFunction(GradcFunction):
         multiple = self._kind in ("jvp", "jacobian")
         # hvp and jvp run on arrays traced whole (loops past a few hundred elements, as
         # value_and_grad does); hessian and jacobian build their output entry by entry.
-        arrays = None if self._kind in _TANGENT_KINDS else "unroll"
-        traced = self._trace(shapes[:nargs], dtype, multiple=multiple, arrays=arrays,
-                             capture=capture)
+        traced = self._trace(shapes[:nargs], dtype, multiple=multiple, capture=capture,
+                             scalar=self._kind not in _TANGENT_KINDS)
         graph = self._unrolled_if_small(optimize(self._transform(traced, nargs)), shapes, dtype)
         argnums, _ = self._argnums_for(nargs)
         n, m = len(higher.wrt_inputs(traced, argnums)), len(traced.outputs)

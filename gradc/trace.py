@@ -657,9 +657,25 @@ def _captured(args):
     """``args`` with every float NumPy array in them (also inside lists and tuples) as the
     hidden parameter it is, while a trace captures arrays; else ``args`` unchanged."""
     captures = getattr(_CAPTURING, "current", None)
-    if captures is None:
-        return args
+    if captures is None or _graph_of(args) is not captures.graph:
+        return args  # not the traced function's own graph (a rule differentiating another)
     return tuple(_capture_one(captures, a) for a in args)
+
+
+def _graph_of(args):
+    """The graph the traced values among ``args`` belong to (None if there are none)."""
+    for a in args:
+        if isinstance(a, Tracer):
+            return a.graph
+        if isinstance(a, TracedArray) and a.size:
+            first = a.flat[0]
+            if isinstance(first, Tracer):
+                return first.graph
+        if isinstance(a, (list, tuple)):
+            found = _graph_of(a)
+            if found is not None:
+                return found
+    return None
 
 
 def _capture_one(captures, value):
