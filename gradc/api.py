@@ -283,36 +283,21 @@ class GradcFunction:
         (hessian and jacobian build their output entry by entry).
         With ``capture``, the float arrays ``fn`` reads from outside its arguments become
         hidden parameters (``graph.captured_arrays``); otherwise constants in the source.
-
-        A function using NumPy that only the element-by-element tracer knows (an op the
-        whole-array IR does not have yet) is traced that way while it is small enough.
         """
         names = self._arg_names(len(shapes))
-        try:
-            traced = trace(self._tracee, [(n, s, True) for n, s in zip(names, shapes)],
-                           self._name, _origin(self._fn), multiple=multiple,
-                           capture="whole" if capture else None)
-        except errors.UnsupportedFunctionError:
-            if not self._may_trace_elements(shapes, scalar):
-                raise
-            return self._trace_elements(names, shapes, multiple, capture)
+        traced = trace(self._tracee, [(n, s, True) for n, s in zip(names, shapes)],
+                       self._name, _origin(self._fn), multiple=multiple,
+                       capture="whole" if capture else None)
         if scalar and traced.whole_params:
             try:
                 return unroll(traced)
             except UnrollError:
-                return self._trace_elements(names, shapes, multiple, capture)
+                # an op the unroll pass has no scalar form for yet: the element-by-element
+                # tracer (object arrays of scalar Tracers) still knows it
+                return trace(self._tracee, [(n, s, False) for n, s in zip(names, shapes)],
+                             self._name, _origin(self._fn), multiple=multiple,
+                             capture="unrolled" if capture else None)
         return traced
-
-    def _may_trace_elements(self, shapes, scalar):
-        return (scalar or self._arrays == "unroll" or self._arrays == "auto"
-                and array_elements(shapes) <= UNROLL_MAX_ELEMENTS)
-
-    def _trace_elements(self, names, shapes, multiple, capture):
-        """The element-by-element tracer (object arrays of scalar Tracers), kept for the NumPy
-        functions the whole-array IR lacks; to be retired as the op table grows."""
-        return trace(self._tracee, [(n, s, False) for n, s in zip(names, shapes)],
-                     self._name, _origin(self._fn), multiple=multiple,
-                     capture="unrolled" if capture else None)
 
     def _unrolled_if_small(self, graph, shapes, dtype):
         """``graph`` unrolled into scalar code (gradc/unroll.py) where that measurably wins:

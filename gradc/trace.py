@@ -173,6 +173,21 @@ class Tracer:
     def T(self):
         return self.transpose()
 
+    def __array__(self, dtype=None, copy=None):
+        # A traced scalar is one element of an object array (np.array([x, y]) builds one).
+        # numpy.asarray/numpy.array of a traced *array* would build a plain object array of
+        # its elements, on which NumPy runs its own object code without gradc seeing it
+        # (numpy.nan_to_num returns it unchanged): refused, never silently wrong.
+        if not self.shape:
+            box = np.empty((), dtype=object)
+            box[()] = self
+            return box
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: numpy.asarray/numpy.array (or another conversion to a NumPy "
+            "array) of a traced array is not supported: gradc traces it as an array already. "
+            "Use the value itself (drop the numpy.asarray), x.copy() for a copy, and "
+            "numpy.stack or numpy.concatenate to build an array from traced arrays.")
+
     def __len__(self):
         if not self.shape:
             raise TypeError("len() of a traced scalar")

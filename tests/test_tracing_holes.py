@@ -189,13 +189,13 @@ def test_array_views_that_reinterpret_memory_are_refused():
 
 # --- the specific holes, one test each ---------------------------------------------------------
 def test_nan_to_num_on_a_small_array_is_computed_not_ignored():
-    # NumPy's object code returned it unchanged ("not an inexact dtype"); arrays="auto" now
-    # traces it whole (numpy_api.nan_to_num) and arrays="unroll" says to do so.
+    # NumPy's object code returned it unchanged ("not an inexact dtype"); arrays are now
+    # traced whole at every size (numpy_api.nan_to_num), and unrolled after differentiating.
     fn = lambda x: np.sum(np.nan_to_num(x + np.array([0.0, np.nan])) * x)  # noqa: E731
-    value, grad = gradc.value_and_grad(fn, backend="python")(np.array([2.0, 3.0]))
-    assert value == 4.0 and grad.tolist() == [4.0, 0.0]
-    with pytest.raises(gradc.ControlFlowError, match="numpy.nan_to_num.*arrays='numpy'"):
-        gradc.value_and_grad(fn, backend="python", arrays="unroll")(np.zeros(2))
+    for arrays in ("auto", "unroll", "numpy"):
+        value, grad = gradc.value_and_grad(fn, backend="python", arrays=arrays)(
+            np.array([2.0, 3.0]))
+        assert value == 4.0 and grad.tolist() == [4.0, 0.0]
 
 
 def uses_spacing(x):
@@ -212,12 +212,19 @@ def test_unsupported_ufunc_gives_the_same_gradc_error_unrolled_and_whole(arrays)
     assert "numpy.spacing is not supported by gradc" in message
 
 
-def test_unsupported_ufunc_on_a_plain_object_array_of_traced_values():
-    # np.asarray drops the TracedArray class; NumPy's object loop then calls the element's
-    # .bit_count() (np.bitwise_count: the one unsupported ufunc left with an object loop).
-    f = gradc.value_and_grad(lambda x: np.sum(np.bitwise_count(np.asarray(x))), backend="python")
-    with pytest.raises(gradc.UnsupportedFunctionError, match="numpy.bitwise_count"):
-        f(np.ones(3))
+def test_converting_a_traced_array_to_a_numpy_array_is_refused_not_silently_wrong():
+    # np.asarray of a traced array would be a plain object array, on which NumPy runs its
+    # own object code unseen: np.nan_to_num returned it unchanged (a NaN value, silently).
+    for fn in (lambda x: np.sum(np.nan_to_num(np.asarray(x) + np.array([0.0, np.nan])) * x),
+               lambda x: np.sum(np.bitwise_count(np.asarray(x))),
+               lambda x: np.sum(np.array(x) ** 2)):
+        for arrays in ("auto", "unroll"):
+            with pytest.raises(gradc.UnsupportedFunctionError, match="numpy.asarray"):
+                gradc.value_and_grad(fn, backend="python", arrays=arrays)(np.ones(2))
+    # building an array from traced *scalars* is fine
+    f = gradc.value_and_grad(lambda x: np.sum(np.array([x[0], x[1] ** 2]) * 3.0),
+                             backend="python")
+    assert f(np.array([1.0, 2.0])) == (15.0, pytest.approx(np.array([3.0, 12.0])))
 
 
 def sums_where(x):
@@ -273,11 +280,7 @@ def test_returning_a_non_float_names_the_functions_definition(fn, mark, kind):
 
 
 def test_numpy_calls_that_stay_exact_on_unrolled_arrays():
-    # np.asarray / np.array / tolist / float(x[0]) keep their meaning while tracing.
-    f = gradc.value_and_grad(lambda x: np.sum(np.asarray(x) ** 2) + sum(np.array(x).tolist()),
-                             backend="python")
-    value, grad = f(np.array([1.0, 2.0]))
-    assert value == 8.0 and grad.tolist() == [3.0, 5.0]
+    # float(x[0]) is refused; where and cumsum trace whole and unroll.
     with pytest.raises(gradc.MathModuleError):
         gradc.value_and_grad(lambda x: float(x[0]), backend="python")(np.ones(2))
     g = gradc.value_and_grad(lambda x: np.sum(np.where(x > 1.0, x ** 2, -x) + np.cumsum(x)),
@@ -296,7 +299,10 @@ def test_in_place_arithmetic_into_a_float_array_is_a_gradc_error():
         gradc.value_and_grad(f, backend="python")(np.ones(2))
 
 
-def test_max_on_an_unrolled_array_asks_for_whole_arrays():
-    with pytest.raises(gradc.ControlFlowError, match="arrays='numpy'"):
-        gradc.value_and_grad(lambda x: np.max(x), backend="python", arrays="unroll")(np.ones(3))
-    assert gradc.value_and_grad(lambda x: np.max(x), backend="python")(np.arange(3.0))[0] == 2.0
+def test_max_works_unrolled_too():
+    """Traced whole, then unrolled: np.max no longer needs arrays traced whole to be asked for."""
+    for arrays in ("unroll", "auto"):
+        f = gradc.value_and_grad(lambda x: np.max(x), backend="python", arrays=arrays)
+        value, grad = f(np.arange(3.0))
+        assert value == 2.0 and grad.tolist() == [0.0, 0.0, 1.0]
+        assert "x_2 = x[2]" in f.source  # scalar code
