@@ -26,7 +26,7 @@ import numpy as np
 
 from . import ad, errors, jit, native, trees
 from .emit import emit_module
-from .ir import ArrayOut
+from .ir import ArrayOut, resolve
 from .lower import LoweringError, lower_module
 from .optimize import optimize
 from .trace import Tracer, identifier_or_none, trace
@@ -143,6 +143,7 @@ class GradcFunction:
         self._name = function_name(fn)
         self._specs: dict[tuple, _Spec] = {}  # key: one shape per argument (None: a scalar)
         self._plain: dict[tuple, object] = {}  # NumPy-level code by (shape, dtype) per argument
+        self._out_calls: dict[tuple, tuple] = {}  # f(x, out=dx): (call, (shape, dtype) of dx)
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -379,7 +380,7 @@ class GradcFunction:
                               for shape in shapes)] = spec.plain
         return spec
 
-    def _loops_spec(self, graph):
+    def _loops_spec(self, graph, out_params=False):
         """Arrays traced whole, lowered to fused loops (gradc/lower.py) and compiled by numba.
 
         None where the lowering has no rule for an op the graph uses and ``arrays="auto"``
@@ -388,7 +389,8 @@ class GradcFunction:
         """
         kind = {"compile": "value"}.get(self._kind, self._kind)
         try:
-            source, func_name = lower_module(graph, self._name, kind, graph.origin)
+            source, func_name = lower_module(graph, self._name, kind, graph.origin,
+                                             out_params=out_params)
         except LoweringError as exc:
             if self._arrays == "loops":
                 raise errors.UnsupportedFunctionError(
@@ -400,7 +402,9 @@ class GradcFunction:
             found = _LOOP_FUNCTIONS[source] = jit.load_numba(
                 source, func_name, None, None, build=lambda module: jit.njit_lazy(module, func_name))
         dispatcher, path = found
-        return _Spec(graph, source, path, dispatcher, func_name, plain=dispatcher, runs="loops")
+        spec = _Spec(graph, source, path, dispatcher, func_name, plain=dispatcher, runs="loops")
+        return _with_captured(spec, graph.captured_arrays) if out_params and \
+            graph.captured_arrays else spec
 
     def _numba_mismatch(self, *args, **kwargs):
         """numba's hook when no compiled signature takes a call's arguments as they are (and
@@ -471,6 +475,7 @@ class GradcFunction:
         an array of another shape or kind): the next call traces again."""
         self._specs.clear()
         self._plain.clear()
+        self._out_calls.clear()
         self._leave_numba()
 
     def _call_full(self, args, kwargs):
@@ -621,10 +626,17 @@ class GradcFunction:
         """A call writing array gradients into the caller's buffers (``out=``).
 
         ``out`` mirrors the gradient structure: an array for each array argument,
-        None for each float. Unrolled numba code writes straight into the buffers
+        None for each float. Unrolled numba code and fused loops write into the buffers
         (nothing is allocated); NumPy-level code computes, then copies.
         """
         out = kwargs.pop("out")
+        if not kwargs and type(out) is _ndarray:  # the quick path: f(x, out=dx), compiled
+            quick = self._out_calls.get(tuple(map(_shape_and_dtype, args)))
+            if quick is not None and _fits(out, quick[1]):
+                try:
+                    return quick[0](*args, out)
+                except CapturedArrayChanged:
+                    self._forget()
         if self._has_aux:
             raise errors.ArgumentError(
                 f"{errors.where()}: out= together with has_aux=True is not supported; call "
@@ -651,11 +663,25 @@ class GradcFunction:
                 if graph.captured_arrays:
                     out_spec = _with_captured(out_spec, graph.captured_arrays)
                 self._specs[key] = out_spec
+            self._remember_out(args, out, buffers, out_spec.entry)
             return out_spec.entry(*values, *buffers)
+        if spec.runs == "loops" and _writes_each_buffer(spec.graph, len(buffers)):
+            key = (shapes, dtype, "out")
+            out_spec = self._specs.get(key)
+            if out_spec is None:
+                out_spec = self._specs[key] = self._loops_spec(spec.graph, out_params=True)
+            self._remember_out(args, out, buffers, out_spec.call)
+            return out_spec.call(*values, *buffers)
         result = spec.call(*values)
         grads = result[1] if self._kind == "value_and_grad" else result
         copied = _copy_into(grads, out)
         return (result[0], copied) if self._kind == "value_and_grad" else copied
+
+    def _remember_out(self, args, out, buffers, call):
+        """Let the next call of these argument types with one buffer skip the full path."""
+        if type(out) is _ndarray and len(buffers) == 1 and all(
+                type(a) is _ndarray and a.dtype == np.float64 or type(a) is float for a in args):
+            self._out_calls[tuple(map(_shape_and_dtype, args))] = (call, (out.shape, out.dtype))
 
     def _check_out(self, out, tree, graph, dtype):
         """The buffers in ``out`` (in ArrayOut order), checked against the gradient's structure."""
@@ -739,6 +765,26 @@ class GradcFunction:
 
     def __repr__(self):
         return f"<gradc.{self._kind} of {self._name} ({self._backend})>"
+
+
+def _fits(out, shape_dtype):
+    """``out`` is a buffer the compiled code may write: the shape and dtype it was compiled
+    for, writable, aligned and C-contiguous (what ``_check_out`` demands)."""
+    flags = out.flags
+    return ((out.shape, out.dtype) == shape_dtype and flags.writeable and flags.c_contiguous
+            and flags.aligned)
+
+
+def _writes_each_buffer(graph, count):
+    """Whether the fused loops with out parameters take one buffer per gradient array, in
+    order: each array output a distinct computed node (not an argument or a constant)."""
+    seen = []
+    for o in graph.outputs:
+        o = resolve(o)
+        if o.shape and o.id not in seen and o.op not in ("input", "const"):
+            seen.append(o.id)
+    array_outputs = [o for o in graph.outputs if o.shape]
+    return len(seen) == count == len(array_outputs)
 
 
 class CapturedArrayChanged(Exception):

@@ -89,6 +89,8 @@ def tangents(graph, seeds, rename=None):
         elif OPS[node.op].jvp is not None:
             t = OPS[node.op].jvp([None if t is None else wrap(t) for t in ts], wrap(node),
                                  *map(wrap, node.args))
+            if t is None:  # the rule says the tangent is zero
+                continue
             total = t.node if isinstance(t, Tracer) else graph.const(float(t))
         else:
             total = _from_vjp(graph, node, ts, wrap)

@@ -47,8 +47,8 @@ class Op:
     shape: Optional[Callable] = None    # (attrs, arg shapes) -> shape; None: elementwise broadcast
     array_template: Optional[str] = None  # used instead of ``template`` when the result is an array
     statement: bool = False             # template is whole statements assigning ``{out}``
-    # Forward rule: (tangents, out, *args) -> the output's tangent, a tangent None where it is
-    # zero. None: derived from ``vjp`` (see gradc/forward.py), right for elementwise ops.
+    # Forward rule: (tangents, out, *args) -> the output's tangent (None: zero), a tangent None
+    # where it is zero. None: derived from ``vjp`` (see gradc/forward.py), for elementwise ops.
     jvp: Optional[Callable] = None
 
     def shape_of(self, attrs, shapes):
