@@ -748,19 +748,15 @@ class GradcFunction:
         ``runs`` is ``"numba"``, ``"numpy"`` (NumPy-level code for arrays traced
         whole: numba is not used even with backend="numba") or ``"python"``;
         ``path_kind="loops"`` says numba runs the fused loops of arrays traced whole.
+        The top-level keys describe the first specialisation compiled; ``specialisations``
+        lists every one: its ``signature`` (``"(f8, f8[20])"``, ``out=`` and float32 noted),
+        ``runs``, ``path``, numba's cache hits and misses, and ``compile_seconds`` (numba's
+        time compiling that file in this process; 0.0 when it came from the disk cache).
         """
-        spec = self._default_spec()
-        dispatcher = spec.call if spec.runs == "loops" else spec.entry
-        dispatcher = getattr(dispatcher, "_gradc_inner", dispatcher)  # captured arrays' wrapper
-        if dispatcher is None:
-            runs = "numpy" if spec.graph.whole_params else "python"
-            return {"path": spec.path, "backend": self._backend, "runs": runs}
-        stats = dispatcher.stats
-        info = {"path": spec.path, "backend": self._backend, "runs": "numba",
-                "cache_hits": sum(stats.cache_hits.values()),
-                "cache_misses": sum(stats.cache_misses.values())}
-        if spec.runs == "loops":
-            info["path_kind"] = "loops"  # fused loops (gradc/lower.py), not the emitted source
+        info = _spec_info(self._default_spec(), self._backend)
+        info["specialisations"] = [
+            dict(signature=_signature_text(key), **_spec_info(spec, self._backend))
+            for key, spec in self._specs.items()]
         return info
 
     def __repr__(self):
@@ -773,6 +769,39 @@ def _fits(out, shape_dtype):
     flags = out.flags
     return ((out.shape, out.dtype) == shape_dtype and flags.writeable and flags.c_contiguous
             and flags.aligned)
+
+
+def _spec_info(spec, backend):
+    """cache_info's description of one specialisation."""
+    dispatcher = spec.call if spec.runs == "loops" else spec.entry
+    dispatcher = getattr(dispatcher, "_gradc_inner", dispatcher)  # captured arrays' wrapper
+    if dispatcher is None or not hasattr(dispatcher, "stats"):
+        runs = "numpy" if spec.graph.whole_params else "python"
+        return {"path": spec.path, "backend": backend, "runs": runs}
+    stats = dispatcher.stats
+    info = {"path": spec.path, "backend": backend, "runs": "numba",
+            "cache_hits": sum(stats.cache_hits.values()),
+            "cache_misses": sum(stats.cache_misses.values()),
+            "compile_seconds": round(jit.compile_seconds(spec.path), 3)}
+    if spec.runs == "loops":
+        info["path_kind"] = "loops"  # fused loops (gradc/lower.py), not the emitted source
+    return info
+
+
+def _signature_text(key):
+    """A specialisation's key as a signature: ``(f8, f8[20])``, then ``float32`` / ``out=``.
+
+    Keys are the argument shapes, or ``(shapes, dtype)``, ``(shapes, "out")`` and
+    ``(shapes, dtype, "out")`` (see ``_spec`` and ``_call_out``)."""
+    notes = []
+    while key and isinstance(key[-1], str):
+        notes.insert(0, "out=" if key[-1] == "out" else key[-1])
+        key = key[:-1]
+    if notes:
+        key = key[0]
+    code = "f4" if "float32" in notes else "f8"
+    shapes = ", ".join(code if s is None else f"{code}[{','.join(map(str, s))}]" for s in key)
+    return f"({shapes})" + "".join(f" {n}" for n in notes if n not in ("float64", "float32"))
 
 
 def _writes_each_buffer(graph, count):

@@ -254,3 +254,23 @@ def test_a_training_steps_header_names_the_users_model_not_gradc():
                            backend="python")
     header = mine.source.splitlines()[0]
     assert f"line {Mine.apply.__code__.co_firstlineno}." in header and "layers.py" not in header
+
+
+def test_cache_info_describes_every_specialisation():
+    import numpy as np
+
+    def rosen(x):
+        return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+
+    f = gradc.value_and_grad(rosen)
+    f(np.ones(8))
+    f(np.ones(1000))
+    f(np.ones(1000), out=np.empty(1000))
+    info = f.cache_info()
+    assert info["runs"] == "numba" and "path_kind" not in info  # the first: unrolled
+    specs = info["specialisations"]
+    assert [s["signature"] for s in specs] == ["(f8[8])", "(f8[1000])", "(f8[1000]) out="]
+    assert [s.get("path_kind") for s in specs] == [None, "loops", "loops"]
+    assert all(s["cache_hits"] + s["cache_misses"] >= 1 and s["compile_seconds"] >= 0.0
+               for s in specs)
+    assert specs[1]["path"] != specs[0]["path"]
