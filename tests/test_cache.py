@@ -259,6 +259,8 @@ def test_a_training_steps_header_names_the_users_model_not_gradc():
 def test_cache_info_describes_every_specialisation():
     import numpy as np
 
+    import gradc
+
     def rosen(x):
         return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
 
