@@ -24,7 +24,7 @@ from .trace import scan, where  # noqa: E402
 from . import nn  # noqa: E402  (gradc.nn: layers, losses, optimizers, fit)
 
 __all__ = [
-    "value_and_grad", "grad", "compile", "jit", "vmap", "nn", "explain", "where", "scan", "math", "from_sympy", "to_sympy",
+    "value_and_grad", "grad", "compile", "jit", "vmap", "nn", "explain", "draw", "where", "scan", "math", "from_sympy", "to_sympy",
     "GradcFunction", "export", "BuildError", "config",
     "hessian", "value_grad_hessian", "hvp", "jvp", "jacobian",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
