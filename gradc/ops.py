@@ -589,6 +589,12 @@ def _matmul_shape(attrs, a, b):
 
 
 def _matmul_vjp(g, out, x, y):
+    if len(x.shape) == 2 and len(y.shape) == 1:  # A @ v: dA = g v^T, dv = g @ A (no transpose)
+        return (call("matmul", (reshape(g, (x.shape[0], 1)), reshape(y, (1,) + y.shape))),
+                call("matmul", (g, x)))
+    if len(x.shape) == 1 and len(y.shape) == 2:  # v @ B: dv = B @ g, dB = v g^T
+        return (call("matmul", (y, g)),
+                call("matmul", (reshape(x, x.shape + (1,)), reshape(g, (1,) + g.shape))))
     x2 = x if len(x.shape) == 2 else reshape(x, (1,) + x.shape)
     y2 = y if len(y.shape) == 2 else reshape(y, y.shape + (1,))
     g2 = reshape(g, (x2.shape[0], y2.shape[1]))
@@ -1136,7 +1142,24 @@ def _scatter(g, index, shape):
     return out
 
 
-_TABLE += _ARRAY_TABLE + _LOOP_TABLE
+# --- user-defined derivative rules: gradc.custom_vjp / gradc.custom_jvp (gradc/custom.py) -----
+# ``custom(value, *xs)`` is ``value`` (the function's own code, traced inline); its attribute
+# is the function's rule at this signature (gradc.custom.Rule, hashed by identity), which
+# builds the derivatives: the value gets no cotangent, so nothing differentiates through it.
+def _custom_vjp(g, out, value, *xs):
+    return (None, *out.node.attrs[0].cotangents(g, xs))
+
+
+def _custom_jvp(ts, out, value, *xs):
+    return out.node.attrs[0].tangent(ts[1:], xs, out)
+
+
+_CUSTOM_TABLE = [
+    Op("custom", None, "{0}", lambda value, *xs_and_rule: value, _custom_vjp,
+       attrs=("rule",), shape=lambda a, value, *xs: value, jvp=_custom_jvp),
+]
+
+_TABLE += _ARRAY_TABLE + _LOOP_TABLE + _CUSTOM_TABLE
 
 OPS: dict[str, Op] = {op.name: op for op in _TABLE}
 
