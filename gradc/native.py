@@ -1,30 +1,47 @@
-"""The native backend for large straight-line programs: Graph -> LLVM IR inside one numba call.
+"""The native backend for large straight-line programs: Graph -> LLVM IR, outside numba's front end.
 
 numba's cost for gradc's emitted source is its per-statement front end (bytecode
 analysis, type inference and lowering of every line: ~1 ms per node), not LLVM. For
 a scalar program (every node a float or bool operation) this module writes the
-body's LLVM IR itself, straight from the graph, inside a numba ``@intrinsic``; numba
-types and lowers only a one-line wrapper around it::
+body's LLVM IR itself, straight from the graph, and numba types and lowers only a
+small wrapper around it. Two routes:
 
-    def f__value_and_grad__native(p0=None, p1=None, *extra):
-        return _gradc_native_body(p0, p1)
+- **Route 2, object code** (every op with a *helper*, see below; the usual case). The
+  body is one LLVM function written as text, run through a few IR passes and compiled
+  by this module's own target machine (numba's host CPU and features; codegen level 1,
+  0 past :data:`FAST_CODEGEN_NODES` nodes), its object code kept in gradc's verified
+  cache next to numba's files, linked into the process and registered by symbol. The
+  numba wrapper allocates the results and calls that symbol::
 
-numba stays in charge of everything else: its dispatcher (the same entry signature
-and hooks as the ordinary path, so :mod:`gradc.api` treats the result as it treats
-:func:`gradc.jit.load_numba`'s), its LLVM pipeline (no fast-math; the same target
-machine), and its on-disk cache (the wrapper is a real cache file whose text names
-the emitted source's hash, so a second process loads the machine code without
-calling this module's lowering at all).
+      def f__value_and_grad__native(p0=None, *extra):
+          _s = _np.empty(1)
+          _a0 = _np.empty((24,))
+          _gradc_native_call((p0, _s, _a0))
+          return (_s[0], _a0)
+
+- **Route 1, in numba** (graphs using hypot or softplus, whose numba implementations are
+  not self-contained): the body is lowered inside one numba ``@intrinsic``, with numba's
+  LLVM pipeline, and the wrapper returns what it computes.
+
+numba stays in charge of the dispatcher (the same entry signature and hooks as the
+ordinary path, so :mod:`gradc.api` treats the result as it treats
+:func:`gradc.jit.load_numba`'s) and of the wrapper's on-disk cache (the wrapper is a
+real cache file whose text names the emitted source's key hash); a second process
+loads the body's object code and numba's wrapper without lowering anything.
 
 Exactness by construction: every op is lowered by **numba's own implementation** of
 the expression the op's template prints (``np.exp(x)``, ``x ** 2``, ``np.sign(x) +
 0.0``...), looked up through numba's typing and target contexts exactly as numba's
-lowering of the emitted source looks it up, so both compiled paths run the same
-IR. Only the conditional templates (``where``, ``maximum``/``minimum``'s ``x if x >
-y or isnan(x) else y``, ``and``/``or``/``not``) are written here as ``select``s,
-which give the same values as numba's branches. An op outside the scalar table
-(arrays traced whole, loops) makes :func:`compile_graph` return None: the caller
-uses the ordinary path, never a guess.
+lowering of the emitted source looks it up (route 2 wraps each in a helper function
+that is inlined). Only the conditional templates (``where``, ``and``/``or``/``not``)
+are written here as ``select``s and logic, which give the same values as numba's
+branches. No fast-math flag is ever set. An op outside the scalar table (arrays
+traced whole, loops) makes :func:`compile_graph` return None: the caller uses the
+ordinary path, never a guess.
+
+Object code is code: it is read only from gradc's verified cache directory (see
+:mod:`gradc.jit`), only as a regular file, and only when its header names this
+machine, this lowering and the body's symbol and its sha256 matches.
 
 >>> import gradc, gradc.native as native
 >>> J = gradc.value_and_grad(lambda a, b, c: 3 * (a + b * c), backend="python")
@@ -38,8 +55,13 @@ True
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
 import operator
+import os
+import re
 
 import numpy as np
 
@@ -56,9 +78,11 @@ MIN_NODES = 200
 
 #: Part of every wrapper's text (and so of its cache key): bump it whenever the IR this
 #: module writes for a graph changes, so that no cached machine code outlives it.
-LOWERING_VERSION = 1
+LOWERING_VERSION = 2
 
 _INTRINSIC_NAME = "_gradc_native_body"
+_CALL_NAME = "_gradc_native_call"
+_log = logging.getLogger("gradc")
 
 # --- which ops this module lowers, and how -------------------------------------------
 # Each scalar op maps to a recipe over numba's own implementations: ("call", fn, pattern)
@@ -103,7 +127,7 @@ def supports(graph):
     return True
 
 
-# --- the lowering -----------------------------------------------------------------------
+# --- the lowering: numba's implementation of each op ------------------------------------
 
 class _Lowering:
     """Writes one graph's nodes as LLVM IR with numba's implementations of each operation.
@@ -343,33 +367,537 @@ def _make_intrinsic(graph):
     return intrinsic(body), holder
 
 
-# --- the wrapper module -----------------------------------------------------------------
+# --- route 2: the body as LLVM IR text, compiled here, kept as object code -------------------
+#
+# The body is one LLVM function written as text (string formatting: microseconds a node,
+# where llvmlite's IR builder takes ~0.1 ms), optimised by a short pass list and compiled by
+# this module's own target machine, and kept as object code in gradc's verified cache. numba
+# compiles (and caches) only a wrapper that calls it by symbol (_make_call_intrinsic).
+#
+# Exactness: every op is one call of a small *helper* whose body is numba's own lowering of
+# the op (the _Lowering recipes above: the implementations numba's lowering of the emitted
+# source uses). Helpers are inlined, so the body is the IR route 1 writes. An op whose numba
+# implementation is not self-contained (it links numba-compiled Python or raises through
+# numba's calling convention: hypot, softplus) has no helper, and its graphs take route 1.
 
-def _wrapper_source(graph, func_name, source):
-    """The module numba compiles and caches: a header naming the emitted source by hash,
-    and the entry point calling the intrinsic (no user text: names are gradc's own)."""
-    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+#: LLVM codegen optimisation level of the body (numba's is 3): 1 up to
+#: :data:`FAST_CODEGEN_NODES` nodes, 0 above. Measured on the W3 chain (2 shared cores):
+#: level 1 runs as fast as numba's code (2.05 us a call at 427 nodes, 13.7 us at 4,177) but
+#: its instruction scheduling and register allocation grow faster than linearly (0.03 s at
+#: 427 nodes, 0.5 s at 4,177, 4.3 s at 16,677); level 0 takes 0.08 s at 4,177 and 0.55 s at
+#: 16,677 for code ~14% slower (15.6 us against 13.7).
+CODEGEN_OPT = 1
+FAST_CODEGEN_NODES = 3000
+
+#: Object files in the cache start with this line; the next line is the JSON header.
+_OBJECT_MAGIC = b"gradc native object 1\n"
+
+_helper_cache = {}  # helper key -> (definition, declarations), or None: no helper
+_loaded = {}        # symbol -> address of a body loaded into this process
+_engines = []       # MCJIT engines holding loaded bodies (kept: their code must stay)
+_context = None
+_target_machines = {}  # codegen level -> target machine
+
+
+def _llvm_type(result):
+    return "i1" if result == "bool" else "double"
+
+
+def _helper_key(node):
+    """What determines a node's helper: its op and its arguments' kinds ("f" float, "b" bool),
+    and for ``x ** k`` with a constant non-negative integral ``k`` (which the emitted source
+    writes as an int literal, so numba multiplies) that ``k``."""
+    kinds = "".join("b" if a.result == "bool" else "f" for a in node.args)
+    if node.op == "pow":
+        exponent = node.args[1]
+        if exponent.op == "const" and literal(exponent.attrs[0], as_int=True).isdigit():
+            return ("pow", kinds[:1], int(exponent.attrs[0]))
+    return (node.op, kinds, None)
+
+
+def _helper_name(key):
+    op, kinds, k = key
+    return f"gradc.{op}.{kinds}" + ("" if k is None else f".{k}")
+
+
+class _RecipeNode:
+    """What _Lowering.node reads of a node: its op, and for pow an exponent that is not an
+    int constant (int exponents have helpers of their own: _helper_key)."""
+
+    def __init__(self, op):
+        self.op = op
+        self.args = (None, _NotAnIntConstant) if op == "pow" else ()
+
+
+class _NotAnIntConstant:
+    op = "pow-exponent"
+
+
+def _helper_context():
+    """numba's CPU target context under the numpy error model (gradc compiles every function
+    with ``error_model="numpy"``), its registries loaded."""
+    global _context
+    if _context is None:
+        from numba.core import callconv
+        from numba.core.registry import cpu_target
+
+        base = cpu_target.target_context
+        base.refresh()
+        cpu_target.typing_context.refresh()
+        _context = base.subtarget(error_model=callconv.create_error_model("numpy", base))
+    return _context
+
+
+def _build_helper(key):
+    """``(definition, declarations)``: the text of one helper (internal, always inlined) and
+    of the functions it declares; None where numba's implementation is not self-contained."""
+    import llvmlite.ir as lir
+    from numba.core import types
+
+    from .ops import OPS
+
+    op, kinds, k = key
+    ctx = _helper_context()
+    argtys = [types.boolean if c == "b" else types.float64 for c in kinds]
+    want = types.boolean if op == "truth" or OPS[op].result == "bool" else types.float64
+    module = lir.Module()
+    fnty = lir.FunctionType(ctx.get_value_type(want), [ctx.get_value_type(t) for t in argtys])
+    fn = lir.Function(module, fnty, _helper_name(key))
+    fn.linkage = "internal"
+    fn.attributes.add("alwaysinline")
+    builder = lir.IRBuilder(fn.append_basic_block("entry"))
+    low = _Lowering(ctx, builder)
+    typed = list(zip(argtys, fn.args))
+    lib = ctx.codegen().create_library("gradc_native_helper")
+    try:
+        with ctx.push_code_library(lib):
+            if op == "truth":
+                rty, value = types.boolean, low.truth(typed[0])
+            elif k is not None:
+                rty, value = low.int_power(typed[0], k)
+            else:
+                rty, value = low.node(_RecipeNode(op), typed)
+    except Exception:  # an implementation that needs a numba function around it: no helper
+        return None
+    if rty != want or lib._linking_libraries:
+        return None
+    builder.ret(value)
+    return _split_helper_text(str(module))
+
+
+def _split_helper_text(text):
+    """The one definition and the declarations in a helper module's text; None when it holds
+    anything else this module does not copy (metadata other than branch weights, calls of
+    numba's own functions)."""
+    definition, declarations, inside = [], [], False
+    for line in text.splitlines():
+        if line.startswith("define "):
+            inside = True
+        if inside:
+            definition.append(re.sub(r", !prof ![0-9]+", "", line))
+            inside = line != "}"
+        elif line.startswith("declare "):
+            callee = re.search(r'@"?([A-Za-z0-9_.$]+)"?\(', line)
+            if callee is None or "numba" in callee.group(1):
+                return None
+            declarations.append(line)
+    body = "\n".join(definition)
+    if "!" in body.replace("!=", "") or not body.endswith("}"):
+        return None
+    return body, tuple(declarations)
+
+
+def _helper(key):
+    if key not in _helper_cache:
+        _helper_cache[key] = _build_helper(key)
+    return _helper_cache[key]
+
+
+_DIRECT = ("input", "const", "alias", "where", "and", "or", "not")
+
+
+def _helper_keys(graph):
+    """The helper keys of the graph's nodes, in first-use order (float truths of where/not
+    included); None when an op has no helper."""
+    keys = {}
+    for node in graph.nodes:
+        if node.op in ("where", "not") and node.args[0].result != "bool":
+            keys[("truth", "f", None)] = None
+        if node.op not in _DIRECT:
+            keys[_helper_key(node)] = None
+    for key in keys:
+        if _helper(key) is None:
+            return None
+    return list(keys)
+
+
+def _float_text(value):
+    """An LLVM double constant with exactly ``value``'s bits (hex form: NaN payloads and
+    signed zeros included)."""
+    return "0x%016X" % np.float64(value).view(np.uint64)
+
+
+def _body_text(graph, symbol):
+    """The body as LLVM IR text: ``void symbol(i8** data, i64* strides, double* sout,
+    double** aout)``. ``data[p]`` points at parameter ``p`` (a double, or an array's first
+    element), ``strides`` holds the arrays' strides in bytes one after another; scalar results
+    go to ``sout`` in out_tree order, array results to the C-order buffers ``aout[k]``."""
+    out = [f'define void @"{symbol}"(i8** noalias %data, i64* noalias %strides, '
+           "double* noalias %sout, double** noalias %aout) {", "entry:"]
+    emit = out.append
+    dims_at, offset = {}, 0
+    for p, (_, shape) in enumerate(graph.params):
+        emit(f"  %dp{p} = getelementptr i8*, i8** %data, i64 {p}")
+        emit(f"  %d{p} = load i8*, i8** %dp{p}")
+        if shape is not None:
+            dims_at[p] = offset
+            for d in range(len(shape)):
+                emit(f"  %sp{p}.{d} = getelementptr i64, i64* %strides, i64 {offset + d}")
+                emit(f"  %s{p}.{d} = load i64, i64* %sp{p}.{d}")
+            offset += len(shape)
+    values = {}
+    for node in graph.nodes:
+        op, i = node.op, node.id
+        if op == "input":
+            _, _, p, index = node.attrs
+            ptr = f"%d{p}"
+            if index is not None:
+                terms = []
+                for d, at in enumerate(index):
+                    emit(f"  %o{i}.{d} = mul i64 %s{p}.{d}, {at}")
+                    terms.append(f"%o{i}.{d}")
+                total = terms[0]
+                for d, term in enumerate(terms[1:], 1):
+                    emit(f"  %o{i}.s{d} = add i64 {total}, {term}")
+                    total = f"%o{i}.s{d}"
+                emit(f"  %q{i} = getelementptr i8, i8* %d{p}, i64 {total}")
+                ptr = f"%q{i}"
+            emit(f"  %r{i} = bitcast i8* {ptr} to double*")
+            emit(f"  %v{i} = load double, double* %r{i}")
+            values[i] = f"%v{i}"
+        elif op == "const":
+            value = node.attrs[0]
+            values[i] = ("true" if value else "false") if isinstance(value, bool) \
+                else _float_text(value)
+        elif op == "alias":
+            values[i] = values[node.args[0].id]
+        else:
+            args = [values[a.id] for a in node.args]
+            values[i] = f"%v{i}"
+            if op in ("where", "not"):
+                cond = args[0]
+                if node.args[0].result != "bool":  # Python's truth of a float, as numba has it
+                    emit(f'  %t{i} = call i1 @"gradc.truth.f"(double {cond})')
+                    cond = f"%t{i}"
+                if op == "not":
+                    emit(f"  %v{i} = xor i1 {cond}, true")
+                else:
+                    ty = _llvm_type(node.args[1].result)
+                    emit(f"  %v{i} = select i1 {cond}, {ty} {args[1]}, {ty} {args[2]}")
+            elif op in ("and", "or"):  # of two bools (supports): their logical and (or)
+                emit(f"  %v{i} = {op} i1 {args[0]}, {args[1]}")
+            else:
+                key = _helper_key(node)
+                used = node.args[:1] if key[2] is not None else node.args
+                params = ", ".join(f"{_llvm_type(a.result)} {values[a.id]}" for a in used)
+                emit(f'  %v{i} = call {_llvm_type(node.result)} @"{_helper_name(key)}"({params})')
+    slot = 0
+    for k, leaf in enumerate(leaves(graph.out_tree)):
+        if isinstance(leaf, ArrayOut):
+            emit(f"  %ap{k} = getelementptr double*, double** %aout, i64 {_array_index(graph, leaf)}")
+            emit(f"  %a{k} = load double*, double** %ap{k}")
+            for flat, j in enumerate(leaf.indices):
+                emit(f"  %w{k}.{flat} = getelementptr double, double* %a{k}, i64 {flat}")
+                emit(f"  store double {values[graph.outputs[j].id]}, double* %w{k}.{flat}")
+        else:
+            emit(f"  %w{k} = getelementptr double, double* %sout, i64 {slot}")
+            emit(f"  store double {values[graph.outputs[leaf].id]}, double* %w{k}")
+            slot += 1
+    emit("  ret void")
+    emit("}")
+    return "\n".join(out)
+
+
+def _array_index(graph, leaf):
+    return [a for a in leaves(graph.out_tree) if isinstance(a, ArrayOut)].index(leaf)
+
+
+def _module_text(graph, symbol, keys):
+    """The whole module: the helpers the body calls, their declarations (once), the body."""
+    declarations, definitions = {}, []
+    for key in keys:
+        definition, declared = _helper(key)
+        definitions.append(definition)
+        for line in declared:
+            declarations.setdefault(line, None)
+    return "\n\n".join(list(declarations) + definitions + [_body_text(graph, symbol)]) + "\n"
+
+
+def _codegen_opt(graph):
+    return CODEGEN_OPT if len(graph.nodes) <= FAST_CODEGEN_NODES else 0
+
+
+def _machine(opt=CODEGEN_OPT):
+    """This module's LLVM target machine at codegen level ``opt``: numba's JIT settings (host
+    CPU and features, static relocation, JIT code model)."""
+    if opt not in _target_machines:
+        import llvmlite.binding as llvm
+
+        codegen = _helper_context().codegen()  # numba's: initialises LLVM's native target
+        target = llvm.Target.from_triple(llvm.get_process_triple())
+        _target_machines[opt] = target.create_target_machine(
+            cpu=codegen._get_host_cpu_name(), features=codegen._tm_features, opt=opt,
+            reloc="static", codemodel="jitdefault", jit=True)
+    return _target_machines[opt]
+
+
+def _machine_identity(opt):
+    """What object code was compiled for and by: it is reused only by the same."""
+    import llvmlite
+    import llvmlite.binding as llvm
+
+    tm = _machine(opt)
+    codegen = _helper_context().codegen()
+    return {"llvmlite": llvmlite.__version__, "llvm": ".".join(map(str, llvm.llvm_version_info)),
+            "triple": tm.triple, "cpu": codegen._get_host_cpu_name(),
+            "features": codegen._tm_features, "opt": opt, "lowering": LOWERING_VERSION}
+
+
+def _run_passes(module, tm):
+    """The IR passes the body needs, and no more: inline the helpers, promote the one alloca
+    a helper may hold (np.sign's), fold constants and libcalls (instcombine: numba's O3 runs
+    it too, and its rewrites, such as pow(x, 0.5) into an exact sqrt form, keep results
+    bit for bit), drop the dead branches numba's division check leaves (simplifycfg), and
+    remove what became dead. No fast-math flags are ever set, so none of these may change a
+    value."""
+    import llvmlite.binding as llvm
+
+    pto = llvm.create_pipeline_tuning_options(speed_level=1)
+    pb = llvm.create_pass_builder(tm, pto)
+    mpm = llvm.create_new_module_pass_manager()
+    mpm.add_always_inliner_pass()
+    mpm.add_sroa_pass()
+    mpm.add_instruction_combine_pass()
+    mpm.add_simplify_cfg_pass()
+    mpm.add_dead_code_elimination_pass()
+    mpm.add_global_dead_code_eliminate_pass()
+    mpm.run(module, pb)
+
+
+def _compile_object(text, opt):
+    """Object code of the module ``text``, codegen at level ``opt``."""
+    import llvmlite.binding as llvm
+
+    tm = _machine(opt)
+    module = llvm.parse_assembly(text)
+    module.triple, module.data_layout = tm.triple, str(tm.target_data)
+    module.verify()
+    _run_passes(module, tm)
+    return tm.emit_object(module)
+
+
+def _load_object(data, symbol):
+    """Link object code into this process and return the body's address. Its C library and
+    numba helper symbols resolve as numba's own code's do (numba registered them)."""
+    import llvmlite.binding as llvm
+
+    if symbol in _loaded:
+        return _loaded[symbol]
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _machine())
+    engine.add_object_file(llvm.ObjectFileRef.from_data(data))
+    engine.finalize_object()
+    address = engine.get_function_address(symbol)
+    if not address:
+        raise _Unsupported(f"the object code has no {symbol}")
+    _engines.append(engine)
+    llvm.add_symbol(symbol, address)  # numba's wrapper resolves its call through this
+    _loaded[symbol] = address
+    return address
+
+
+# --- the object cache -------------------------------------------------------------------------
+# Object code is code: it is read only from gradc's verified cache directory (jit.cache_dir:
+# owned by this user, writable by nobody else, checked again before each read), through
+# jit's reader (no symbolic links, regular files only), and only when its header names this
+# machine, this lowering and the symbol asked for and its sha256 matches the bytes: a
+# truncated or foreign file is deleted and rebuilt, never run.
+
+def _object_path(entry):
+    """Where the object code of the wrapper cache entry ``entry`` lives (None: nowhere):
+    beside numba's files of the same entry, so that ``gradc cache clear`` removes it."""
+    if entry.directory is None:
+        return None
+    return os.path.join(entry.pycache, f"{entry.name}.body.o")
+
+
+def _read_object(path, symbol, directory, opt):
+    if path is None or jit._trust_problem(directory):
+        return None
+    data = jit._read_regular(path, 1 << 31)
+    if not data or not data.startswith(_OBJECT_MAGIC):
+        return None
+    header_end = data.find(b"\n", len(_OBJECT_MAGIC))
+    try:
+        header = json.loads(data[len(_OBJECT_MAGIC):header_end])
+    except ValueError:
+        return None
+    payload = data[header_end + 1:]
+    expected = dict(_machine_identity(opt), symbol=symbol,
+                    sha256=hashlib.sha256(payload).hexdigest())
+    if header_end < 0 or header != expected:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # a name in the verified directory: a link is removed, not followed
+        return None
+    return payload
+
+
+def _write_object(path, symbol, payload, opt):
+    header = dict(_machine_identity(opt), symbol=symbol, sha256=hashlib.sha256(payload).hexdigest())
+    data = _OBJECT_MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+    try:
+        jit._write_source(path, data)
+    except OSError as exc:
+        jit._warn_write_failed(os.path.dirname(os.path.dirname(path)), exc)
+
+
+def _ensure_body(graph, symbol, keys, entry):
+    """Load the body's object code into this process: from the cache, else compiled now."""
+    if symbol in _loaded:
+        return
+    path, opt = _object_path(entry), _codegen_opt(graph)
+    payload = _read_object(path, symbol, entry.directory, opt)
+    if payload is None:
+        payload = _compile_object(_module_text(graph, symbol, keys), opt)
+        if path is not None:
+            _write_object(path, symbol, payload, opt)
+    _load_object(payload, symbol)
+
+
+def _make_call_intrinsic(symbol, n_params):
+    """A numba intrinsic ``call((params..., sout, arrays...))`` that calls the body: it lays
+    the parameters' pointers and strides out on the stack as _body_text expects."""
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+    from llvmlite import ir as lir
+
+    def call(typingctx, packed):
+        if not isinstance(packed, types.BaseTuple):
+            return None
+        argtys = tuple(packed)
+
+        def codegen(context, builder, signature, llargs):
+            i8p, i64, f64p = lir.IntType(8).as_pointer(), lir.IntType(64), \
+                lir.DoubleType().as_pointer()
+            items = cgutils.unpack_tuple(builder, llargs[0], len(argtys))
+            ndims = sum(t.ndim for t in argtys[:n_params] if isinstance(t, types.Array))
+            data = cgutils.alloca_once(builder, i8p, size=max(n_params, 1))
+            strides = cgutils.alloca_once(builder, i64, size=max(ndims, 1))
+            n_arrays = len(argtys) - n_params - 1
+            arrays = cgutils.alloca_once(builder, f64p, size=max(n_arrays, 1))
+            at = 0
+            for p, (ty, val) in enumerate(zip(argtys[:n_params], items)):
+                if isinstance(ty, types.Array):
+                    ary = context.make_array(ty)(context, builder, val)
+                    ptr = builder.bitcast(ary.data, i8p)
+                    for s in cgutils.unpack_tuple(builder, ary.strides, ty.ndim):
+                        builder.store(s, builder.gep(strides, [context.get_constant(types.intp, at)]))
+                        at += 1
+                else:
+                    slot = cgutils.alloca_once_value(builder, val)
+                    ptr = builder.bitcast(slot, i8p)
+                builder.store(ptr, builder.gep(data, [context.get_constant(types.intp, p)]))
+            outs = [context.make_array(t)(context, builder, v).data
+                    for t, v in zip(argtys[n_params:], items[n_params:])]
+            for k, ptr in enumerate(outs[1:]):
+                builder.store(ptr, builder.gep(arrays, [context.get_constant(types.intp, k)]))
+            fnty = lir.FunctionType(lir.VoidType(), [i8p.as_pointer(), i64.as_pointer(), f64p,
+                                                     f64p.as_pointer()])
+            body = cgutils.get_or_insert_function(builder.module, fnty, symbol)
+            builder.call(body, [data, strides, outs[0], arrays])
+            return context.get_dummy_value()
+
+        return types.none(packed), codegen
+
+    call.__name__ = _CALL_NAME
+    return intrinsic(call)
+
+
+# --- the wrapper modules -------------------------------------------------------------------
+
+def _entry_text(graph, func_name, header, call):
+    """A wrapper module: the header comment, and the entry point (no user text: every name in
+    it is gradc's own); ``call(params, buffers)`` is the line that computes the body."""
     entry = f"{func_name}__native"
     params = [f"p{k}" for k in range(len(graph.params))]
-    bufs = []
-    for leaf in leaves(graph.out_tree):
-        if isinstance(leaf, ArrayOut):
-            bufs.append(f"_np.empty({tuple(leaf.shape)!r})")
     defaults = "".join(f"{p}=None, " for p in params)
-    items = params + bufs
-    call = "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-    lines = [
-        f"# Generated by gradc: native LLVM body (lowering {LOWERING_VERSION}) of {func_name},",
-        f"# the emitted source with sha256 {digest}; the body is written by gradc/native.py.",
+    lines = header + [
         "import numpy as _np",
         "",
         "",
         f"def {entry}({defaults}*extra):",
         "    # Entry point for numba: defaults and *extra let gradc report wrong arguments.",
-        f"    return {_INTRINSIC_NAME}({call})",
-        "",
-    ]
-    return "\n".join(lines), entry
+    ] + call(params)
+    return "\n".join(lines) + "\n", entry
+
+
+def _packed(items):
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def _key_digest(source):
+    """The emitted source's hash as the cache key sees it: its origin comments left out
+    (jit.key_text), so a function moved in its file keeps its compiled body."""
+    return hashlib.sha256(jit.key_text(source).encode("utf-8")).hexdigest()
+
+
+def _intrinsic_wrapper(graph, func_name, source):
+    """Route 1's module: the entry point returns what the intrinsic computes."""
+    header = [f"# Generated by gradc: native LLVM body (lowering {LOWERING_VERSION}, in numba) "
+              f"of {func_name},",
+              f"# the emitted source with key sha256 {_key_digest(source)}; the body is "
+              "written by gradc/native.py."]
+
+    def call(params):
+        bufs = [f"_np.empty({tuple(leaf.shape)!r})" for leaf in leaves(graph.out_tree)
+                if isinstance(leaf, ArrayOut)]
+        return [f"    return {_INTRINSIC_NAME}({_packed(params + bufs)})"]
+
+    return _entry_text(graph, func_name, header, call)
+
+
+def _object_wrapper(graph, func_name, source, symbol):
+    """Route 2's module: buffers for the results, one call of the body, the result tree."""
+    header = [f"# Generated by gradc: native object body {symbol} (lowering {LOWERING_VERSION}) "
+              f"of {func_name},",
+              f"# the emitted source with key sha256 {_key_digest(source)}; the body is "
+              "compiled by gradc/native.py."]
+    out_leaves = list(leaves(graph.out_tree))
+    n_scalars = sum(not isinstance(leaf, ArrayOut) for leaf in out_leaves)
+    arrays = [leaf for leaf in out_leaves if isinstance(leaf, ArrayOut)]
+    slots = iter(range(n_scalars))
+
+    def tree(t):
+        if isinstance(t, tuple):
+            return _packed([tree(item) for item in t])
+        if isinstance(t, ArrayOut):
+            return f"_a{arrays.index(t)}"
+        return f"_s[{next(slots)}]"
+
+    def call(params):
+        lines = [f"    _s = _np.empty({max(n_scalars, 1)})"]
+        lines += [f"    _a{k} = _np.empty({tuple(leaf.shape)!r})" for k, leaf in enumerate(arrays)]
+        lines.append(f"    {_CALL_NAME}({_packed(params + ['_s'] + [f'_a{k}' for k in range(len(arrays))])})")
+        lines.append(f"    return {tree(graph.out_tree)}")
+        return lines
+
+    return _entry_text(graph, func_name, header, call)
+
+
+def _signature(shapes):
+    from numba import float64, types
+
+    return tuple(float64 if s is None else types.Array(float64, len(s), "A")
+                 for s in shapes) + (types.StarArgTuple(()),)
 
 
 def compile_graph(graph, func_name, source, shapes, min_nodes=None):
@@ -377,25 +905,56 @@ def compile_graph(graph, func_name, source, shapes, min_nodes=None):
     None when this module does not lower the graph, or it has fewer than ``min_nodes``
     nodes (default :data:`MIN_NODES`): then use :func:`gradc.jit.load_numba`.
 
-    ``func_name`` and ``source`` are :func:`gradc.emit.emit_module`'s (the source's hash
+    ``func_name`` and ``source`` are :func:`gradc.emit.emit_module`'s (the source's key text
     keys the cache); ``shapes`` has one entry per parameter (None: a float), as for
     ``load_numba``. The dispatcher is compiled for ``(float64 | array(float64, k, "A"),
-    ..., StarArgTuple(()))``, the ordinary entry point's signature.
+    ..., StarArgTuple(()))``, the ordinary entry point's signature. Route 2 (object code)
+    where every op has a helper, else route 1 (the body inside numba's compile).
     """
     if len(graph.nodes) < (MIN_NODES if min_nodes is None else min_nodes):
         return None
     if not func_name.isidentifier() or not supports(graph):
         return None
-    wrapper, entry = _wrapper_source(graph, func_name, source)
+    keys = _helper_keys(graph)
+    if keys is not None:
+        try:
+            return _compile_object_route(graph, func_name, source, shapes, keys)
+        except RuntimeError as exc:  # LLVM refused the text: a bug here; route 1 still works
+            _log.warning("gradc.native: object route failed for %s (%s); using numba's "
+                         "lowering", func_name, exc)
+    return _compile_intrinsic_route(graph, func_name, source, shapes)
+
+
+def _symbol(source):
+    """The body's symbol: unique to the emitted source's key text and this lowering."""
+    return "gradc_body_" + hashlib.sha256(
+        f"{LOWERING_VERSION}\n{_key_digest(source)}".encode()).hexdigest()[:32]
+
+
+def _compile_object_route(graph, func_name, source, shapes, keys):
+    symbol = _symbol(source)
+    wrapper, entry = _object_wrapper(graph, func_name, source, symbol)
+    _ensure_body(graph, symbol, keys, jit._entry(wrapper))
+    call = _make_call_intrinsic(symbol, len(graph.params))
+
+    def build(module):
+        from numba import njit
+
+        module.__dict__[_CALL_NAME] = call
+        return njit(_signature(shapes), cache=True, error_model="numpy")(getattr(module, entry))
+
+    return jit.load_numba(wrapper, entry, None, None, build=build)
+
+
+def _compile_intrinsic_route(graph, func_name, source, shapes):
+    wrapper, entry = _intrinsic_wrapper(graph, func_name, source)
     body, holder = _make_intrinsic(graph)
 
     def build(module):
-        from numba import float64, njit, types
+        from numba import njit
 
         module.__dict__[_INTRINSIC_NAME] = body
-        signature = tuple(float64 if s is None else types.Array(float64, len(s), "A")
-                          for s in shapes) + (types.StarArgTuple(()),)
-        return njit(signature, cache=True, error_model="numpy")(getattr(module, entry))
+        return njit(_signature(shapes), cache=True, error_model="numpy")(getattr(module, entry))
 
     try:
         dispatcher, path = jit.load_numba(wrapper, entry, None, None, build=build)
