@@ -446,7 +446,7 @@ class GradcFunction:
 
     # --- calling ----------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        if "out" in kwargs and self._takes_out:
+        if kwargs and "out" in kwargs and self._takes_out:
             return self._call_out(args, kwargs)
         if not kwargs:  # the quick path: an already compiled shape, float64 arguments
             if len(args) == 1:  # the common case of one array argument, kept cheap
