@@ -10,7 +10,8 @@ first filled. Timed from decoration to first result (trace, AD, optimize, emit,
 compile, one call); imports are not counted. Also peak RSS of the process and the
 per-call time (best of 5 repeats). Paths:
 
-- ``native``: :func:`gradc.native.compile_graph` (the body as LLVM IR in one numba call);
+- ``native``: :func:`gradc.native.compile_graph` (route 2 here: the body as object code
+  compiled by gradc's own LLVM target machine, called from a small numba wrapper);
 - ``numba``: today's path, :func:`gradc.jit.load_numba` of the emitted source;
 - ``jax``: ``jax.jit(jax.value_and_grad(chain))`` on the same chain, where installed.
 
