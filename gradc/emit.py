@@ -402,8 +402,11 @@ def _paths(tree, prefix=""):
 def emit_batched(source, graph, func_name, params, batched, parallel=True):
     """Append to ``source`` a loop that applies ``func_name`` at many points.
 
-    ``batched[k]`` says whether parameter k is a 1-D array of per-point values
-    (else one float shared by all points). Each output leaf gets an out array.
+    ``batched[k]`` says whether parameter k is mapped: an array whose first axis runs
+    over the points, so that point ``i`` gets ``x[i]`` (a float of a 1-D array, a row
+    view of an ``(N, d)`` one); else it is shared, passed whole to every point (a float
+    or an array). Each output leaf gets an out array whose ``[i]`` receives point i's
+    result (a float, or an array written into that row).
     Returns ``(source, batched_name)``. The loop is a ``prange``: numba spreads
     it over the cores; in plain Python ``prange`` is ``range``. With
     ``parallel=False`` the loop is a plain ``range`` (and the source differs, so
@@ -427,7 +430,8 @@ def emit_batched(source, graph, func_name, params, batched, parallel=True):
         "",
         "",
         f"def {batched_name}({', '.join([n, *names, *outs])}):",
-        "    # One point per iteration, results written into the caller's arrays.",
+        "    # One point per iteration (mapped arguments indexed by it, shared ones whole),",
+        "    # results written into the caller's arrays (array results into their rows).",
         f"    for {i} in {'prange' if parallel else 'range'}({n}):",
         f"        {r} = {func_name}({call_args})",
     ]
