@@ -19,6 +19,7 @@ from .errors import (  # noqa: E402
 from .explain import explain  # noqa: E402
 from .draw import draw  # noqa: E402  (graphviz is imported when a picture is rendered)
 from .higher_api import hessian, hvp, jacobian, jvp, value_grad_hessian  # noqa: E402
+from .custom import custom_jvp, custom_vjp  # noqa: E402  (user-defined derivative rules)
 from .symbolic import from_sympy, to_sympy  # noqa: E402
 from .trace import scan, where  # noqa: E402
 from . import nn  # noqa: E402  (gradc.nn: layers, losses, optimizers, fit)

@@ -394,6 +394,9 @@ class _Nest:
 
 class _Lowering:
     def __init__(self, graph, func_name, out_params=False):
+        from .custom import strip
+
+        graph = strip(graph)  # a user-defined rule's node is its value once differentiated
         self.g = graph
         self.func_name = func_name
         self.out_params = out_params

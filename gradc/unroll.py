@@ -42,7 +42,8 @@ class UnrollError(Exception):
 _ELEMENTWISE = {name for name, op in OPS.items()
                 if op.shape is None and op.arity and op.result != "tuple"}
 _STRUCTURAL = {"getitem", "broadcast_to", "fill", "transpose", "reshape", "scatter",
-               "concatenate", "stack", "zeros", "sum", "max", "min", "matmul"}
+               "concatenate", "stack", "zeros", "sum", "max", "min", "matmul",
+               "custom"}  # a user-defined rule: one scalar custom node per element
 
 
 def size_of(graph):
@@ -166,6 +167,22 @@ class _Unroller:
 
     def _stack(self, node, *xs):
         return np.stack([_as_array(x) for x in xs], axis=node.attrs[0])
+
+    def _custom(self, node, value, *xs):
+        """``custom(value, *xs)`` (gradc/custom.py) element by element: each element of the
+        value is a scalar ``custom`` node over every argument element, carrying the rule of its
+        element, so the program can still be differentiated (hessian and jacobian unroll first)."""
+        from .custom import element_nodes
+
+        args = [e for x, n in zip(xs, node.args[1:]) for e in self._elements_of(x, n)]
+        made = element_nodes(self.g, node.attrs[0], self._elements_of(value, node), args)
+        return _array(made, node.shape) if node.shape else made[0]
+
+    def _elements_of(self, value, node):
+        """The scalar nodes of ``node``'s unrolled ``value``, in C order (absent ones as 0.0)."""
+        if not node.shape:
+            return [self._present(value)]
+        return [self._present(e) for e in _as_array(value).reshape(-1)]
 
     def _zeros(self, node):
         return np.full(node.shape, None, dtype=object)
