@@ -17,11 +17,12 @@ LOOP_OPS = ["scan", "scan_bwd", "part"]  # gradc.scan and its reverse: tests/tes
 SURFACE_OPS = ["cumsum", "cumprod", "prod", "sort_order", "partition", "take_along", "put_along",
                "setitem", "inv", "solve", "det", "logabsdet", "signdet", "cholesky",
                "eigh_values", "eigh_vectors"]
+CUSTOM_OPS = ["custom"]  # gradc.custom_vjp / custom_jvp: tests/test_custom_rules.py
 ARRAY_OPS = [n for n, op in OPS.items()
-             if op.shape is not None and n not in LOOP_OPS + SURFACE_OPS]  # tests/test_array_ops.py
+             if op.shape is not None and n not in LOOP_OPS + SURFACE_OPS + CUSTOM_OPS]  # tests/test_array_ops.py
 FLOAT_OPS = [n for n, op in OPS.items()
              if op.result == "float"
-             and n not in ("where", "alias", *ARRAY_OPS, *LOOP_OPS, *SURFACE_OPS)]
+             and n not in ("where", "alias", *ARRAY_OPS, *LOOP_OPS, *SURFACE_OPS, *CUSTOM_OPS)]
 BOOL_OPS = [n for n, op in OPS.items() if op.result == "bool"]
 INTERNAL = ["alias"]          # an identity that carries names; covered by every adjoint test
 SELECTION = ["where"]
@@ -29,7 +30,7 @@ SELECTION = ["where"]
 
 def test_every_op_is_covered():
     assert sorted(FLOAT_OPS + BOOL_OPS + INTERNAL + SELECTION + ARRAY_OPS + LOOP_OPS
-                  + SURFACE_OPS) == sorted(OPS)
+                  + SURFACE_OPS + CUSTOM_OPS) == sorted(OPS)
 
 
 def _points(op, count=4, seed=0):
