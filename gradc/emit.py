@@ -164,11 +164,14 @@ def literal(value, np_alias="np", as_int=False, dtype="float64"):
 
 
 def _arg_text(arg, names, np_alias, as_int, dtype="float64", strong=False):
-    """An argument as source. ``strong``: a float32 program's scalar constant that would
-    otherwise make a float64 array (np.where, broadcast_to), written np.float32(c)."""
+    """An argument as source. ``strong``: a scalar constant written ``np.float32(c)`` (or
+    ``np.float64(c)``): in a float32 program where it would otherwise make a float64 array
+    (np.where, broadcast_to); in scalar code where an op may return it as it is (``where``,
+    ``maximum``: a Python float 0.0 would make ``1.0 / t`` raise ZeroDivisionError in the
+    Python backend, where numba and NumPy give inf)."""
     if arg.op == "const":
         text = literal(arg.attrs[0], np_alias, as_int, dtype)
-        if strong and dtype != "float64" and isinstance(arg.attrs[0], float):
+        if strong and isinstance(arg.attrs[0], float) and not text.startswith(np_alias):
             return f"{np_alias}.{dtype}({text})"
         return text
     return names[arg.id]
@@ -260,7 +263,10 @@ def statements(graph, names, absorbed, namer, np_alias):
         if node.op in ("scan", "scan_bwd"):
             lines.extend(_loop(graph, node, names, namer, np_alias))
             continue
-        strong = op.shape is not None or op.name == "where"
+        # constants an op may pass on as they are (conditional expressions) stay NumPy floats
+        selects = " if " in op.template and not node.shape
+        strong = (op.shape is not None or op.name == "where") and graph.dtype != "float64" \
+            or selects
         args = [_arg_text(a, names, np_alias, i in op.int_args, graph.dtype, strong)
                 for i, a in enumerate(node.args)]
         if op.statement:
