@@ -304,6 +304,12 @@ def _in_axes(in_axes):
         "entry per argument. Nested in_axes for argument trees are not supported.")
 
 
+def _split(key):
+    """A loop's key (see :meth:`BatchedFunction._points`) as ``(batched, point_shapes)``."""
+    pairs = [(k, None) if isinstance(k, bool) else k for k in key]
+    return tuple(m for m, _ in pairs), tuple(s for _, s in pairs)
+
+
 class BatchedFunction:
     """A :class:`~gradc.api.GradcFunction` applied point by point over arrays."""
 
@@ -328,8 +334,9 @@ class BatchedFunction:
         return self._in_axes[k]
 
     def _points(self, args):
-        """The arguments as the loop takes them, the number of points, and per argument
-        ``(mapped, shape at one point)``: a mapped array moved to have its points first."""
+        """The arguments as the loop takes them (a mapped array moved to have its points
+        first), the number of points, and the loop's key: per argument whether it is mapped,
+        a bool where each point sees a float, else ``(mapped, shape at one point)``."""
         values, key, n, first = [], [], None, None
         for k, a in enumerate(args):
             axis = self._axis_of(k, len(args))
@@ -340,7 +347,7 @@ class BatchedFunction:
                         f"{type(a).__name__}, which has no axis to map; give None for it "
                         "(shared by every point), or pass an array.")
                 values.append(self._fn._check_number(k, a))
-                key.append((False, None))
+                key.append(False)
                 continue
             a = self._float_array(k, a)
             if axis is None:  # shared whole: every point's call sees this array
@@ -368,7 +375,7 @@ class BatchedFunction:
                     f"slice of shape {a.shape[1:]} is empty.")
             n, first = len(a), k if first is None else first
             values.append(a)
-            key.append((True, a.shape[1:] or None))
+            key.append((True, a.shape[1:]) if a.ndim > 1 else True)
         if n is None:
             raise errors.ArgumentError(
                 f"{errors.where()}: gradc.vmap needs at least one array argument mapped "
@@ -422,8 +429,11 @@ class BatchedFunction:
         return kernel, graph
 
     def _build(self, key):
-        batched, point_shapes = zip(*key)
-        return compiled(self.kernel(batched, point_shapes))
+        batched, point_shapes = _split(key)
+        kernel = self.kernel(batched, point_shapes)
+        # Loops compiled from one source serve every shape of the same ranks (NumPy-level
+        # code reads no lengths), so the output shapes are this kernel's, not the first one's.
+        return compiled(kernel)._replace(out_shapes=kernel.output_shapes())
 
     def _buffers(self, n, spec, out):
         shapes = [(n,) + shape for shape in spec.out_shapes]
@@ -463,7 +473,7 @@ class BatchedFunction:
     @property
     def graph(self):
         """The optimized IR of the function applied at each point (after the first call)."""
-        batched, point_shapes = zip(*self._first()[0])
+        batched, point_shapes = _split(self._first()[0])
         return self._kernels[(batched, point_shapes)][1]
 
     @property

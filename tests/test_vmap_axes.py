@@ -155,7 +155,8 @@ def test_wrong_in_axes_and_mismatched_points_are_clear_gradc_errors():
     X, w = np.ones((7, 3)), np.ones(3)
     cases = [
         (lambda: f(X, w), "3 entries but the function was called with 2"),
-        (lambda: gradc.vmap(gradc.grad(smooth, backend="python"), in_axes=2)(X), "shape \\(7, 3\\)"),
+        (lambda: gradc.vmap(gradc.grad(smooth, backend="python"), in_axes=2)(X),
+         "shape \\(7, 3\\)"),
         (lambda: gradc.vmap(gradc.value_and_grad(loss, backend="python"),
                             in_axes=(0, 0, 0))(X, np.ones((7, 3)), 0.5), "in_axes\\[2\\] is 0"),
         (lambda: gradc.vmap(gradc.value_and_grad(loss, backend="python"))(
@@ -171,3 +172,14 @@ def test_wrong_in_axes_and_mismatched_points_are_clear_gradc_errors():
         with pytest.raises(gradc.ArgumentError, match=message) as info:
             call()
         assert "test_vmap_axes.py" in str(info.value), message
+
+
+def test_row_lengths_that_share_one_source_get_their_own_output_shapes():
+    """NumPy-level code (long rows) reads no lengths: rows of 300 and of 400 emit the same
+    loop, compiled once, and each call's results still have its own row length."""
+    f = gradc.vmap(gradc.grad(lambda x: np.sum(x * x * x), backend="python"))
+    short, long = np.ones((2, 300)), np.full((5, 400), 2.0)
+    np.testing.assert_array_equal(f(short), np.full((2, 300), 3.0))
+    np.testing.assert_array_equal(f(long), np.full((5, 400), 12.0))
+    sources = {kernel.source for kernel, _ in f._kernels.values()}
+    assert len(f._kernels) == 2 and len(sources) == 1  # one source: the case this protects
