@@ -117,6 +117,8 @@ def _mask(condition, a, b):
 
 # --- copies and views ------------------------------------------------------------------------
 def copy(a, order="K"):
+    if order not in ("C", "F", "A", "K"):  # NumPy refuses other orders; a copy has no layout
+        raise _unsupported(f"numpy.copy: order must be 'C', 'F', 'A' or 'K', got {order!r}")
     return Tracer(a.graph, a.node) if isinstance(a, Tracer) else np.copy(a)
 
 
@@ -318,6 +320,8 @@ def empty_like(a, dtype=None, shape=None):
 
 
 def _float_dtype(dtype):
+    if isinstance(dtype, (Tracer, np.ndarray)):  # np.dtype() would read a Tracer's .dtype
+        raise _unsupported(f"dtype must be a NumPy dtype, not a {type(dtype).__name__}")
     if dtype is not None and np.dtype(dtype).kind != "f":
         raise _unsupported(f"dtype={np.dtype(dtype).name} is not supported on traced values "
                            "(they are floats)")
@@ -451,6 +455,9 @@ def take(a, indices, axis=None, mode="raise"):
 
 def repeat(a, repeats, axis=None):
     a = _array(a)
+    if isinstance(repeats, Tracer) or _first_tracer(repeats) is not None:
+        raise _unsupported("numpy.repeat needs constant int repeats (they set the shape), "
+                           "not traced values")
     if axis is None:
         a, axis = a.ravel(), 0
     axis = _axis(axis, a.ndim)
@@ -818,6 +825,11 @@ def einsum(operands, optimize=False):
 def select(condlist, choicelist, default=0):
     if len(condlist) != len(choicelist):
         raise _shape_error("select needs as many conditions as choices")
+    for k, cond in enumerate(condlist):  # as NumPy: a condition is boolean, not a number
+        if isinstance(cond, Tracer) and not cond.is_condition or not isinstance(cond, Tracer) \
+                and np.asarray(cond).dtype != bool:
+            raise _unsupported(f"numpy.select: condition {k} is not boolean; write a "
+                               "comparison (x > 0) or x != 0")
     result = default
     for cond, choice in reversed(list(zip(condlist, choicelist))):
         result = _where(cond, choice, result)
@@ -853,6 +865,12 @@ def partition(a, kth, axis=-1, kind="introselect", order=None):
 
 
 def clip(a, a_min=np._NoValue, a_max=np._NoValue, min=np._NoValue, max=np._NoValue):  # noqa: A002
+    if (a_min is np._NoValue) != (a_max is np._NoValue):  # NumPy's rule: both or neither
+        raise _unsupported("numpy.clip(a, a_min, a_max) takes both bounds (None for no bound), "
+                           "or min= and max= as keywords")
+    if a_min is not np._NoValue and (min is not np._NoValue or max is not np._NoValue):
+        raise _unsupported("numpy.clip takes its bounds as a_min and a_max or as min= and "
+                           "max=, not both")
     lo = a_min if min is np._NoValue else min
     hi = a_max if max is np._NoValue else max
     lo = None if lo is np._NoValue else lo
@@ -869,6 +887,9 @@ def clip(a, a_min=np._NoValue, a_max=np._NoValue, min=np._NoValue, max=np._NoVal
 
 def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     x = _array(x)
+    if not isinstance(copy, (bool, np.bool_, int)):
+        raise _unsupported(f"numpy.nan_to_num: copy must be True or False, got a "
+                           f"{type(copy).__name__}")
     info = np.finfo(np.dtype(x.graph.dtype))
     big = float(info.max) if posinf is None else posinf
     small = -float(info.max) if neginf is None else neginf

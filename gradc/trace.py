@@ -178,6 +178,15 @@ class Tracer:
         # numpy.asarray/numpy.array of a traced *array* would build a plain object array of
         # its elements, on which NumPy runs its own object code without gradc seeing it
         # (numpy.nan_to_num returns it unchanged): refused, never silently wrong.
+        if dtype is not None and np.dtype(dtype) != np.dtype(object):
+            # numpy.float64(x), numpy.asarray(x, dtype=float): NumPy asks for numbers here
+            # and, refused, would bury gradc's error under "setting an array element with
+            # a sequence" (a Tracer can be indexed, so NumPy takes it for one).
+            raise errors.MathModuleError(
+                f"{errors.where()}: converting a traced value to NumPy numbers (dtype "
+                f"{np.dtype(dtype).name}: numpy.float64(x), numpy.asarray(x, dtype=float), "
+                "...) needs concrete numbers, but this value depends on a traced argument; "
+                "drop the conversion (traced values are floats already).")
         if not self.shape:
             box = np.empty((), dtype=object)
             box[()] = self
@@ -188,6 +197,13 @@ class Tracer:
             "Use the value itself (drop the numpy.asarray), x.copy() for a copy, and "
             "numpy.stack or numpy.concatenate to build an array from traced arrays.")
 
+    def __dlpack__(self, *args, **kwargs):
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: a traced array has no memory to share (numpy.from_dlpack, "
+            "DLPack): it stands for values not computed yet; use the value itself.")
+
+    __dlpack_device__ = __dlpack__
+
     def __len__(self):
         if not self.shape:
             raise TypeError("len() of a traced scalar")
@@ -195,6 +211,16 @@ class Tracer:
 
     def transpose(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        if len(axes) == 1 and axes[0] is None:
+            axes = ()
+        if axes and (len(axes) != self.ndim or any(
+                isinstance(a, bool) or not isinstance(a, (int, np.integer))
+                or not -self.ndim <= a < self.ndim for a in axes)
+                or len({a % self.ndim for a in axes}) != self.ndim):
+            # NumPy refuses these; taken modulo ndim they would silently pick other axes
+            raise errors.ShapeError(
+                f"{errors.where()}: axes {tuple(axes)} are not a permutation of the "
+                f"{self.ndim} axes of a traced array of shape {self.shape}.")
         axes = tuple(a % self.ndim for a in axes) if axes else None
         return self._view_result(_ops.transpose(self, axes), functools.partial(_ops.transpose, axes=axes))
 
@@ -321,6 +347,7 @@ class Tracer:
             "not supported on traced values; supported: + - * / // % ** divmod, unary -, "
             "abs, comparisons, and & | ~ on conditions.")
 
+    _unsupported_operator._gradc_refuses = True
     __lshift__ = __rshift__ = __xor__ = _unsupported_operator
 
     def __matmul__(self, o): return self._apply("matmul", (self, o))
@@ -344,6 +371,9 @@ class Tracer:
 
     # --- ndarray methods gradc has no rule for ----------------------------------------
     def copy(self, order="C"):
+        if order not in ("C", "F", "A", "K"):  # NumPy refuses other orders; a copy has no layout
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: x.copy(order=) takes 'C', 'F', 'A' or 'K', not {order!r}.")
         return Tracer(self.graph, self.node)  # a new array: writes into it leave this one alone
 
     def astype(self, dtype, *args, **kwargs):
@@ -382,9 +412,7 @@ class Tracer:
         # Only called when normal lookup fails: an ndarray method or attribute gradc
         # does not implement on traced values (x.clip, x.dtype, x.argmax...).
         if not name.startswith("_") and hasattr(np.ndarray, name):
-            raise UnsupportedAttributeError(
-                f"{errors.where()}: .{name} of a NumPy array is not supported on traced values. "
-                f"Supported NumPy functions: {_supported()}.")
+            raise UnsupportedAttributeError(_unsupported_method_message(name))
         raise AttributeError(f"'Tracer' object has no attribute {name!r}")
 
 
@@ -424,6 +452,7 @@ def _refused_ufunc_method(name):
         raise errors.UnsupportedFunctionError(_unsupported_ufunc_message(name))
 
     method.__name__ = name
+    method._gradc_refuses = True  # gradc.surface lists only what is traced
     return method
 
 
@@ -450,6 +479,7 @@ def _integer_rounding(name, instead):
             f"a concrete number; use {instead}, which gives a float gradc can trace.")
 
     method.__name__ = name
+    method._gradc_refuses = True
     return method
 
 
@@ -775,11 +805,10 @@ class TracedArray(np.ndarray):
 
 def _refused_array_method(name):
     def method(self, *args, **kwargs):
-        raise errors.UnsupportedFunctionError(
-            f"{errors.where()}: the array method .{name}() is not supported on traced arrays. "
-            f"Supported NumPy functions: {_supported()}.")
+        raise errors.UnsupportedFunctionError(_unsupported_method_message(name))
 
     method.__name__ = name
+    method._gradc_refuses = True
     return method
 
 
@@ -877,18 +906,39 @@ def _elementwise(op, args, attrs):
 # --- ufuncs ---------------------------------------------------------------------------------
 _EXTRA_UFUNCS = {"square", "reciprocal", "positive", "conjugate"}
 
+#: The ufuncs :func:`_ufunc` traces (by NumPy name): the op table's, and those it composes.
+TRACED_UFUNCS = frozenset(UFUNCS) | _EXTRA_UFUNCS | {"matmul", "divmod"}
 
-def _supported():
-    return ", ".join(sorted((set(UFUNCS) | _EXTRA_UFUNCS) | {_name_of(f) for f in _FUNCTIONS}))
+
+# --- refusal messages: why, what to use instead, and what is supported (gradc/surface.py) ----
+def _unsupported_message(qualname):
+    """``file:line: numpy.<name> is not supported by gradc[: why | ; use ...]. Supported NumPy
+    functions, by kind: ...`` for a NumPy function or ufunc gradc refuses."""
+    from . import surface
+
+    hint = surface.refusal_hint(qualname.partition(".")[2])
+    return (f"{errors.where()}: {qualname} is not supported by gradc{hint}. "
+            f"Supported NumPy functions, by kind: {surface.listing()}.")
 
 
-def _unrolled_supported():
-    return ", ".join(sorted(_name_of(f) for f in _UNROLLED_FUNCTIONS))
+def _unsupported_method_message(name):
+    from . import surface
+
+    return (f"{errors.where()}: .{name} of a NumPy array is not supported on traced values"
+            f"{surface.refusal_hint(name, methods=True)}. Traced values have: "
+            f"{surface.method_listing()}; and NumPy functions, by kind: {surface.listing()}.")
 
 
 def _unsupported_ufunc_message(name):
-    return (f"{errors.where()}: numpy.{name} is not supported by gradc. "
-            f"Supported NumPy functions: {_supported()}.")
+    return _unsupported_message(f"numpy.{name}")
+
+
+def _qualname(func):
+    """``'numpy.linalg.svd'`` or ``'numpy.argmax'``: how the user reaches ``func``."""
+    name = _name_of(func)
+    if getattr(np.linalg, name, None) is func and getattr(np, name, None) is not func:
+        return f"numpy.linalg.{name}"
+    return f"numpy.{name}"
 
 
 def _ufunc(ufunc, method, inputs, kwargs):
@@ -917,7 +967,7 @@ def _ufunc(ufunc, method, inputs, kwargs):
         return apply("floordiv", *inputs), apply("mod", *inputs)
     elif name in UFUNCS:
         result = apply(UFUNCS[name], *inputs)
-    else:
+    else:  # not in TRACED_UFUNCS
         raise errors.UnsupportedFunctionError(_unsupported_ufunc_message(name))
     return result if out is None else _store(out, result, name)
 
@@ -985,10 +1035,7 @@ def _function(func, args, kwargs):
         raise NeedsWholeArrays(
             f"{errors.where()}: numpy.{_name_of(func)} is supported on arrays traced whole; "
             "use arrays='numpy' (arrays='auto' does this by itself).")
-    raise errors.UnsupportedFunctionError(
-        f"{errors.where()}: numpy.{_name_of(func)} is not supported on traced values. "
-        f"Supported NumPy functions: {_supported()}; on unrolled arrays also "
-        f"{_unrolled_supported()}.")
+    raise errors.UnsupportedFunctionError(_unsupported_message(_qualname(func)))
 
 
 def _flat(values):
@@ -1151,7 +1198,13 @@ def _ndim(a):
 
 def _size(a, axis=None):
     shape = _shape(a)
-    return int(np.prod(shape)) if axis is None else shape[axis]
+    if axis is None:
+        return int(np.prod(shape))
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) \
+            or not -len(shape) <= axis < len(shape):
+        raise errors.ShapeError(f"{errors.where()}: numpy.size: axis {axis!r} is out of range "
+                                f"for shape {shape}.")
+    return shape[axis]
 
 
 #: NumPy function -> gradc's rule, for scalars, arrays traced whole and unrolled arrays
