@@ -162,7 +162,7 @@ def _kind(name, func):
 
 def _traced_attribute(name):
     """Whether Tracer defines ``name`` itself, other than as a method that refuses."""
-    value = inspect.getattr_static(trace.Tracer, name, None)
+    value = inspect.getattr_static(trace.ArrayTracer, name, None)  # arrays: every method
     return value is not None and not getattr(value, "_gradc_refuses", False)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from . import errors
 from .ir import ArrayOut, Body, Graph
 from . import ops as _ops
-from .ops import MATH_FUNCTIONS, OPS, UFUNCS
+from .ops import OPS, UFUNCS
 
 class Tracer:
     """A traced scalar: a node of ``graph``. Supports Python operators and NumPy ufuncs."""
@@ -34,8 +34,12 @@ class Tracer:
     __slots__ = ("graph", "_node", "_view", "_version")
     __array_priority__ = 1000  # NumPy scalars and arrays defer to us
 
-    def __init__(self, graph, node, view=None):
+    def __new__(cls, graph, node, view=None):
+        # an array node is an ArrayTracer (indexable), a scalar one a plain Tracer, whichever
+        # class is asked for (so it is set up here: Python skips __init__ for the other one)
+        self = object.__new__(ArrayTracer if node.shape else Tracer)
         self.graph, self._node, self._view, self._version = graph, node, view, 0
+        return self
 
     # --- item assignment: functional updates with NumPy's aliasing ----------------------------
     # ``y[i] = v`` and ``y += v`` replace the node this object stands for, so every name bound
@@ -79,21 +83,6 @@ class Tracer:
         """This value as a view of ``base`` (it rereads ``base`` when ``base`` is written)."""
         self._view = (base, base._version, rebuild)
         return self
-
-    def __setitem__(self, index, value):
-        canon = _ops.canonical_index(index)
-        if canon is None:
-            raise errors.UnsupportedFunctionError(
-                f"{errors.where()}: gradc assigns into traced arrays at constant ints, slices, "
-                "None and ... only (no boolean masks, arrays of indices or traced indices); "
-                "use numpy.where(mask, new, y) to replace elements where a condition holds.")
-        if not self.shape:
-            raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
-        if isinstance(value, Tracer) and value._view is not None and value._view[0] is self \
-                and getattr(value._view[2], "index", None) == canon \
-                and value._view[1] == self._version:
-            return  # y[1:] += v: the view's += has already written through into y
-        self._write(self._apply("setitem", (self, value), (canon,)).node)
 
     def _in_place(self, op, other):
         """``self op= other`` on a traced array: the result replaces this array's contents
@@ -204,11 +193,6 @@ class Tracer:
 
     __dlpack_device__ = __dlpack__
 
-    def __len__(self):
-        if not self.shape:
-            raise TypeError("len() of a traced scalar")
-        return self.shape[0]
-
     def transpose(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         if len(axes) == 1 and axes[0] is None:
@@ -269,16 +253,6 @@ class Tracer:
     def dot(self, other):
         return np.dot(self, other)
 
-    def __getitem__(self, index):
-        canon = _ops.canonical_index(index)
-        if canon is None:
-            raise errors.UnsupportedFunctionError(
-                f"{errors.where()}: gradc indexes traced arrays with constant ints, slices, "
-                "None and ... only (no arrays of indices or traced indices).")
-        if not self.shape:
-            raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
-        return self._view_result(self._apply("getitem", (self,), (canon,)), _IndexView(canon))
-
     @property
     def is_condition(self):
         return self.node.result == "bool"
@@ -326,6 +300,10 @@ class Tracer:
                        "fabs": "abs", "pow": "power"}.get(name, name)
             hint = (f"math.{name} only works on plain floats; use numpy.{np_name} or "
                     f"gradc.math.{np_name}, which gradc can trace")
+        elif re.search(r"\]\s*[-+*/]?=(?!=)", line):
+            hint = ("a NumPy float array (y = numpy.zeros(n)) can hold numbers only, and this "
+                    "value depends on a traced argument; make the array traced instead, for "
+                    "example y = numpy.zeros_like(x) or y = x.copy(), then assign into it")
         else:
             hint = ("float(), int() and math.* functions need a concrete number, but this value "
                     "depends on a traced argument; use numpy or gradc.math functions instead")
@@ -414,6 +392,46 @@ class Tracer:
         if not name.startswith("_") and hasattr(np.ndarray, name):
             raise UnsupportedAttributeError(_unsupported_method_message(name))
         raise AttributeError(f"'Tracer' object has no attribute {name!r}")
+
+
+class ArrayTracer(Tracer):
+    """A traced array (a node with a shape): a Tracer that can be indexed, assigned into and
+    measured with ``len``. A traced *scalar* has none of these, so NumPy does not take it for
+    a sequence: ``y[0] = t`` on a NumPy float array then asks ``float(t)``, which gradc
+    refuses with its own error (NumPy reports any error of a sequence-like value as "setting
+    an array element with a sequence")."""
+
+    __slots__ = ()
+
+    def __setitem__(self, index, value):
+        canon = _ops.canonical_index(index)
+        if canon is None:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: gradc assigns into traced arrays at constant ints, slices, "
+                "None and ... only (no boolean masks, arrays of indices or traced indices); "
+                "use numpy.where(mask, new, y) to replace elements where a condition holds.")
+        if not self.shape:
+            raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
+        if isinstance(value, Tracer) and value._view is not None and value._view[0] is self \
+                and getattr(value._view[2], "index", None) == canon \
+                and value._view[1] == self._version:
+            return  # y[1:] += v: the view's += has already written through into y
+        self._write(self._apply("setitem", (self, value), (canon,)).node)
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a traced scalar")
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        canon = _ops.canonical_index(index)
+        if canon is None:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: gradc indexes traced arrays with constant ints, slices, "
+                "None and ... only (no arrays of indices or traced indices).")
+        if not self.shape:
+            raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
+        return self._view_result(self._apply("getitem", (self,), (canon,)), _IndexView(canon))
 
 
 class _IndexView:

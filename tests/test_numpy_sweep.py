@@ -80,7 +80,6 @@ KNOWN_HOLES = {
     "fromiter": "NumPy converts each element in C; a Tracer can be indexed, so NumPy takes "
                 "it for a sequence and raises ValueError('setting an array element with a "
                 "sequence') with gradc's MathModuleError as its __cause__ (shown first)",
-    "bytes_": "as fromiter: NumPy's conversion to bytes replaces gradc's error by its own",
     "nditer": "NumPy refuses object operands ('holds references') before gradc is asked",
     "frombuffer": "reads raw memory through the buffer protocol, which a Python class cannot "
                   "refuse with its own error before Python 3.12 (__buffer__)",

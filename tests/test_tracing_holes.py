@@ -306,3 +306,27 @@ def test_max_works_unrolled_too():
         value, grad = f(np.arange(3.0))
         assert value == 2.0 and grad.tolist() == [0.0, 0.0, 1.0]
         assert "x_2 = x[2]" in f.source  # scalar code
+
+
+def assigns_into_a_float_array(x):
+    y = np.zeros(3)
+    y[0] = x[1]  # MARK-float-array-assign
+    return np.sum(y ** 2)
+
+
+def test_assigning_a_traced_value_into_a_numpy_float_array_says_what_to_write():
+    # A traced scalar is no sequence, so NumPy asks float() of it and gradc answers (NumPy
+    # reported "setting an array element with a sequence" for anything sequence-like).
+    for arrays in ("auto", "numpy"):
+        with pytest.raises(gradc.MathModuleError, match="zeros_like") as info:
+            gradc.grad(assigns_into_a_float_array, backend="python", arrays=arrays)(np.ones(3))
+        assert f"{HERE}:{_line_of('MARK-float-array-assign')}" in str(info.value)
+
+    def traced_copy(x):
+        y = np.zeros_like(x)
+        y[0] = x[1]
+        y[1:] += x[:-1]
+        return np.sum(y ** 2)
+
+    grad = gradc.grad(traced_copy, backend="python")(np.arange(3.0))
+    assert grad.tolist() == [0.0, 4.0, 0.0]  # y = (x1, x0, x1): d/dx = (2 x0, 4 x1, 0)
