@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from . import ad, errors, jit, native, trees
+from . import ad, custom, errors, jit, native, trees
 from .emit import emit_module
 from .ir import ArrayOut, resolve
 from .lower import LoweringError, lower_module
@@ -329,6 +329,7 @@ class GradcFunction:
         traced = self._trace(shapes, dtype, capture=capture)
         traced.dtype = dtype
         graph = self._unrolled_if_small(optimize(self._transform(traced, nargs)), shapes, dtype)
+        graph = custom.strip(graph)  # differentiated: user rules' nodes are their values now
         kind = {"compile": "value"}.get(self._kind, self._kind)
         source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin,
                                                     out_params=out_params)

@@ -66,6 +66,20 @@ def _from_vjp(graph, node, ts, wrap):
     return total
 
 
+def _needed(graph):
+    """Ids of the nodes whose tangent an output can use: all that lead to an output, except
+    through a user rule's value (``custom``'s first argument: its forward rule is the user's,
+    so the tangent of the function's own code, a gradc.scan in it say, is never built)."""
+    needed, stack = set(), [o for o in graph.outputs]
+    while stack:
+        node = stack.pop()
+        if node.id in needed:
+            continue
+        needed.add(node.id)
+        stack.extend(node.args[1:] if node.op == "custom" else node.args)
+    return needed
+
+
 def tangents(graph, seeds, rename=None):
     """Forward sweep over ``graph`` (built into it, in place).
 
@@ -75,8 +89,9 @@ def tangents(graph, seeds, rename=None):
     """
     tangent = dict(seeds)
     wrap = lambda n: Tracer(graph, n)  # noqa: E731  (rules build graph through operators)
+    needed = _needed(graph)
     for node in list(graph.nodes):     # a snapshot: the sweep appends to graph.nodes
-        if node.op in ("input", "const") or node.result == "bool":
+        if node.op in ("input", "const") or node.result == "bool" or node.id not in needed:
             continue  # (a loop's tuple value is not skipped: its rule must see the tangent)
         ts = [tangent.get(a.id) for a in node.args]
         if all(t is None for t in ts):

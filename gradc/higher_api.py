@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import errors, higher
+from . import custom, errors, higher
 from .api import GradcFunction, _NeedsConversion, _shapes
 from .emit import emit_module
 from .optimize import optimize
@@ -180,6 +180,7 @@ class HigherFunction(GradcFunction):
         traced = self._trace(shapes[:nargs], dtype, multiple=multiple, capture=capture,
                              scalar=self._kind not in _TANGENT_KINDS)
         graph = self._unrolled_if_small(optimize(self._transform(traced, nargs)), shapes, dtype)
+        graph = custom.strip(graph)  # differentiated: user rules' nodes are their values now
         argnums, _ = self._argnums_for(nargs)
         n, m = len(higher.wrt_inputs(traced, argnums)), len(traced.outputs)
         kind, notes = self._kind, []

@@ -379,3 +379,19 @@ def test_unhashable_nondiff_argument_is_refused():
 
     pick.defvjp(lambda x, t: (pick(x, t), x), lambda t, x, g: (g * t[0],))
     assert "hashable" in _error(gradc.grad(lambda x: pick(x, [2.0]), backend="python"), 1.0)
+
+
+def test_forward_mode_never_differentiates_the_functions_own_code():
+    """A rule's function may use what forward mode refuses (gradc.scan): its jvp is the rule."""
+    @gradc.custom_jvp
+    def cube_sum(x):
+        return gradc.scan(lambda c, xi: c + xi * xi * xi, 0.0, x)
+
+    @cube_sum.defjvp
+    def _(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return cube_sum(x), np.sum(3.0 * x * x * t)
+
+    x, v = np.linspace(0.1, 0.9, 7), np.linspace(1.0, -1.0, 7)
+    hv = gradc.hvp(lambda x: cube_sum(x), backend="python")(x, v)
+    np.testing.assert_allclose(hv, 6.0 * x * v, rtol=1e-13)
