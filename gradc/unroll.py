@@ -117,10 +117,26 @@ class _Unroller:
         if not node.shape:
             return g.add(op, tuple(self._present(a) for a in args), node.attrs)
         spread = [np.broadcast_to(_as_array(a), node.shape) for a in args]
+        if op in ("add", "sub"):
+            return self._sum_of_parts(op, *spread)
         out = np.empty(node.shape, dtype=object)
         for idx in np.ndindex(*node.shape):
             items = [a[idx] for a in spread]
             out[idx] = self._scalar_op(op, items, node.attrs)
+        return out
+
+    def _sum_of_parts(self, op, a, b):
+        """``a + b`` or ``a - b`` element by element, where absent elements cost nothing: the
+        adjoint of many reads (``x[i]`` in a Python loop) is a sum of scatters that each write
+        one element, so only the elements both write become nodes (found by NumPy, not by a
+        Python loop over every element: that made unrolling quadratic in the array's size)."""
+        a_absent, b_absent = np.equal(a, None), np.equal(b, None)
+        out = np.where(b_absent, a, b if op == "add" else None)
+        if op == "sub":
+            for k in np.flatnonzero(a_absent & ~b_absent):
+                out.flat[k] = self.g.add("neg", (b.flat[k],))
+        for k in np.flatnonzero(~a_absent & ~b_absent):
+            out.flat[k] = self.g.add(op, (a.flat[k], b.flat[k]))
         return out
 
     def _scalar_op(self, op, items, attrs):
