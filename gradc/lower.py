@@ -403,7 +403,7 @@ class _Lowering:
         for node in graph.nodes:
             if node.op not in _ELEMENTWISE and node.op not in _VIEWS and node.op not in (
                     "input", "const", "alias", "sum", "max", "min", "matmul", "scatter",
-                    "zeros", "concatenate", "stack"):
+                    "zeros", "concatenate", "stack", "count"):
                 raise LoweringError(f"the loop lowering has no rule for {node.op}")
             if node.op in ("concatenate", "stack") and node.shape:
                 raise LoweringError(f"the loop lowering has no rule for {node.op}")
@@ -730,6 +730,9 @@ class _Lowering:
             text = self.names[arg.id] if arg.id in self.names else self.scalar(arg)
             self._stmt(node, f"{self.name(node)} = {text}")
             return
+        if node.op == "count":  # from the argument shapes, so every length shares the source
+            self._stmt(node, f"{self.name(node)} = float({self._count_text(node)})")
+            return
         spec = OPS[node.op]
         args = []
         for i, a in enumerate(node.args):
@@ -741,6 +744,17 @@ class _Lowering:
             else:
                 args.append(self.names[a.id])
         self._stmt(node, f"{self.name(node)} = {spec.render(args, node.attrs, self.np)}")
+
+    def _count_text(self, node):
+        """The number of elements of a count's reduced axes, as source over the shapes."""
+        forms = self.shapes.forms[node.args[0].id]
+        axis = node.attrs[0]
+        picked = [forms[a] for a in (range(len(forms)) if axis is None else axis)]
+        for f in picked:
+            self.used_symbols.update(f.symbols())
+        texts = [f.text() for f in picked if f != Lin(1)]
+        return " * ".join(f"({t})" if len(texts) > 1 and not t.isidentifier() else t
+                          for t in texts) or "1"
 
     def _materialise(self, node):
         space = self.shapes.forms[node.id]

@@ -737,7 +737,17 @@ _ARRAY_TABLE = [
        jvp=_linear_jvp),
     Op("zeros", 0, "{np}.zeros({shape}, {np}.{dtype})", lambda shape, dtype: np.zeros(shape, dtype),
        attrs=("shape", "dtype"), shape=lambda a: a[0]),
+    # How many elements the reduced axes of x hold (a mean's divisor): it reads x's shape only,
+    # so its derivative is zero. Code for one shape prints the number (``value``); the loop
+    # lowering prints it from the argument shapes, so one compiled loop serves every length.
+    Op("count", 1, "{value}", lambda x, axis, value: float(_count(np.shape(x), axis)),
+       lambda g, out, x: (None,), attrs=("axis", "value"), shape=lambda a, s: (),
+       jvp=lambda ts, out, x: None),
 ]
+
+
+def _count(shape, axis):
+    return int(np.prod([shape[a] for a in (range(len(shape)) if axis is None else axis)]))
 
 
 # --- more arrays traced whole: scans, products of elements, permutations, updates, linalg ----

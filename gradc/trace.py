@@ -248,7 +248,12 @@ class Tracer:
     def mean(self, *args, **kwargs):
         axis, keepdims = _reduction_arguments(np.mean, self, args, kwargs)
         total = self._reduce("sum", axis, keepdims)
-        return total * (total.size / self.size) if self.shape else self
+        if not self.shape:
+            return self
+        axes = total.node.attrs[0]  # sum's axes, normalised
+        count = self.size // max(total.size, 1)
+        # sum / count, as NumPy divides; count reads x's shape, so loops stay shape-generic
+        return total / self._apply("count", (self,), (axes, float(count)))
 
     def dot(self, other):
         return np.dot(self, other)

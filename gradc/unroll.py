@@ -42,7 +42,7 @@ class UnrollError(Exception):
 _ELEMENTWISE = {name for name, op in OPS.items()
                 if op.shape is None and op.arity and op.result != "tuple"}
 _STRUCTURAL = {"getitem", "broadcast_to", "fill", "transpose", "reshape", "scatter",
-               "concatenate", "stack", "zeros", "sum", "max", "min", "matmul",
+               "concatenate", "stack", "zeros", "sum", "max", "min", "matmul", "count",
                "custom"}  # a user-defined rule: one scalar custom node per element
 
 
@@ -199,6 +199,9 @@ class _Unroller:
         if not node.shape:
             return [self._present(value)]
         return [self._present(e) for e in _as_array(value).reshape(-1)]
+
+    def _count(self, node, x):
+        return self.g.const(node.attrs[1])  # the shape is fixed here: the number itself
 
     def _zeros(self, node):
         return np.full(node.shape, None, dtype=object)

@@ -76,6 +76,9 @@ CASES = {
     "stack": [(lambda v, w: np.sum(np.stack([v, w * v], axis=1) ** 2), (V4, V4)),
               (lambda v, w: np.sum(np.stack([v, w]) @ w), (V4, V4))],
     "zeros": [(lambda a, v: np.sum(a ** 2), (A, V4))],  # v unused: its gradient is zeros
+    # a mean's divisor, read from the shape (zero derivative)
+    "count": [(lambda a: np.sum(np.mean(np.sin(a), axis=1) ** 2), (A,)),
+              (lambda a: np.mean(a * W) + np.sum(np.mean(a, axis=(0, 1), keepdims=True)), (A,))],
 }
 
 

@@ -147,3 +147,18 @@ def test_unsupported_ops_are_refused_for_the_caller_to_fall_back():
     graph = gradient_graph(chain, [(3, 2, 2), (2,)])
     with pytest.raises(LoweringError):
         lower_function(graph, "f")
+
+
+def test_a_mean_is_divided_by_a_count_of_the_argument_shapes_so_lengths_share_a_loop():
+    import gradc
+
+    f = gradc.value_and_grad(lambda w, X, y: np.mean((X @ w - y) ** 2), argnums=0,
+                             arrays="loops")
+    rng = np.random.default_rng(5)
+    for m in (300, 401):
+        X, y, w = rng.random((m, 3)), rng.random(m), rng.random(3)
+        value, grad = f(w, X, y)
+        assert value == pytest.approx(np.mean((X @ w - y) ** 2), rel=1e-13)
+        np.testing.assert_allclose(grad, 2.0 / m * (X @ w - y) @ X, rtol=1e-12)
+    sources = {spec.source for spec in f._specs.values()}
+    assert len(sources) == 1 and "float(m)" in sources.pop()
