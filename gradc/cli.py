@@ -179,7 +179,7 @@ def _draw_seed(J, out_dir):
     try:
         draw(J, 5.0, 3.0, 2.0).save(path)
     except DrawingUnavailable as exc:
-        return f"No picture: {exc}"
+        return f"No picture: {exc.reason}"
     except OSError as exc:
         return f"No picture: gradc could not write {path} ({exc.strerror or exc}); pass --out DIR."
     return f"picture of the graph: {path}"

@@ -44,7 +44,12 @@ PNG_DPI = 200  # a PNG sharp enough for a slide; SVG scales by itself
 
 
 class DrawingUnavailable(GradcError):
-    """Graphviz (the ``graphviz`` Python package or its ``dot`` program) is not installed."""
+    """Graphviz (the ``graphviz`` Python package or its ``dot`` program) is not installed.
+    ``reason`` is the message without the caller's file and line (for ``gradc demo``)."""
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def _graphviz():
@@ -52,13 +57,12 @@ def _graphviz():
     try:
         import graphviz
     except ImportError:
-        raise DrawingUnavailable(
-            f"{where()}: gradc.draw renders with Graphviz, and the graphviz Python package is "
-            f"not installed: {INSTALL}.") from None
+        reason = ("gradc.draw renders with Graphviz, and the graphviz Python package is not "
+                  f"installed: {INSTALL}.")
+        raise DrawingUnavailable(f"{where()}: {reason}", reason) from None
     if shutil.which("dot") is None:
-        raise DrawingUnavailable(
-            f"{where()}: gradc.draw renders with Graphviz, and its dot program is not on PATH: "
-            f"{INSTALL}.")
+        reason = f"gradc.draw renders with Graphviz, and its dot program is not on PATH: {INSTALL}."
+        raise DrawingUnavailable(f"{where()}: {reason}", reason)
     return graphviz
 
 
