@@ -271,7 +271,7 @@ def _njit_loop(module, k: BatchedKernel):
     """
     from numba import float64, int64, njit, types
 
-    jit._jit_inner(module, k.func_name)
+    jit.jit_inner(module, k.func_name)
     inputs = tuple(float64 if rank is None else types.Array(float64, rank, "C", readonly=True)
                    for rank in k.argument_ranks())
     outputs = tuple(types.Array(float64, 1 + len(shape), "C") for shape in k.output_shapes())

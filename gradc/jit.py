@@ -852,7 +852,7 @@ def _code_file(dispatcher):
     return getattr(code, "co_filename", None)
 
 
-def _jit_inner(module, func_name):
+def jit_inner(module, func_name):
     """Compile the fused function lazily, in place in its module, so that the entry point or
     the batched loop that calls it (a module global) calls the compiled one."""
     from numba import njit
@@ -863,14 +863,14 @@ def _jit_inner(module, func_name):
 def njit_lazy(module, func_name):
     """The module's function as a numba dispatcher that compiles per argument types on first
     call (loop code takes arrays of any length: one compile per rank and dtype)."""
-    _jit_inner(module, func_name)
+    jit_inner(module, func_name)
     return getattr(module, func_name)
 
 
 def _njit_all(module, func_name, entry_name, shapes, dtype="float64", layout="A"):
     from numba import float64, njit, types
 
-    _jit_inner(module, func_name)
+    jit_inner(module, func_name)
     element = getattr(types, dtype)
     signature = tuple(float64 if shape is None else types.Array(element, len(shape), layout)
                       for shape in shapes) + (types.StarArgTuple(()),)  # *extra is always empty
@@ -879,25 +879,6 @@ def _njit_all(module, func_name, entry_name, shapes, dtype="float64", layout="A"
     with warnings.catch_warnings():  # '@ is faster on contiguous arrays': transposes are views
         warnings.simplefilter("ignore", NumbaPerformanceWarning)
         return njit(signature, cache=True, error_model="numpy")(getattr(module, entry_name))
-
-
-def _njit_batched(module, func_name, batched_name, batched, n_outputs, parallel):
-    from numba import float64, int64, njit, types
-
-    _jit_inner(module, func_name)
-    # Contiguous loads vectorise (~1.5x over "A"). The loop only reads its points, so they are
-    # typed read-only: numba then accepts read-only arrays (np.frombuffer, setflags) as well as
-    # writable ones, which it converts for ~0.07 us a call (benchmarks/vmap_threads.py: ~1% of
-    # the 6 us Python wrapper at 1e3 points), one compiled loop for both. Outputs stay writable.
-    points = types.Array(float64, 1, "C", readonly=True)
-    outputs = types.Array(float64, 1, "C")
-    signature = (int64,) + tuple(points if b else float64 for b in batched) + (outputs,) * n_outputs
-    if parallel:
-        use_threading_layer()
-    # nogil: the loop touches only its arrays, so serial loops called from several threads run
-    # at once (parallel launches release the GIL anyway; gradc.batch orders them).
-    return njit(signature, cache=True, parallel=parallel, nogil=True, error_model="numpy")(
-        getattr(module, batched_name))
 
 
 def use_threading_layer():
@@ -933,12 +914,6 @@ def use_threading_layer():
             f"{where()}: numba's threading layer {numba.config.THREADING_LAYER!r} (chosen by "
             f"NUMBA_THREADING_LAYER or numba.config) does not load here ({hint}). Install it, "
             "choose another layer, or use gradc.vmap(..., parallel=False).") from exc
-
-
-def load_numba_batched(source, func_name, batched_name, batched, n_outputs, parallel):
-    """The numba dispatcher of the batched loop (see :func:`gradc.emit.emit_batched`)."""
-    return load_numba(source, batched_name, None, None, build=lambda module: _njit_batched(
-        module, func_name, batched_name, batched, n_outputs, parallel))
 
 
 def load_numba(source, func_name, entry_name, shapes, build=None, dtype="float64", layout="A"):
