@@ -387,3 +387,31 @@ def test_repeat_step_compiles_its_loop_with_numba():
     assert loss == pytest.approx(loss_py, rel=1e-12)
     for k in new:
         np.testing.assert_allclose(new[k], new_py[k], rtol=1e-10, atol=1e-14)
+
+
+def test_a_step_of_whole_arrays_runs_as_fused_loops_and_agrees_with_numpy_level_code():
+    rng = np.random.default_rng(11)
+    model = nn.Chain(nn.Dense(32, 24), nn.Tanh(), nn.Dense(24, 5))
+    params = model.init_params(rng, np.float64) if not hasattr(model, "init") else model.init(rng)
+    X = rng.random((16, 32))
+    Y = nn.softmax_cross_entropy.targets(rng.integers(0, 5, 16), (5,))
+    for opt in (nn.SGD(0.05, momentum=0.9), nn.Adam(0.01)):
+        loops = nn.compile_step(model, params, X, Y, nn.softmax_cross_entropy, opt)
+        plain = nn.compile_step(model, params, X, Y, nn.softmax_cross_entropy, opt,
+                                backend="python")
+        assert ", as loops." in loops.source.splitlines()[0]
+        state = opt.init(params) if hasattr(opt, "init") else {}
+        _assert_trees_close(loops(params, state, X, Y), plain(params, state, X, Y))
+
+
+def _assert_trees_close(got, want):
+    if isinstance(want, dict):
+        assert sorted(got) == sorted(want)
+        for k in want:
+            _assert_trees_close(got[k], want[k])
+    elif isinstance(want, (tuple, list)):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            _assert_trees_close(g, w)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)

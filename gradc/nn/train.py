@@ -33,6 +33,7 @@ from .. import ad, errors, jit
 from ..api import (ARRAY_MODES, UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES, array_elements,
                    numba_layout, numba_runs)
 from ..emit import emit_module
+from ..lower import LoweringError, lower_module
 from ..ir import ArrayOut
 from ..optimize import optimize
 from ..trace import Tracer, identifier_or_none, trace
@@ -223,7 +224,9 @@ class TrainStep:
         self._scalar = np.float32 if dtype == "float32" else np.float64
         arg_shapes = [s for _, s in self.graph.params]
         self.raw = None
-        if backend == "numba" and numba_runs(self.graph, arg_shapes, arrays):
+        if backend == "numba" and self.whole and arrays in ("auto", "loops"):
+            self._compile_loops(kind, arrays)  # fused loops and BLAS calls, as value_and_grad
+        if self.raw is None and backend == "numba" and numba_runs(self.graph, arg_shapes, arrays):
             try:
                 self.raw, self.path = jit.load_numba(
                     self.source, self.func_name, entry, arg_shapes, dtype=dtype,
@@ -234,6 +237,21 @@ class TrainStep:
         if self.raw is None:
             func, self.path = jit.load_python(self.source, self.func_name)
             self.raw = _quiet(func)
+
+    def _compile_loops(self, kind, arrays):
+        """The step as fused loops (gradc/lower.py) compiled by numba, where the lowering has
+        rules for it: NumPy-level code spends most of a small model's step in NumPy's
+        per-call dispatch (benchmarks/profile_w5.py)."""
+        try:
+            source, func_name = lower_module(self.graph, "loss", kind, self.graph.origin)
+        except LoweringError as exc:
+            if arrays == "loops":
+                raise errors.UnsupportedFunctionError(
+                    f"arrays='loops' cannot compile this step ({exc}); use arrays='auto'.") from None
+            return
+        self.raw, self.path = jit.load_numba(
+            source, func_name, None, None, build=lambda module: jit.njit_lazy(module, func_name))
+        self.source, self.func_name = source, func_name
 
     def flatten(self, params, state):
         """The emitted function's arguments after X, Y and lr's place: parameters, then state."""
