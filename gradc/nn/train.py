@@ -195,7 +195,7 @@ class TrainStep:
         # Optimizer slots are parameter-shaped arguments too: count them like api.lower does.
         elements = (array_elements(shapes) * (1 + len(optimizer.slots))
                     + array_elements((x_shape, y_shape)))
-        whole = arrays in ("numpy", "numba") or dtype == "float32" or (
+        whole = arrays in ("numpy", "numba", "loops") or dtype == "float32" or (
             arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
         build = lambda w: step_graph(model, self.loss, optimizer, keys, shapes,  # noqa: E731
                                      x_shape, y_shape, w, dtype)
