@@ -252,6 +252,15 @@ class TrainStep:
         self.raw, self.path = jit.load_numba(
             source, func_name, None, None, build=lambda module: jit.njit_lazy(module, func_name))
         self.source, self.func_name = source, func_name
+        # float64: compile now, for C-order arrays of the step's shapes, so that fit compiles
+        # before its first epoch (and its step times are steps). A float32 model may be fed
+        # float64 batches, so its step compiles for what it is given, at the first call.
+        if self.dtype == "float64":
+            from numba import typeof
+
+            samples = [np.float64(0) if shape is None else np.zeros(shape)
+                       for _, shape in self.graph.params]
+            self.raw.compile(tuple(typeof(v) for v in samples))
 
     def flatten(self, params, state):
         """The emitted function's arguments after X, Y and lr's place: parameters, then state."""
