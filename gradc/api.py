@@ -45,6 +45,7 @@ UNROLL_MAX_NODES = 500
 #: the array arguments hold at most this many elements.
 NUMBA_LOOP_MAX_ELEMENTS = 4096
 _ndarray = np.ndarray
+_FLOAT64 = np.dtype(np.float64)  # the dtype object of native float64 arrays (compared by identity)
 #: Loop sources compiled in this process -> (numba dispatcher, cache file): one per source.
 _LOOP_FUNCTIONS: dict = {}
 
@@ -462,6 +463,12 @@ class GradcFunction:
                     pass  # ints, float32, lists of the right shape: convert below
                 except CapturedArrayChanged:
                     self._forget()  # a captured name now holds another shape: trace again
+            elif spec is not None and spec.plain is not None and len(args) == 1 \
+                    and type(a) is _ndarray and a.dtype is _FLOAT64:  # keyed by shape alone
+                try:
+                    return spec.plain(a)
+                except CapturedArrayChanged:
+                    self._forget()
             elif self._plain:  # NumPy-level code: arrays of the compiled dtype, as they are
                 plain = self._plain.get(tuple(map(_shape_and_dtype, args)))
                 if plain is not None:
