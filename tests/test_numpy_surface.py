@@ -203,7 +203,11 @@ ORACLE_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(ORACLE_CASES))
+# autograd has no derivative of cumprod (its VJP is "not defined"): JAX checks that one
+AUTOGRAD_CASES = sorted(set(ORACLE_CASES) - {"cumprod"})
+
+
+@pytest.mark.parametrize("name", AUTOGRAD_CASES)
 def test_gradients_agree_with_autograd(name):
     anp = pytest.importorskip("autograd.numpy")
     autograd = pytest.importorskip("autograd")
