@@ -18,11 +18,11 @@ takes (``GradcFunction.lower``, which compiles nothing) and the node counts.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
+
+from . import harness
 
 ROSEN_SIZES = [8, 16, 32, 64, 128, 256, 512]
 ROSEN_SIZES_QUICK = [8, 32, 128]
@@ -76,18 +76,11 @@ def child(mode, case, size, time_calls):
 
 
 def _run(mode, case, size, cache_dir, time_calls, timeout=900):
-    env = dict(os.environ, GRADC_CACHE_DIR=cache_dir)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "benchmarks.array_choice", mode, case, str(size),
-           "1" if time_calls else "0"]
-    try:
-        p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    if p.returncode != 0:
-        return {"error": ((p.stderr.strip().splitlines() or ["?"])[-1])[:300]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    r = harness.run_child("benchmarks.array_choice",
+                          (mode, case, size, "1" if time_calls else "0"), cache_dir, timeout)
+    if r.pop("stderr", None) is not None:
+        r["error"] = r["error"][:300]
+    return r
 
 
 def auto_choice(case, size):

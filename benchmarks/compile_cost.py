@@ -9,11 +9,11 @@ Tools: gradc, gradc-python, numba-hand (no disk cache: cold and warm are the sam
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
+
+from . import harness
 
 CHILD_TOOLS = ["gradc", "gradc-python", "numba-hand", "jax"]
 
@@ -64,21 +64,14 @@ def _gradc_backend_note(J):
 
 
 def run_child(tool, workload, depth, cache_dir, timeout=900):
-    """One fresh subprocess; returns its JSON dict or {"error": ...}."""
-    env = dict(os.environ, GRADC_CACHE_DIR=cache_dir)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "benchmarks.compile_cost", tool, workload, str(depth)]
-    try:
-        p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    if p.returncode != 0:
-        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
-        if "No module named 'gradc'" in p.stderr or "No module named 'jax'" in p.stderr:
-            return {"skipped": tail}
-        return {"error": tail[:300]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    """One fresh subprocess; returns its JSON dict or {"error": ...} / {"skipped": ...}."""
+    r = harness.run_child("benchmarks.compile_cost", (tool, workload, depth), cache_dir, timeout)
+    stderr = r.pop("stderr", "")
+    if "No module named 'gradc'" in stderr or "No module named 'jax'" in stderr:
+        return {"skipped": r["error"]}
+    if "error" in r:
+        r["error"] = r["error"][:300]
+    return r
 
 
 def _median(xs):

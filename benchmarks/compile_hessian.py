@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
+
+from . import harness
 
 SIZES = (10, 50, 200)
 FUNCTIONS = ("cubes", "rosen")
@@ -84,18 +83,12 @@ def child(tool, name, n):
 
 def run_child(tool, name, n, cache_dir, timeout=900):
     """One fresh subprocess; its JSON dict, or {"error": ...} / {"skipped": ...}."""
-    env = dict(os.environ, GRADC_CACHE_DIR=cache_dir)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "benchmarks.compile_hessian", "--child", tool, name, str(n)]
-    try:
-        p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    if p.returncode != 0:
-        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+    r = harness.run_child("benchmarks.compile_hessian", ("--child", tool, name, n), cache_dir,
+                          timeout)
+    if r.pop("stderr", None) is not None:
+        tail = r["error"]
         return {"skipped" if "No module named" in tail else "error": tail[:300]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return r
 
 
 def _median(xs):

@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
+
+from . import harness
 
 DEPTHS = {500: 42, 2000: 167, 5000: 417, 20000: 1667, 100000: 8333}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -83,16 +84,10 @@ def child(path, depth):
 
 
 def run_child(path, depth, cache_dir, timeout):
-    env = dict(os.environ, GRADC_CACHE_DIR=cache_dir)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "benchmarks.compile_scale", "--child", path, str(depth)]
-    try:
-        r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    if r.returncode != 0:
-        return {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    r = harness.run_child("benchmarks.compile_scale", ("--child", path, depth), cache_dir, timeout)
+    if r.pop("stderr", None) is not None:
+        r["error"] = r["error"][:200]
+    return r
 
 
 def measure(path, depth, timeout):

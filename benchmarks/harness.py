@@ -8,9 +8,11 @@ of the repeats.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import timeit
 from dataclasses import dataclass
@@ -43,6 +45,24 @@ def measure(fn, args=(), repeat=15, min_time=0.02, warmup=3) -> Stats:
     q = statistics.quantiles(per_call, n=4) if len(per_call) >= 2 else [per_call[0]] * 3
     med = statistics.median(per_call)
     return Stats(med, per_call[0], (q[2] - q[0]) / med if med else 0.0, repeat, number)
+
+
+def run_child(module, args, cache_dir, timeout=900):
+    """``python -m module *args`` in a fresh process with its own gradc cache directory (cold
+    and warm compiles are measured this way): the JSON dict its last stdout line holds, or
+    ``{"error": its last stderr line, "stderr": all of it}`` (each caller says which errors
+    mean a tool is missing), or ``{"error": "timed out after ... s"}``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, GRADC_CACHE_DIR=cache_dir)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", module, *map(str, args)]
+    try:
+        p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1], "stderr": p.stderr}
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def pin_threads(n=1):
