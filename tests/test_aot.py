@@ -39,16 +39,21 @@ MIXED = textwrap.dedent("""
 """)
 A = np.array([[0.1, -0.4, 0.9], [1.3, 0.2, -0.7]])
 
-# Runs in a child: block numba, llvmlite and gradc, import the module, print its results.
-CHILD = textwrap.dedent("""
+# What every child script starts with (see _child): the modules argv[2] names unimportable,
+# the built module's folder (argv[1]) first on the path.
+_ISOLATION = textwrap.dedent("""
     import json, sys
-    BLOCK = set(sys.argv[2].split(","))
+    BLOCK = set(sys.argv[2].split(",")) - {""}
     class Blocker:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCK:
                 raise ImportError("blocked: " + name)
     sys.meta_path.insert(0, Blocker())
     sys.path.insert(0, sys.argv[1])
+""")
+
+# Runs in a child: block numba, llvmlite and gradc, import the module, print its results.
+CHILD = textwrap.dedent("""
     import numpy as np
     import model
     x = np.linspace(-1.2, 0.7, 20)
@@ -103,7 +108,8 @@ def _same(got, want):
 def _child(outdir, block, script=CHILD):
     """Run ``script`` in an isolated child with the modules ``block`` names unimportable;
     its JSON output."""
-    done = subprocess.run([sys.executable, "-I", "-c", script, outdir, ",".join(block)],
+    done = subprocess.run([sys.executable, "-I", "-c", _ISOLATION + script, outdir,
+                           ",".join(block)],
                           capture_output=True, text=True, cwd=outdir)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
