@@ -401,8 +401,7 @@ class GradcFunction:
             return None
         found = _LOOP_FUNCTIONS.get(source)
         if found is None:
-            found = _LOOP_FUNCTIONS[source] = jit.load_numba(
-                source, func_name, None, None, build=lambda module: jit.njit_lazy(module, func_name))
+            found = _LOOP_FUNCTIONS[source] = jit.load_numba_lazy(source, func_name)
         dispatcher, path = found
         spec = _Spec(graph, source, path, dispatcher, func_name, plain=dispatcher, runs="loops")
         return _with_captured(spec, graph.captured_arrays) if out_params and \

@@ -230,8 +230,7 @@ def _lossfn(kernel: LossKernel):
 
 def _compile_loss(k: LossKernel):
     if k.runs == "loops":
-        return jit.load_numba(k.source, k.func_name, None, None,
-                              build=lambda module: jit.njit_lazy(module, k.func_name))[0]
+        return jit.load_numba_lazy(k.source, k.func_name)[0]
     if k.runs == "numba":
         try:
             return jit.load_numba(k.source, k.func_name, k.entry_name, k.shapes,

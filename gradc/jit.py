@@ -860,11 +860,17 @@ def jit_inner(module, func_name):
     setattr(module, func_name, njit(cache=True, error_model="numpy")(getattr(module, func_name)))
 
 
-def njit_lazy(module, func_name):
-    """The module's function as a numba dispatcher that compiles per argument types on first
-    call (loop code takes arrays of any length: one compile per rank and dtype)."""
+def _njit_lazy(module, func_name):
     jit_inner(module, func_name)
     return getattr(module, func_name)
+
+
+def load_numba_lazy(source, func_name):
+    """``(dispatcher, path)`` for ``func_name`` of ``source``, a numba dispatcher that compiles
+    per argument types on first call (loop code takes arrays of any length: one compile per
+    rank and dtype), cached on disk like :func:`load_numba`'s."""
+    return load_numba(source, func_name, None, None,
+                      build=lambda module: _njit_lazy(module, func_name))
 
 
 def _njit_all(module, func_name, entry_name, shapes, dtype="float64", layout="A"):

@@ -249,8 +249,7 @@ class TrainStep:
                 raise errors.UnsupportedFunctionError(
                     f"arrays='loops' cannot compile this step ({exc}); use arrays='auto'.") from None
             return
-        self.raw, self.path = jit.load_numba(
-            source, func_name, None, None, build=lambda module: jit.njit_lazy(module, func_name))
+        self.raw, self.path = jit.load_numba_lazy(source, func_name)
         self.source, self.func_name = source, func_name
         # float64: compile now, for C-order arrays of the step's shapes, so that fit compiles
         # before its first epoch (and its step times are steps). A float32 model may be fed
