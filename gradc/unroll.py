@@ -51,17 +51,21 @@ def size_of(graph):
     return sum(int(np.prod(n.shape)) if n.shape else 1 for n in graph.nodes)
 
 
+def _without_scalar_form(graph):
+    """The ops of ``graph`` this pass has no scalar form for, sorted."""
+    return sorted({n.op for n in graph.nodes if not (
+        n.op in ("input", "const", "alias") or n.op in _ELEMENTWISE or n.op in _STRUCTURAL)})
+
+
 def can_unroll(graph):
     """True when every op of ``graph`` has a scalar form here."""
-    return all(n.op in ("input", "const", "alias") or n.op in _ELEMENTWISE
-               or n.op in _STRUCTURAL for n in graph.nodes)
+    return not _without_scalar_form(graph)
 
 
 def unroll(graph):
     """``graph`` with every array traced whole unrolled into scalar nodes (see the module)."""
-    if not can_unroll(graph):
-        bad = sorted({n.op for n in graph.nodes if not (
-            n.op in ("input", "const", "alias") or n.op in _ELEMENTWISE or n.op in _STRUCTURAL)})
+    bad = _without_scalar_form(graph)
+    if bad:
         raise UnrollError(f"no scalar form for {', '.join(bad)}")
     return _Unroller(graph).run()
 
