@@ -301,6 +301,12 @@ class GradcFunction:
                              capture="unrolled" if capture else None)
         return traced
 
+    def _differentiated(self, traced, nargs, shapes, dtype):
+        """The transformed, optimized program that code is emitted from: unrolled where small,
+        user rules' nodes replaced by their values (nothing differentiates it further)."""
+        graph = self._unrolled_if_small(optimize(self._transform(traced, nargs)), shapes, dtype)
+        return custom.strip(graph)
+
     def _unrolled_if_small(self, graph, shapes, dtype):
         """``graph`` unrolled into scalar code (gradc/unroll.py) where that measurably wins:
         arrays of at most UNROLL_MAX_ELEMENTS elements in all whose unrolled program stays
@@ -329,8 +335,7 @@ class GradcFunction:
         nargs = len(shapes)
         traced = self._trace(shapes, dtype, capture=capture)
         traced.dtype = dtype
-        graph = self._unrolled_if_small(optimize(self._transform(traced, nargs)), shapes, dtype)
-        graph = custom.strip(graph)  # differentiated: user rules' nodes are their values now
+        graph = self._differentiated(traced, nargs, shapes, dtype)
         kind = {"compile": "value"}.get(self._kind, self._kind)
         source, func_name, entry_name = emit_module(graph, self._name, kind, traced.origin,
                                                     out_params=out_params)

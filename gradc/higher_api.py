@@ -42,10 +42,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import custom, errors, higher
+from . import errors, higher
 from .api import GradcFunction, _NeedsConversion, _shapes
 from .emit import emit_module
-from .optimize import optimize
 
 _TANGENT_KINDS = ("hvp", "jvp")
 _SPARSE_KINDS = ("hessian", "jacobian")
@@ -179,8 +178,7 @@ class HigherFunction(GradcFunction):
         # value_and_grad does); hessian and jacobian build their output entry by entry.
         traced = self._trace(shapes[:nargs], dtype, multiple=multiple, capture=capture,
                              scalar=self._kind not in _TANGENT_KINDS)
-        graph = self._unrolled_if_small(optimize(self._transform(traced, nargs)), shapes, dtype)
-        graph = custom.strip(graph)  # differentiated: user rules' nodes are their values now
+        graph = self._differentiated(traced, nargs, shapes, dtype)
         argnums, _ = self._argnums_for(nargs)
         n, m = len(higher.wrt_inputs(traced, argnums)), len(traced.outputs)
         kind, notes = self._kind, []
