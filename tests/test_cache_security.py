@@ -226,6 +226,11 @@ SWAPPER = textwrap.dedent("""
     finally:
         stop.set()
         thread.join()
+    # gradc may have rewritten the file after the thread's last swap: leave hostile code there
+    # for certain, so the next process meets it
+    with open(path + ".last", "w") as fh:
+        fh.write(hostile)
+    os.replace(path + ".last", path)
     assert all(r == (33.0, (3.0, 6.0, 9.0)) for r in results), results
     print(path)
 """)
