@@ -1,8 +1,9 @@
 """``gradc.draw``: the computation graph as a picture, with each forward value and adjoint on it.
 
 ``draw(f, *args)`` derives ``f`` at ``args`` exactly as ``gradc.explain`` does
-(:func:`gradc.explain.derive`) and lays the graph out left to right in forward
-order: one box per step, showing its op over the user's own names
+(:func:`gradc.explain.derive`: arrays traced whole, then unrolled into their
+elements by the pure pass ``gradc.unroll``) and lays the graph out left to right
+in forward order: one box per step, showing its op over the user's own names
 (``u = b * c``), its value (``u = 6``) and its adjoint (``du = 3``). With
 ``reverse=True`` the reverse sweep's own steps (the adjoint graph) are drawn
 too, each under the value it is the adjoint of, flowing right to left.
@@ -154,7 +155,10 @@ def dot_source(f, *args, adjoints=True, reverse=False, collapse=None, max_nodes=
     elements = sum(np.size(v) for v in values_in if not isinstance(v, float))
     if collapse or collapse is None and elements > max_nodes:  # unrolling would be too big
         return _Collapsed(fn, values_in, adjoints, max_nodes).dot()
-    full = _Full(derive(f, *args, order=1), adjoints, reverse)
+    # Every step's box: the whole-array trace unrolled into its elements (gradc/unroll.py),
+    # which is the seed's picture of a small graph; arrays stay whole where an op has no
+    # element form (one box per array op, each showing its array's first and last values).
+    full = _Full(derive(f, *args, order=1, elements=True), adjoints, reverse)
     if collapse is None and full.size() > max_nodes:
         return _Collapsed(fn, values_in, adjoints, max_nodes).dot()
     return full.dot()

@@ -5,9 +5,26 @@ node in Python, so every adjoint the seed names (``dJ = 1`` included) appears
 with the expression that produced it. :func:`derive` computes that derivation
 (graph, values, names, adjoints, rows) once; :func:`explain` prints it as a
 table and ``gradc.draw`` (gradc/draw.py) draws it as a picture.
+
+Arrays are traced whole, as every gradc transformation traces them (one node per
+array op). The derivation is then shown in one of two views of that one graph:
+
+- element by element (``x_0``, ``dx_2``): the whole-array graph unrolled by the
+  pure pass ``gradc.unroll``, then differentiated as the seed's scalars are. This
+  is the right-to-left derivation of a small model, and what explain shows while
+  that table has at most ``ELEMENT_ROWS`` rows;
+- arrays whole (``t3 = t0 - t2 = [0.29, 0.41, ...]``, ``dx = t45 + t46``): one row
+  per array op. Past ``ELEMENT_ROWS`` rows this reads better: Rosenbrock at
+  n = 5 is 96 rows element by element and 26 rows whole, each row one step a
+  reader recognises from the code (``x[1:]``, ``x[:-1] ** 2``, a scatter back
+  into ``dx``), at any n.
+
+``elements=True`` / ``False`` asks for either view. Second order (Hessians) is
+element by element: its entries are built one scalar input at a time.
 """
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -15,12 +32,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ad
-from .api import GradcFunction, _origin, function_name
+from .api import GradcFunction, _origin, array_elements, function_name
 from .emit import assign_names, literal
-from .errors import ArgumentError
+from .errors import ArgumentError, UnsupportedFunctionError, where
 from .ir import Graph, evaluate
 from .ops import OPS
 from .trace import trace
+from .unroll import UnrollError, unroll
+
+#: explain shows arrays element by element while that table has at most this many rows (a
+#: screen); a longer one is shown with arrays whole, one row per array op (see the module).
+ELEMENT_ROWS = 40
 
 
 def expression(node, names):
@@ -33,8 +55,9 @@ def expression(node, names):
 
 
 def _number(v):
-    if np.ndim(v):
-        return np.array2string(np.asarray(v), precision=6, threshold=8, separator=", ")
+    if np.ndim(v):  # on one line, whatever the rank: the table keeps one row per step
+        text = np.array2string(np.asarray(v), precision=6, threshold=8, separator=", ")
+        return re.sub(r"\n\s*", " ", text)
     v = float(v)
     return repr(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
 
@@ -91,7 +114,8 @@ class Derivation:
     ``graph`` is the un-optimized reverse-mode graph, ``values`` its node values,
     ``names`` its identifiers; ``n_traced`` nodes at the start of ``graph`` are the
     traced forward program, ``adjoint`` maps each of their ids to its adjoint's node
-    (first order only); ``forward``/``reverse``/``order2`` are the rows, as Steps.
+    (first order only); ``forward``/``reverse``/``order2`` are the rows, as Steps;
+    ``elements`` says whether arrays are shown element by element or whole.
     """
 
     name: str
@@ -105,10 +129,16 @@ class Derivation:
     reverse: list = field(default_factory=list)
     order2: list = field(default_factory=list)
     second: bool = False
+    elements: bool = True  # arrays element by element (False: arrays whole, one row per op)
 
     @property
     def params(self):
         return self.names["params"]
+
+    @property
+    def rows(self):
+        """Every row of the table, in order."""
+        return self.forward + self.reverse + self.order2
 
     def value(self, node):
         return self.values[node.id]
@@ -123,14 +153,34 @@ def _kind(f):
 
 def traced(f, args):
     """``(fn, name, arguments, graph)``: ``f`` (a gradc function or a plain one) traced at
-    ``args`` with arrays unrolled, the arguments checked and converted as a call checks them."""
+    ``args`` with its arrays whole (one node per array op, as every gradc transformation
+    traces), the arguments checked and converted as a call checks them."""
     fn = f._fn if isinstance(f, GradcFunction) else f
     name = function_name(fn)
     probe = GradcFunction(fn, "value_and_grad", backend="python")
     values_in = probe._bind(args, {})
     shapes = [None if isinstance(v, float) else v.shape for v in values_in]
-    graph = trace(fn, list(zip(probe._arg_names(len(values_in)), shapes)), name, _origin(fn))
+    params = [(p, s, True) for p, s in zip(probe._arg_names(len(values_in)), shapes)]
+    graph = trace(fn, params, name, _origin(fn))
     return fn, name, values_in, graph
+
+
+def element_view(graph, required_for=None):
+    """``graph`` with its arrays unrolled into one scalar node per element (gradc/unroll.py):
+    the seed's scalar program. None where the unroll pass has no scalar form for an op of
+    ``graph``; with ``required_for`` (what needs the elements), an error saying so instead."""
+    if not graph.whole_params:
+        return graph  # floats only: already scalar
+    try:
+        return unroll(graph)
+    except UnrollError as exc:
+        if required_for is None:
+            return None
+        raise UnsupportedFunctionError(
+            f"{where()}: gradc.explain shows {required_for} element by element, and this "
+            f"function uses an array op that has no element-by-element form ({exc}); call "
+            f"gradc.explain(f, ...) for the first-order derivation with arrays whole, or "
+            f"compute it with gradc.hessian directly.") from None
 
 
 def _first_order(graph, argnums):
@@ -148,13 +198,42 @@ def _first_order(graph, argnums):
     return g, adjoint, n_traced
 
 
-def derive(f, *args, order=None):
+def derive(f, *args, order=None, elements=None):
     """The derivation of ``f`` at ``args``: order 1 (value and gradient) or 2 (forward over
-    reverse, as gradc.hessian computes); by default the order ``f``'s kind asks for."""
+    reverse, as gradc.hessian computes); by default the order ``f``'s kind asks for.
+
+    ``elements``: True shows arrays element by element, False whole, None (the default)
+    element by element while that table has at most ``ELEMENT_ROWS`` rows (see the module).
+    Where the elements have no scalar form (an op the unroll pass lacks), arrays stay whole.
+    """
+    if elements not in (None, True, False):
+        raise ArgumentError(f"{where()}: elements must be None, True or False, not {elements!r}.")
     kind = _kind(f)
     second = order == 2 if order else kind in ("hessian", "value_grad_hessian")
     fn, name, values_in, graph = traced(f, args)
+    if second:
+        if elements is False:
+            raise ArgumentError(f"{where()}: gradc.explain shows second order element by "
+                                "element (a Hessian is built one scalar input at a time); "
+                                "leave elements= out.")
+        return _derivation(name, values_in, element_view(graph, "second order"), True)
+    small = array_elements([None if isinstance(v, float) else v.shape for v in values_in]) \
+        <= ELEMENT_ROWS  # each element costs at least one row: no need to unroll to know
+    if elements or elements is None and small:
+        scalar = element_view(graph)
+        if scalar is not None:
+            d = _derivation(name, values_in, scalar, False)
+            if elements or len(d.rows) <= ELEMENT_ROWS:
+                return d
+    return _derivation(name, values_in, graph, False)
+
+
+def _derivation(name, values_in, graph, second):
+    """The Derivation of the traced ``graph`` (element by element or arrays whole) at
+    ``values_in``: its reverse sweep (and, ``second``, forward over it), evaluated and
+    split into rows."""
     n_traced = len(graph.nodes)
+    elements = not graph.whole_params
     argnums = tuple(range(len(values_in)))
     boundary, adjoint = None, {}
     if second:  # forward over reverse, on the optimized gradient graph (as gradc.hessian does)
@@ -167,7 +246,8 @@ def derive(f, *args, order=None):
         graph, adjoint, n_traced = _first_order(graph, argnums)
     values = evaluate(graph, values_in)
     names, absorbed, _ = assign_names(graph, name)
-    result = Derivation(name, values_in, graph, values, names, n_traced, adjoint, second=second)
+    result = Derivation(name, values_in, graph, values, names, n_traced, adjoint, second=second,
+                        elements=elements)
     n_forward = max((i for i, n in enumerate(graph.nodes) if n.op != "alias"
                      and i <= graph.outputs[0].id), default=0)
     for step in steps(graph, names, absorbed, live_ids(graph)):
@@ -210,11 +290,12 @@ class Explanation:
         return f"<gradc.explain of {self.text.splitlines()[0]}: .text, .draw()>"
 
 
-def explain(f, *args, file=None):
+def explain(f, *args, file=None, elements=None):
     """Print how ``f``'s value and gradient at ``args`` are computed, one named step a line.
 
     Returns an :class:`Explanation` (the table as ``.text``, ``.draw()`` for the picture,
-    which Jupyter shows by itself).
+    which Jupyter shows by itself). Arrays are shown element by element while that table
+    is short, else whole (``elements=True`` / ``False`` chooses; see the module).
 
     >>> def J(a, b, c):
     ...     u = b * c
@@ -235,8 +316,8 @@ def explain(f, *args, file=None):
       dc = du * b     = 9
     <gradc.explain of J(a=5, b=3, c=2) = 33: .text, .draw()>
     """
-    d = derive(f, *args)
-    rows = [(s.name, s.expr, d.value(s.node)) for s in d.forward + d.reverse + d.order2]
+    d = derive(f, *args, elements=elements)
+    rows = [(s.name, s.expr) for s in d.rows]
     w_name = max((len(r[0]) for r in rows), default=1)
     w_expr = max((len(r[1]) for r in rows), default=1)
 
