@@ -12,12 +12,16 @@ One emitted function therefore does forward, backward and update:
 
 It returns new arrays; its arguments are never written to.
 
-Which code is emitted follows ``gradc.value_and_grad(..., arrays=...)``: small
-problems (every array argument together at most ``UNROLL_MAX_ELEMENTS``
-elements, float64) unroll into straight-line scalar code compiled by numba —
-the seed's three ``Scale`` layers on one sample are a dozen statements —
-and everything else is traced whole into NumPy-level code run by NumPy
-(float32 stays float32 there).
+Arrays are traced whole (one node per array op) at every batch size, as
+``gradc.value_and_grad`` traces them, and which code is emitted follows
+``gradc.value_and_grad(..., arrays=...)``: small float64 problems (every array
+argument together at most ``UNROLL_MAX_ELEMENTS`` elements, unrolled program at
+most ``UNROLL_MAX_NODES`` nodes) are unrolled by the pure pass ``gradc.unroll``
+into straight-line scalar code compiled by numba — the seed's three ``Scale``
+layers on one sample are a dozen statements — and everything else is lowered to
+fused loops and BLAS calls (gradc/lower.py) compiled by numba, or, where the
+lowering has no rule for an op, runs as NumPy-level code in NumPy (float32 stays
+float32 there).
 """
 from __future__ import annotations
 
@@ -30,13 +34,12 @@ import weakref
 import numpy as np
 
 from .. import ad, errors, jit
-from ..api import (ARRAY_MODES, UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES, array_elements,
-                   numba_layout, numba_runs)
+from ..api import ARRAY_MODES, GradcFunction, numba_layout, numba_runs
 from ..emit import emit_module
 from ..lower import LoweringError, lower_module
-from ..ir import ArrayOut
 from ..optimize import optimize
 from ..trace import Tracer, identifier_or_none, trace
+from ..unroll import UnrollError, unroll
 from .losses import as_loss
 from .optim import Optimizer
 
@@ -67,95 +70,82 @@ def param_identifiers(keys):
 
 
 # --- the step graph ---------------------------------------------------------------------
-def _structure(graph, nodes, shape):
-    """Traced value(s) for one argument's input nodes: a Tracer (scalar or whole array) or an
-    object array of scalar Tracers (an unrolled array)."""
-    if shape is None or len(nodes) == 1 and nodes[0].shape == tuple(shape):
-        return Tracer(graph, nodes[0])
-    values = np.empty(len(nodes), dtype=object)
-    for i, n in enumerate(nodes):
-        values[i] = Tracer(graph, n)
-    return values.reshape(shape)
+def _output(graph, value, name, outputs):
+    """Append ``value``'s node to ``outputs`` (named ``name`` unless it is an input or a
+    constant); return its index, the output tree's leaf."""
+    node = Tracer(graph, graph.inputs[0])._lift(value)
+    if node.op not in ("input", "const"):
+        graph.names.setdefault(node.id, name)
+    outputs.append(node)
+    return len(outputs) - 1
 
 
-def _gradient_values(graph, leaf, shape):
-    """The gradient of one parameter from ``value_and_grad``'s out_tree leaf, as traced value(s)."""
-    if isinstance(leaf, ArrayOut):
-        return _structure(graph, [graph.outputs[i] for i in leaf.indices], leaf.shape)
-    return Tracer(graph, graph.outputs[leaf])
-
-
-def _outputs_of(graph, value, shape, name, outputs):
-    """Append ``value``'s nodes to ``outputs``; return its out_tree leaf (an index, or an
-    ArrayOut for an unrolled array)."""
-    lift = Tracer(graph, graph.inputs[0])._lift
-    if shape is None or not isinstance(value, np.ndarray):
-        node = lift(value.item() if isinstance(value, np.ndarray) else value)
-        if node.op not in ("input", "const"):
-            graph.names.setdefault(node.id, name)
-        outputs.append(node)
-        return len(outputs) - 1
-    first = len(outputs)
-    outputs.extend(lift(v) for v in value.flat)  # an unrolled array: element nodes, C order
-    return ArrayOut(name, tuple(shape), tuple(range(first, len(outputs))))
-
-
-def step_graph(model, loss, optimizer, keys, shapes, x_shape, y_shape, whole, dtype="float64"):
+def step_graph(model, loss, optimizer, keys, shapes, x_shape, y_shape, whole=True,
+               dtype="float64"):
     """The fused training step as a Graph (see the module docstring).
 
     ``shapes`` has one entry per parameter (None for a 0-d parameter, traced as a
-    float); ``whole`` traces arrays whole (NumPy-level) instead of element by element.
+    float). Arrays are traced whole; ``whole=False`` returns the same step unrolled
+    into one scalar node per element (gradc/unroll.py), or a GradcError where an op
+    of the step has no element-by-element form.
     """
     loss = as_loss(loss)
     names = param_identifiers(keys)
     n = len(keys)
 
     def loss_fn(*args):
-        params = dict(zip(keys, args[:n]))
-        out = model.apply(params, args[n])
-        return loss(out, args[n + 1])
+        # One expression, no locals: the names in the step are the user's and gradc's
+        # (dW0, W0_new), not this wrapper's (its frame's locals would name the nodes).
+        return loss(model.apply(dict(zip(keys, args[:n])), args[n]), args[n + 1])
 
-    specs = [(nm, s, whole) for nm, s in zip(names, shapes)]
-    specs += [("X", x_shape, whole), ("Y", y_shape, whole)]
+    specs = [(nm, s, True) for nm, s in zip(names, shapes)]
+    specs += [("X", x_shape, True), ("Y", y_shape, True)]
     traced = trace(loss_fn, specs, "loss", _origin(model))
     traced.dtype = dtype
-    return add_update(ad.value_and_grad(traced, tuple(range(n))), optimizer, n)
+    graph = add_update(ad.value_and_grad(traced, tuple(range(n))), optimizer, n)
+    if whole:
+        return graph
+    try:
+        return unroll(graph)
+    except UnrollError as exc:
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: this training step has no element-by-element form ({exc}); "
+            "use arrays='auto', which keeps its arrays whole.") from None
 
 
 def add_update(graph, optimizer, n_params):
-    """``graph`` (from ``ad.value_and_grad`` over its first ``n_params`` parameters) with the
-    optimizer's update appended: new parameters ``lr``, then the state; outputs
-    ``(loss, new params..., new slots..., new scalars...)``.
+    """``graph`` (from ``ad.value_and_grad`` over its first ``n_params`` parameters, traced
+    with arrays whole) with the optimizer's update appended: new parameters ``lr``, then the
+    state; outputs ``(loss, new params..., new slots..., new scalars...)``.
     """
     g = graph.copy()
     loss_node = g.outputs[g.out_tree[0]]
     grad_leaves = g.out_tree[1]
     shapes = [g.params[p][1] for p in range(n_params)]
-    whole = [p in g.whole_params for p in range(n_params)]
     names = [g.params[p][0] for p in range(n_params)]
-    params = [_structure(g, g.param_inputs(p), shapes[p]) for p in range(n_params)]
-    grads = [_gradient_values(g, leaf, shapes[p]) for p, leaf in enumerate(grad_leaves)]
+    for p, shape in enumerate(shapes):
+        if shape is not None and p not in g.whole_params:
+            raise errors.ArgumentError(
+                f"add_update takes a graph traced with arrays whole; parameter {names[p]!r} "
+                "is traced element by element (trace it as (name, shape, True)).")
+    params = [Tracer(g, g.param_inputs(p)[0]) for p in range(n_params)]
+    grads = [Tracer(g, g.outputs[leaf]) for leaf in grad_leaves]
     lr = Tracer(g, g.param("lr"))
-    slots = {}
-    for slot in optimizer.slots:
-        slots[slot] = []
-        for p in range(n_params):
-            shape = shapes[p]
-            nodes = g.param(f"{slot}_{names[p]}", shape, whole=whole[p])
-            slots[slot].append(_structure(g, nodes if isinstance(nodes, list) else [nodes], shape))
+    slots = {slot: [Tracer(g, g.param(f"{slot}_{names[p]}", shapes[p], whole=True))
+                    for p in range(n_params)]  # shaped like its parameter (a float: a float)
+             for slot in optimizer.slots}
     scalars = {name: Tracer(g, g.param(name)) for name in optimizer.scalars}
     new_params, new_slots, new_scalars = optimizer.update(params, grads, slots, scalars, lr)
 
     outputs = [loss_node]
     tree = [0]
     for p in range(n_params):
-        tree.append(_outputs_of(g, new_params[p], shapes[p], f"{names[p]}_new", outputs))
+        tree.append(_output(g, new_params[p], f"{names[p]}_new", outputs))
     for slot in optimizer.slots:
         for p in range(n_params):
-            tree.append(_outputs_of(g, new_slots[slot][p], shapes[p], f"{slot}_{names[p]}_new",
-                                    outputs))
+            tree.append(_output(g, new_slots[slot][p], f"{slot}_{names[p]}_new", outputs))
     for name in optimizer.scalars:
-        tree.append(_outputs_of(g, new_scalars[name], None, f"{name}_new", outputs))
+        tree.append(_output(g, new_scalars[name], f"{name}_new", outputs))
     g.set_outputs(outputs, tuple(tree))
     return g
 
@@ -182,7 +172,8 @@ class TrainStep:
     ``step(params, state, X, Y)`` -> ``(loss, new_params, new_state)`` with dicts
     like :meth:`Optimizer.init`'s; ``step.raw`` is the emitted function itself
     (flat positional arguments, see :attr:`arg_names`), for hot loops.
-    Attributes: ``source``, ``graph``, ``path``, ``whole`` (NumPy-level code).
+    Attributes: ``source``, ``graph``, ``path``, ``whole`` (arrays whole: fused loops or
+    NumPy-level code; False: unrolled scalar code).
     """
 
     def __init__(self, model, loss, optimizer, keys, shapes, x_shape, y_shape, dtype="float64",
@@ -192,29 +183,11 @@ class TrainStep:
         self.model, self.loss, self.optimizer = model, as_loss(loss), optimizer
         self.keys, self.shapes, self.dtype = tuple(keys), tuple(shapes), dtype
         self.x_shape, self.y_shape = tuple(x_shape), tuple(y_shape)
+        graph = optimize(step_graph(model, self.loss, optimizer, keys, shapes, x_shape, y_shape,
+                                    True, dtype))
         # Optimizer slots are parameter-shaped arguments too: count them like api.lower does.
-        elements = (array_elements(shapes) * (1 + len(optimizer.slots))
-                    + array_elements((x_shape, y_shape)))
-        whole = arrays in ("numpy", "numba", "loops") or dtype == "float32" or (
-            arrays == "auto" and elements > UNROLL_MAX_ELEMENTS)
-        build = lambda w: step_graph(model, self.loss, optimizer, keys, shapes,  # noqa: E731
-                                     x_shape, y_shape, w, dtype)
-        graph = None
-        if not whole:
-            try:
-                graph = optimize(build(False))
-            except errors.ControlFlowError:
-                # NumPy's object loops compare elements (np.max in log_softmax); the
-                # NumPy-level form has ops for them.
-                if arrays != "auto":
-                    raise
-            else:
-                # numba compiles straight-line code at ~3-4 ms a statement: a step of more
-                # than UNROLL_MAX_NODES statements runs as NumPy-level code instead.
-                if arrays == "auto" and len(graph.nodes) > UNROLL_MAX_NODES:
-                    graph = None
-        if graph is None:
-            graph = optimize(build(True))
+        arg_shapes = [s for _, s in graph.params]
+        graph = _unrolled_if_small(graph, arg_shapes, dtype, arrays)
         self.whole = bool(graph.whole_params)
         self.graph = graph
         kind = f"{optimizer.name}_step"
@@ -222,7 +195,6 @@ class TrainStep:
                                                          self.graph.origin)
         self.arg_names = tuple(name for name, _ in self.graph.params)
         self._scalar = np.float32 if dtype == "float32" else np.float64
-        arg_shapes = [s for _, s in self.graph.params]
         self.raw = None
         if backend == "numba" and self.whole and arrays in ("auto", "loops"):
             self._compile_loops(kind, arrays)  # fused loops and BLAS calls, as value_and_grad
@@ -293,6 +265,14 @@ class TrainStep:
                        *st)
         new_params, new_state = self.unflatten(out[1:])
         return float(out[0]), new_params, new_state
+
+
+def _unrolled_if_small(graph, arg_shapes, dtype, arrays):
+    """The whole-array step ``graph`` unrolled into scalar code where ``gradc.value_and_grad``
+    would unroll a function of these arguments (one policy for both: api's, by element and
+    node counts; arrays="unroll" forces it), else ``graph`` as it is."""
+    policy = GradcFunction(_unrolled_if_small, "value_and_grad", backend="python", arrays=arrays)
+    return policy._unrolled_if_small(graph, arg_shapes, dtype)
 
 
 def _quiet(func):
