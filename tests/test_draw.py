@@ -176,3 +176,37 @@ def test_explain_without_graphviz_keeps_its_table_and_warns(monkeypatch, capsys)
     assert result.text == capsys.readouterr().out.rstrip("\n")
     with pytest.warns(UserWarning, match="gradc.draw renders with Graphviz"):
         assert result._repr_svg_() is None
+
+
+def test_seven_elements_are_drawn_element_by_element_from_the_whole_array_trace():
+    def lse(z):
+        m = np.max(z)  # the element-by-element tracer refused np.max
+        return m + np.log(np.sum(np.exp(z - m)))
+
+    z = np.linspace(-1.0, 2.0, 7)
+    _, grad = gradc.value_and_grad(lse, backend="python")(z)
+    boxes = _boxes(dot_source(lse, z))
+    key = _by_name(dot_source(lse, z))
+    for i in range(7):  # one input box per element, its adjoint on it
+        rows = boxes[key[f"z_{i}"]]
+        assert rows[2] == f"dz_{i} = {float(grad[i]):.6g}".replace("e-0", "e-")
+    assert "cluster_reverse" not in dot_source(lse, z)  # the full picture, not collapsed
+
+
+def test_three_hundred_elements_are_drawn_collapsed_with_arrays_whole():
+    def sumsq(x):
+        return np.sum(x ** 2)
+
+    source = dot_source(sumsq, np.linspace(0.0, 1.0, 300))
+    rows = [r for box in _boxes(source).values() for r in box]
+    assert len(_boxes(source)) < 10 and "float64[300]" in rows
+    assert any(r.startswith("dx = [0, 0.006689, …, 2]") for r in rows)
+
+
+def test_an_op_without_an_element_form_is_drawn_with_its_arrays_whole():
+    def cs(x):
+        return np.sum(np.cumsum(x) ** 2)
+
+    rows = [r for box in _boxes(dot_source(cs, np.arange(1.0, 4.0))).values() for r in box]
+    assert "x input" in rows and "x = [1, 2, 3]" in rows  # one box for the array
+    assert "dx = [20, 18, 12]" in rows  # dx_k = 2 * (cumsum_k + ... + cumsum_n) for [1, 3, 6]

@@ -415,3 +415,80 @@ def _assert_trees_close(got, want):
             _assert_trees_close(g, w)
     else:
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+# --- every layer and loss, traced whole at every batch size ----------------------------------
+def _layer_models():
+    return {
+        "Dense": nn.Chain(nn.Dense(3, 2)),
+        "Scale": nn.Chain(nn.Dense(3, 2), nn.Scale()),
+        "Tanh": nn.Chain(nn.Dense(3, 2), nn.Tanh()),
+        "Sigmoid": nn.Chain(nn.Dense(3, 2), nn.Sigmoid()),
+        "ReLU": nn.Chain(nn.Dense(3, 2), nn.ReLU()),
+        "Softplus": nn.Chain(nn.Dense(3, 2), nn.Softplus()),
+        "Repeat": nn.Chain(nn.Dense(3, 2), nn.Repeat(nn.Chain(nn.Dense(2, 2), nn.Tanh()), 2)),
+    }
+
+
+def _central_differences(model, loss, params, X, Y, h=1e-6):
+    def value(p):
+        return float(loss(model.apply(p, X), Y))
+
+    grads = {}
+    for k, v in params.items():
+        g = np.zeros(np.shape(v))
+        for idx in np.ndindex(*np.shape(v)):
+            up, down = dict(params), dict(params)
+            up[k], down[k] = np.array(v, dtype=float), np.array(v, dtype=float)
+            up[k][idx] += h
+            down[k][idx] -= h
+            g[idx] = (value(up) - value(down)) / (2 * h)
+        grads[k] = g
+    return grads
+
+
+def _check_step(model, loss, batch):
+    params = model.init(seed=batch)
+    r = np.random.default_rng(batch)
+    X = r.normal(size=(batch, 3))
+    Y = loss.targets(r.integers(0, 2, size=batch), (2,)) if loss.kind == "multiclass" else \
+        r.uniform(0.0, 1.0, size=(batch, 2))
+    step = nn.compile_step(model, params, X, Y, loss, nn.SGD(1.0), backend="python")
+    value, grads = step_gradients(step, params, X, Y)
+    assert value == pytest.approx(float(loss(model.apply(params, X), Y)), rel=1e-12)
+    want = _central_differences(model, loss, params, X, Y)
+    for k in params:
+        np.testing.assert_allclose(grads[k], want[k], rtol=1e-5, atol=1e-8, err_msg=k)
+    return step
+
+
+@pytest.mark.parametrize("batch", [1, 7, 300])
+@pytest.mark.parametrize("layer", list(_layer_models()))
+def test_every_layers_step_is_exact_at_every_batch_size(layer, batch):
+    step = _check_step(_layer_models()[layer], nn.mse, batch)
+    if batch == 300:  # past the unroll limit: arrays whole
+        assert step.whole
+
+
+@pytest.mark.parametrize("batch", [1, 7, 300])
+@pytest.mark.parametrize("loss", [nn.mse, nn.softmax_cross_entropy, nn.binary_cross_entropy],
+                         ids=lambda loss: loss.name)
+def test_every_losss_step_is_exact_at_every_batch_size(loss, batch):
+    step = _check_step(nn.Chain(nn.Dense(3, 4), nn.Tanh(), nn.Dense(4, 2)), loss, batch)
+    if batch in (1, 300):  # one sample unrolls (log_softmax's max too); 300 stays whole
+        assert step.whole == (batch == 300)
+
+
+def test_step_graph_unrolls_through_the_unroll_pass_or_says_why_not():
+    model = nn.Chain(nn.Dense(3, 2), nn.Tanh())
+    params = model.init(seed=0)
+    shapes = [np.shape(v) for v in params.values()]
+    args = (model, nn.mse, nn.SGD(0.1), list(params), shapes, (2, 3), (2, 2))
+    whole, scalar = nn.step_graph(*args), nn.step_graph(*args, whole=False)
+    assert whole.whole_params and not scalar.whole_params
+    assert [name for name, _ in whole.params] == [name for name, _ in scalar.params]
+    deep = nn.Chain(nn.Dense(3, 2), nn.Repeat(nn.Dense(2, 2), 3))  # a scan: no scalar form
+    deep_params = deep.init(seed=0)
+    with pytest.raises(gradc.UnsupportedFunctionError, match="no element-by-element form"):
+        nn.step_graph(deep, nn.mse, nn.SGD(0.1), list(deep_params),
+                      [np.shape(v) for v in deep_params.values()], (2, 3), (2, 2), whole=False)
