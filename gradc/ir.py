@@ -59,6 +59,16 @@ def resolve(node):
     return node
 
 
+def _shape_of(spec, attrs, args):
+    """The shape of ``spec``'s result on ``args``. An elementwise op of arguments of one shape
+    (scalars above all) has that shape; NumPy's broadcasting rules decide the rest."""
+    if spec.shape is None and args:
+        first = args[0].shape
+        if all(a.shape == first for a in args):
+            return first
+    return spec.shape_of(attrs, [a.shape for a in args])
+
+
 def structural_zero(node):
     """True for a node that is the constant +0.0 whatever the arguments: an entry of an
     array result that is never stored (the array starts zeroed; see gradc.emit) and
@@ -218,11 +228,19 @@ class Graph:
         spec = OPS[op]
         if spec.arity is not None and len(args) != spec.arity:
             raise ValueError(f"{op} takes {spec.arity} arguments, got {len(args)}")
-        key = (op, tuple(resolve(a).id for a in args) if op != "alias" else (args[0].id,), attrs)
+        return self._add(spec, op, args, attrs)
+
+    def _add(self, spec, op, args, attrs):
+        """:meth:`add` for arguments already checked (a replayed node's)."""
+        # Every node of every pass is built here: keep it free of per-node NumPy calls.
+        if op == "alias":
+            key = (op, (args[0].id,), attrs)
+        else:
+            key = (op, tuple([a.id if a.op != "alias" else resolve(a).id for a in args]), attrs)
         node = self._memo.get(key)
         if node is None:
-            shape = spec.shape_of(attrs, [a.shape for a in args])
-            node = self._memo[key] = self._new(op, tuple(args), attrs, spec.result, shape)
+            node = self._memo[key] = self._new(op, tuple(args), attrs, spec.result,
+                                               _shape_of(spec, attrs, args))
         return node
 
     def set_outputs(self, outputs, out_tree):
@@ -252,10 +270,10 @@ class Graph:
             elif node.op == "const":
                 out = new.const(node.attrs[0])
             else:
-                args = tuple(mapped[a.id] for a in node.args)
+                args = tuple([mapped[a.id] for a in node.args])
                 out = rule(new, node, args) if rule else None
                 if out is None:
-                    out = new.add(node.op, args, node.attrs)
+                    out = new._add(OPS[node.op], node.op, args, node.attrs)
             mapped[node.id] = out
             hint = self.names.get(node.id)
             if hint is not None and out.op not in ("input", "const"):

@@ -30,29 +30,30 @@ def fold(graph):
     ``where`` with a constant condition picks its branch, and an elementwise op of
     constants spread over an array (``fill``) is the spread constant.
     """
+    return graph.rebuild(_fold_rule)
 
-    def rule(new, node, args):
-        if node.op == "alias" or not args or OPS[node.op].result == "tuple":
-            return None
-        values, spec = [a.value for a in args], OPS[node.op]
-        if node.op == "where" and values[0] is not None and np.ndim(values[0]) == 0:
-            chosen = args[1] if values[0] else args[2]
-            return chosen if chosen.shape == node.shape else None
-        if node.shape and spec.shape is None and spec.result == "float" and node.op != "where":
-            spread = [_spread_constant(a) for a in args]  # fill(c) * k is fill(c * k)
-            if all(v is not None for v in spread):
-                with np.errstate(all="ignore"):
-                    result = spec.compute(spread, node.attrs)
-                return new.add("fill", (new.const(result),), (node.shape,))
-        if any(v is None for v in values) or node.shape:
-            return None  # array results stay computed: literals of them would swamp the source
-        with np.errstate(all="ignore"):
-            result = OPS[node.op].compute(values, node.attrs)
-        if node.op != "where" and OPS[node.op].result == "bool" and np.ndim(result) == 0:
-            result = bool(result)
-        return new.const(result)
 
-    return graph.rebuild(rule)
+def _fold_rule(new, node, args):
+    """fold's replacement for one node (None: keep it)."""
+    if node.op == "alias" or not args or OPS[node.op].result == "tuple":
+        return None
+    values, spec = [a.value for a in args], OPS[node.op]
+    if node.op == "where" and values[0] is not None and np.ndim(values[0]) == 0:
+        chosen = args[1] if values[0] else args[2]
+        return chosen if chosen.shape == node.shape else None
+    if node.shape and spec.shape is None and spec.result == "float" and node.op != "where":
+        spread = [_spread_constant(a) for a in args]  # fill(c) * k is fill(c * k)
+        if all(v is not None for v in spread):
+            with np.errstate(all="ignore"):
+                result = spec.compute(spread, node.attrs)
+            return new.add("fill", (new.const(result),), (node.shape,))
+    if any(v is None for v in values) or node.shape:
+        return None  # array results stay computed: literals of them would swamp the source
+    with np.errstate(all="ignore"):
+        result = OPS[node.op].compute(values, node.attrs)
+    if node.op != "where" and OPS[node.op].result == "bool" and np.ndim(result) == 0:
+        result = bool(result)
+    return new.const(result)
 
 
 def _spread_constant(node):
@@ -84,25 +85,26 @@ def simplify(graph):
     ``0.0 - x -> -x`` (0.0 - 0.0 is +0.0, -0.0 is not) and ``x - (-0.0) -> x``
     (that is ``x + 0.0``); ``x * 0 -> 0`` (inf * 0 is NaN).
     """
+    return graph.rebuild(_simplify_rule)
 
-    def rule(new, node, args):
-        op = node.op
-        spec = OPS[op]
-        if node.shape and spec.shape is None and spec.arity and op != "alias":
-            narrowed = _unbroadcast_args(args, node.shape)
-            if narrowed is not None:
-                return new.add(op, narrowed, node.attrs)
-        if op in ("reshape", "broadcast_to") and args[0].op == "fill":
-            return new.add("fill", args[0].args, node.attrs)  # a spread scalar, spread again
-        if op == "broadcast_to" and args[0].op == "broadcast_to":
-            return new.add("broadcast_to", args[0].args, node.attrs)
-        if op == "reshape":
-            return _reshape_rule(new, node, args)
-        if op in _ARITHMETIC:
-            return _ARITHMETIC[op](new, *args)
-        return None
 
-    return graph.rebuild(rule)
+def _simplify_rule(new, node, args):
+    """simplify's replacement for one node (None: keep it)."""
+    op = node.op
+    spec = OPS[op]
+    if node.shape and spec.shape is None and spec.arity and op != "alias":
+        narrowed = _unbroadcast_args(args, node.shape)
+        if narrowed is not None:
+            return new.add(op, narrowed, node.attrs)
+    if op in ("reshape", "broadcast_to") and args[0].op == "fill":
+        return new.add("fill", args[0].args, node.attrs)  # a spread scalar, spread again
+    if op == "broadcast_to" and args[0].op == "broadcast_to":
+        return new.add("broadcast_to", args[0].args, node.attrs)
+    if op == "reshape":
+        return _reshape_rule(new, node, args)
+    if op in _ARITHMETIC:
+        return _ARITHMETIC[op](new, *args)
+    return None
 
 
 def _add_rule(new, x, y):
@@ -193,10 +195,36 @@ def dce(graph):
 
 
 def optimize(graph, max_rounds=4):
-    """fold, simplify and dce until nothing changes (a few rounds at most)."""
+    """fold, simplify and dce until nothing changes (a few rounds at most).
+
+    A round is ``dce(simplify(fold(graph)))`` done in two replays, not three: each node is
+    folded, then simplified, as it is replayed (simplify's rules read a node's op, attributes
+    and replayed arguments, which fold leaves as they are unless it replaces the node).
+    A round in which no rule fires copies its graph: after a dce it ends the loop with no
+    further dce (large programs spend most of their optimization time in replays).
+    """
+    dead_free = False  # whether ``graph`` is known to hold no dead nodes (dce's output)
     for _ in range(max_rounds):
         before = len(graph.nodes)
-        graph = dce(simplify(fold(graph)))
+        graph, fired = _fold_and_simplify(graph)
+        if not fired and dead_free:
+            break
+        graph, dead_free = dce(graph), True
         if len(graph.nodes) == before:
             break
     return graph
+
+
+def _fold_and_simplify(graph):
+    """``simplify(fold(graph))`` in one replay, and whether any rule replaced a node."""
+    fired = False
+
+    def rule(new, node, args):
+        nonlocal fired
+        out = _fold_rule(new, node, args)
+        if out is None:
+            out = _simplify_rule(new, node, args)
+        fired = fired or out is not None
+        return out
+
+    return graph.rebuild(rule), fired

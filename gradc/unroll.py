@@ -77,6 +77,8 @@ class _Unroller:
         self.g.dtype = graph.dtype
         self.g.captured_arrays = list(graph.captured_arrays)
         self.value = {}  # source node id -> new scalar node, or object array of them (None: absent)
+        self._uses = graph.users()  # how many nodes read each value: a sum may reuse a dead one's
+        self._flat_ids = {}         # shape -> its flat indices as an array (scatter's positions)
 
     def run(self):
         src, g = self.src, self.g
@@ -120,6 +122,9 @@ class _Unroller:
         g, op = self.g, node.op
         if not node.shape:
             return g.add(op, tuple(self._present(a) for a in args), node.attrs)
+        if op in ("add", "sub") and all(isinstance(a, _Sparse) and a.shape == node.shape
+                                        for a in args):
+            return self._sparse_sum(node, op, *args)
         spread = [np.broadcast_to(_as_array(a), node.shape) for a in args]
         if op in ("add", "sub"):
             return self._sum_of_parts(op, *spread)
@@ -142,6 +147,29 @@ class _Unroller:
         for k in np.flatnonzero(~a_absent & ~b_absent):
             out.flat[k] = self.g.add(op, (a.flat[k], b.flat[k]))
         return out
+
+    def _sparse_sum(self, node, op, a, b):
+        """``a + b`` or ``a - b`` of two sparse arrays (see _Sparse), at a cost of the elements
+        ``b`` writes: the adjoint of many reads is a chain ``((s0 + s1) + s2) + ...`` of
+        scatters, and each link adds one element to the sum so far. The sum so far is
+        extended in place when nothing else reads it (the chain's links); else copied.
+        Nodes are made in the order _sum_of_parts makes them (flat order: for ``a - b`` the
+        negations first), so both give the same program."""
+        left = node.args[0]
+        own = (a.owner == left.id and self._uses[left.id] == 1
+               and left.id not in self.src.names and left not in self.src.outputs)
+        items = a.items if own else dict(a.items)
+        both = sorted(k for k in b.items if k in items)
+        if op == "sub":
+            for k in sorted(k for k in b.items if k not in items):
+                items[k] = self.g.add("neg", (b.items[k],))
+        else:
+            for k, v in b.items.items():
+                if k not in items:
+                    items[k] = v
+        for k in both:
+            items[k] = self.g.add(op, (items[k], b.items[k]))
+        return _Sparse(node.shape, items, node.id)
 
     def _scalar_op(self, op, items, attrs):
         if op in ("add", "sub") and items[1] is None:
@@ -173,14 +201,17 @@ class _Unroller:
         return _result(np.reshape(_as_array(x), node.attrs[0]))
 
     def _scatter(self, node, g):
+        """``g`` written into zeros of the node's shape, as a _Sparse array (cost: the
+        elements written, not the array's size)."""
         index, shape = node.attrs
-        out = np.full(shape, None, dtype=object)
-        where = python_index(index)
-        if isinstance(g, np.ndarray) and g.shape:
-            out[where] = g
-        else:  # one element: stored as the node (an object array would store a 0-d array)
-            out[where] = _result(g)
-        return out
+        ids = self._flat_ids.get(shape)
+        if ids is None:
+            ids = self._flat_ids[shape] = np.arange(int(np.prod(shape))).reshape(shape)
+        positions = np.asarray(ids[python_index(index)])  # a view: basic indexing
+        values = np.broadcast_to(_as_array(g), positions.shape)
+        items = {k: v for k, v in zip(positions.reshape(-1).tolist(), values.reshape(-1))
+                 if v is not None}
+        return _Sparse(tuple(shape), dict(sorted(items.items())), node.id)
 
     def _concatenate(self, node, *xs):
         return np.concatenate([_as_array(x) for x in xs], axis=node.attrs[0])
@@ -208,7 +239,7 @@ class _Unroller:
         return self.g.const(node.attrs[1])  # the shape is fixed here: the number itself
 
     def _zeros(self, node):
-        return np.full(node.shape, None, dtype=object)
+        return _Sparse(tuple(node.shape), {}, node.id)
 
     def _sum(self, node, x):
         return self._reduce(node, x, "add")
@@ -271,8 +302,9 @@ class _Unroller:
                     if v is not None and v.op not in ("input", "const"):
                         self.g.names.setdefault(v.id, name)
                 continue
+            value = _as_array(self.value[node.id])
             for idx in np.ndindex(*node.shape):
-                v = self.value[node.id][idx]
+                v = value[idx]
                 if v is not None and v.op not in ("input", "const"):
                     self.g.names.setdefault(v.id, f"{name}_{'_'.join(map(str, idx))}")
 
@@ -314,9 +346,29 @@ def _array(items, shape):
     return out.reshape(shape)
 
 
+class _Sparse:
+    """An array value most of whose elements are absent (a ``scatter`` into zeros, and sums
+    of them): ``items`` maps flat C-order positions to nodes. ``owner`` is the id of the
+    source node that made it (only that node's value may be extended in place)."""
+
+    __slots__ = ("shape", "items", "owner")
+
+    def __init__(self, shape, items, owner):
+        self.shape, self.items, self.owner = shape, items, owner
+
+    def dense(self):
+        out = np.full(self.shape, None, dtype=object)
+        flat = out.reshape(-1)  # a view: C order
+        for k, v in self.items.items():
+            flat[k] = v
+        return out
+
+
 def _as_array(x):
     if isinstance(x, np.ndarray):
         return x
+    if isinstance(x, _Sparse):
+        return x.dense()
     box = np.empty((), dtype=object)
     box[()] = x
     return box
@@ -324,5 +376,7 @@ def _as_array(x):
 
 def _result(x):
     """An indexing result: a 0-d array is its element."""
+    if isinstance(x, _Sparse) and x.shape == ():
+        return x.items.get(0)
     return x[()] if isinstance(x, np.ndarray) and x.shape == () else x
 

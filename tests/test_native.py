@@ -326,3 +326,111 @@ def test_small_programs_keep_the_ordinary_path():
 
 def test_supported_ops_are_ops_of_the_table():
     assert native.SUPPORTED_OPS <= set(OPS)
+
+
+# --- gradc's own stages stay linear in the program's size (issue 15) ---------------------------
+
+def _sparse_sums_graph():
+    """Whole-array sums of scatters as the adjoint of reads builds them, one of them read twice
+    (it must not be extended in place), sums that overlap and a difference with elements only
+    its right side has."""
+    g = Graph("sums")
+    x = g.param("x", (5,), whole=True)
+    a = g.add("getitem", (x,), ((("i", 1),),))
+    b = g.add("getitem", (x,), ((("i", 3),),))
+    s1 = g.add("scatter", (a,), ((("i", 1),), (5,)))
+    s2 = g.add("scatter", (b,), ((("i", 3),), (5,)))
+    s3 = g.add("scatter", (a,), ((("i", 3),), (5,)))
+    t = g.add("add", (s1, s2))
+    u = g.add("add", (t, s3))     # overlaps t at 3
+    v = g.add("sub", (t, s1))     # reads t after u: u must have copied it
+    w = g.add("sub", (s2, u))     # element 1 only on the right: a negation
+    z = g.add("add", (g.add("zeros", (), ((5,), "float64")), s3))
+    outs = [u, v, w, z]
+    g.set_outputs(outs, tuple(range(len(outs))))
+    return g
+
+
+def test_unrolled_sums_of_scatters_match_the_whole_array_program():
+    from gradc.ir import evaluate
+    from gradc.unroll import unroll
+
+    g = _sparse_sums_graph()
+    x = np.array([0.5, -1.25, 2.0, 3.5, -0.75])
+    whole = evaluate(g, [x])
+    flat = unroll(g)
+    values = evaluate(flat, [x])
+    got = [values[o.id] for o in flat.outputs]
+    want = np.concatenate([np.asarray(whole[o.id]).reshape(-1) for o in g.outputs])
+    assert len(got) == len(want) == 20
+    assert all(same(a, b) for a, b in zip(got, want)), (got, want)
+
+
+@pytest.mark.filterwarnings("ignore::gradc.emit.CompileTimeWarning")  # the chain is unrolled on purpose
+def test_the_adjoint_of_many_reads_unrolls_without_dense_arrays(monkeypatch):
+    """2,000 reads of p: the gradient's chain of 2,000 sums of scatters is built element by
+    element; a dense array per link made unrolling quadratic (22 s at 100,000 nodes)."""
+    from gradc import unroll as unroll_module
+
+    made = []
+    dense = unroll_module._Sparse.dense
+    monkeypatch.setattr(unroll_module._Sparse, "dense",
+                        lambda self: made.append(self.shape) or dense(self))
+
+    def chain(p):
+        h = 0.3
+        for i in range(1000):
+            h = np.tanh(p[2 * i] * h + p[2 * i + 1])
+        return h
+
+    J = gradc.value_and_grad(chain, arrays="unroll", backend="python")
+    graph = J.lower(((2000,),))[0]
+    assert len(graph.nodes) > 8000
+    assert len(made) <= 2, made  # the finished gradient, once: not once per read
+    p = np.linspace(0.5, 1.5, 2000)
+    value, grad = J(p)
+    assert np.isclose(value, chain(p))
+    q = p.copy()
+    q[7] += 1e-6
+    assert np.isclose((chain(q) - chain(p)) / 1e-6, grad[7], rtol=1e-4, atol=1e-9)
+
+
+def test_optimize_in_two_replays_a_round_gives_the_three_pass_result():
+    """optimize folds and simplifies each node in one replay; the result is the three
+    passes' (fold, simplify, dce, until the size stays) for every program here."""
+    from gradc.optimize import dce, fold, optimize, simplify
+    from gradc.trace import trace
+
+    def three_passes(graph, max_rounds=4):
+        for _ in range(max_rounds):
+            before = len(graph.nodes)
+            graph = dce(simplify(fold(graph)))
+            if len(graph.nodes) == before:
+                break
+        return graph
+
+    programs = [
+        lambda x, y: (x * 1.0 - 0.0) * (2.0 * 3.0) + y * 0.0,
+        lambda x, y: x ** 0.0 + 2.0 + (-(-y)) + x * -1.0,     # x**0 is 1: folds next round
+        lambda x, y: (x + -0.5) * (y / 1.0) + (-0.0 - x) ** 1.0,
+        lambda x, y: np.where(x > y, x, y) * 1.0 + np.where(True, y, x),
+        lambda x, y: x * y,                                   # nothing to do
+    ]
+    for f in programs:
+        g = trace(f, ["x", "y"], "f")
+        assert str(optimize(g)) == str(three_passes(g))
+    dead = trace(lambda x, y: x * y, ["x", "y"], "f")
+    dead.add("sin", (dead.inputs[0],))                        # no rule fires; dead all the same
+    assert "sin" not in str(optimize(dead)) and len(optimize(dead).nodes) == 3
+
+
+def test_shapes_of_replayed_nodes_follow_broadcasting():
+    from gradc.errors import ShapeError
+
+    g = Graph("f")
+    x, s = g.param("x", (3,), whole=True), g.input("s")
+    assert g.add("mul", (x, s)).shape == (3,) and g.add("mul", (s, s)).shape == ()
+    assert g.add("add", (x, x)).shape == (3,)
+    y = g.param("y", (4,), whole=True)
+    with pytest.raises(ShapeError):
+        g.add("add", (x, y))
