@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .ir import Graph
 from .ops import OPS
 
 
@@ -187,44 +188,63 @@ def _reshape_rule(new, node, args):
 
 def dce(graph):
     """Drop every node the outputs do not need (inputs always stay: they are parameters)."""
+    return graph.rebuild(keep=_live(graph))
+
+
+def _live(graph):
+    """Ids of the nodes the outputs need."""
     live = {o.id for o in graph.outputs}
     for node in reversed(graph.nodes):
         if node.id in live:
             live.update(a.id for a in node.args)
-    return graph.rebuild(keep=live)
+    return live
 
 
 def optimize(graph, max_rounds=4):
     """fold, simplify and dce until nothing changes (a few rounds at most).
 
-    A round is ``dce(simplify(fold(graph)))`` done in two replays, not three: each node is
-    folded, then simplified, as it is replayed (simplify's rules read a node's op, attributes
-    and replayed arguments, which fold leaves as they are unless it replaces the node).
-    A round in which no rule fires copies its graph: after a dce it ends the loop with no
-    further dce (large programs spend most of their optimization time in replays).
+    The rounds are ``dce(simplify(fold(graph)))``, computed with fewer replays (large
+    programs spend most of their optimization time replaying): each node is folded, then
+    simplified, in one replay (simplify's rules read a node's op, attributes and replayed
+    arguments, which fold leaves as they are unless it replaces the node); dce replays only
+    where a node is dead; and a round whose rules would fire on no node is not run. The
+    rules decide from a node and its arguments, and a node the last round kept as it was
+    has the same arguments again (nothing before it changed), so its rules say the same:
+    only the nodes the rules made last round can fire. Those are tried on a scratch graph.
     """
-    dead_free = False  # whether ``graph`` is known to hold no dead nodes (dce's output)
     for _ in range(max_rounds):
         before = len(graph.nodes)
-        graph, fired = _fold_and_simplify(graph)
-        if not fired and dead_free:
-            break
-        graph, dead_free = dce(graph), True
-        if len(graph.nodes) == before:
+        graph, made = _fold_and_simplify(graph)
+        again = any(_fires(node) for node in made)
+        live = _live(graph)
+        if any(n.id not in live and n.op != "input" for n in graph.nodes):
+            graph = graph.rebuild(keep=live)
+        if not again or len(graph.nodes) == before:
             break
     return graph
 
 
+def _rule(new, node, args):
+    """fold's replacement for a node, else simplify's, else None."""
+    out = _fold_rule(new, node, args)
+    return out if out is not None else _simplify_rule(new, node, args)
+
+
 def _fold_and_simplify(graph):
-    """``simplify(fold(graph))`` in one replay, and whether any rule replaced a node."""
-    fired = False
+    """``simplify(fold(graph))`` in one replay, and the nodes its rules made (not yet
+    offered to the rules themselves)."""
+    made = []
 
     def rule(new, node, args):
-        nonlocal fired
-        out = _fold_rule(new, node, args)
-        if out is None:
-            out = _simplify_rule(new, node, args)
-        fired = fired or out is not None
+        start = len(new.nodes)
+        out = _rule(new, node, args)
+        made.extend(n for n in new.nodes[start:] if n.op not in ("input", "const"))
         return out
 
-    return graph.rebuild(rule), fired
+    return graph.rebuild(rule), made
+
+
+def _fires(node):
+    """Whether fold or simplify would replace ``node`` (tried against a scratch graph, which
+    any replacement is built in and thrown away with)."""
+    return _rule(Graph("scratch"), node, node.args) is not None

@@ -395,8 +395,8 @@ def test_the_adjoint_of_many_reads_unrolls_without_dense_arrays(monkeypatch):
     assert np.isclose((chain(q) - chain(p)) / 1e-6, grad[7], rtol=1e-4, atol=1e-9)
 
 
-def test_optimize_in_two_replays_a_round_gives_the_three_pass_result():
-    """optimize folds and simplifies each node in one replay; the result is the three
+def test_optimize_with_fewer_replays_gives_the_three_pass_result():
+    """optimize folds and simplifies in one replay and skips rounds that cannot fire; the result is the three
     passes' (fold, simplify, dce, until the size stays) for every program here."""
     from gradc.optimize import dce, fold, optimize, simplify
     from gradc.trace import trace
