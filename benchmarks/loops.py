@@ -39,6 +39,23 @@ def median_time(fn, budget=0.2, repeat=7):
     return statistics.median(timeit.repeat(fn, number=number, repeat=repeat)) / number
 
 
+def interleaved_medians(fns, budget=1.0, rounds=15):
+    """The median time of each of ``fns``, timed in ``rounds`` rounds that each run every one
+    in turn (about ``budget`` seconds in all)."""
+    numbers = []
+    for fn in fns:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        once = max(time.perf_counter() - t0, 1e-7)
+        numbers.append(max(1, int(budget / len(fns) / rounds / once)))
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, number, found in zip(fns, numbers, times):
+            found.append(timeit.timeit(fn, number=number) / number)
+    return [statistics.median(found) for found in times]
+
+
 # --- the models, as a scientist writes them ---------------------------------------------------
 def rosen(x):
     return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
@@ -142,9 +159,33 @@ def jax_versions():
     return {"rosen": wrap(j_rosen), "ls": wrap(j_ls), "logit": wrap(j_logit)}
 
 
+def us(t):
+    return "–" if t is None else (f"{t * 1e6:.2f} µs" if t < 1e-3 else f"{t * 1e3:.2f} ms")
+
+
+def table(rows):
+    """The timing rows as Markdown table lines. Ratios: gradc ``f(x)`` over the hand loop
+    returning a fresh array (the best of that and hand NumPy for rows without ``out=``);
+    gradc ``f(x, out=dx)`` over the hand loop writing into a buffer."""
+    lines = ["| workload | gradc f(x) | ratio | gradc f(x, out=dx) | ratio | hand numba (buffer) | "
+             "hand numba (fresh) | hand NumPy | JAX jit |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, t_g, t_gout, t_buf, t_fresh, t_np, t_jax in rows:
+        best = min(t_fresh, t_np) if t_gout is None else t_fresh
+        out_ratio = "–" if t_gout is None else f"{t_gout / t_buf:.2f}×"
+        lines.append(f"| {name} | {us(t_g)} | {t_g / best:.2f}× | {us(t_gout)} | {out_ratio} | "
+                     f"{us(t_buf)} | {us(t_fresh)} | {us(t_np)} | {us(t_jax)} |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loops")
     parser.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings")
+    parser.add_argument("--rosen-only", action="store_true",
+                        help="only the Rosenbrock rows (the call-path measurement); the results "
+                             "file is not written")
+    parser.add_argument("--sizes", type=lambda text: [int(float(n)) for n in text.split(",")],
+                        help="Rosenbrock sizes, comma-separated (default 16,100,1e3,1e4,1e6)")
     opts = parser.parse_args(argv)
     os.environ["GRADC_CACHE_DIR"] = tempfile.mkdtemp(prefix="gradc-bench-loops-")
     try:
@@ -161,7 +202,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
 
     g_rosen = gradc.value_and_grad(rosen)  # arrays="auto": unrolled while small, else loops
-    sizes = [16, 100, 1000, 10**4, 10**6] if not opts.quick else [16, 1000, 10**6]
+    sizes = opts.sizes or ([16, 100, 1000, 10**4, 10**6] if not opts.quick else [16, 1000, 10**6])
     for k, n in enumerate(sizes):
         x = rng.uniform(-1.5, 1.5, n)
         t0 = time.perf_counter()
@@ -173,13 +214,16 @@ def main(argv=None):
         v2, d2 = rosen_fresh(x)
         assert np.isclose(v1, v2, rtol=1e-10) and np.allclose(d1, d2, rtol=1e-10, atol=1e-10)
         dx = np.empty(n)
-        t_g = median_time(lambda: g_rosen(x), budget)
-        t_gout = median_time(lambda: g_rosen(x, out=dx), budget)
-        t_buf = median_time(lambda: rosen_into(x, dx), budget)
-        t_fresh = median_time(lambda: rosen_fresh(x), budget)
-        t_np = median_time(lambda: numpy_rosen(x), budget)
+        # side by side: rounds of every variant in turn, so load on a shared machine falls
+        # on all of them alike (these rows are the ones compared to each other most closely)
+        t_g, t_gout, t_buf, t_fresh, t_np = interleaved_medians(
+            [lambda: g_rosen(x), lambda: g_rosen(x, out=dx), lambda: rosen_into(x, dx),
+             lambda: rosen_fresh(x), lambda: numpy_rosen(x)], budget * 5)
         t_jax = median_time(lambda: jx["rosen"](x), budget) if jx else None
         rows.append((f"Rosenbrock n = {n}", t_g, t_gout, t_buf, t_fresh, t_np, t_jax))
+    if opts.rosen_only:
+        print("\n".join(table(rows) + [f"- {name}: {t:.2f} s" for name, t in compiles]))
+        return 0
 
     for m, n in ([(200, 50), (2000, 500)] if not opts.quick else [(200, 50)]):
         A, b, x = rng.standard_normal((m, n)), rng.standard_normal(m), rng.standard_normal(n)
@@ -236,9 +280,6 @@ def main(argv=None):
     t_npc = median_time(lambda: numpy_mse(wc, Xc, yc), budget)
     closure = (len(g_closure.source), t_c, t_a, t_npc)
 
-    def us(t):
-        return "–" if t is None else (f"{t * 1e6:.2f} µs" if t < 1e-3 else f"{t * 1e3:.2f} ms")
-
     lines = [
         "# Workload L: array code as fused loops",
         "",
@@ -249,15 +290,7 @@ def main(argv=None):
         "returning a fresh array for `gradc f(x)`; into a buffer for `gradc f(x, out=)`; "
         "for products, the best of numba and NumPy).",
         "",
-        "| workload | gradc f(x) | ratio | gradc f(x, out=dx) | ratio | hand numba (buffer) | "
-        "hand numba (fresh) | hand NumPy | JAX jit |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, t_g, t_gout, t_buf, t_fresh, t_np, t_jax in rows:
-        best = min(t_fresh, t_np) if t_gout is None else t_fresh
-        out_ratio = "–" if t_gout is None else f"{t_gout / t_buf:.2f}×"
-        lines.append(f"| {name} | {us(t_g)} | {t_g / best:.2f}× | {us(t_gout)} | {out_ratio} | "
-                     f"{us(t_buf)} | {us(t_fresh)} | {us(t_np)} | {us(t_jax)} |")
+    ] + table(rows)
     size, t_c, t_a, t_npc = closure
     lines += ["", f"Closure over X of 20,000 x 10 (`lambda w: np.mean((X @ w - y) ** 2)`, X and "
               f"y captured): source {size} bytes; per call {us(t_c)} against {us(t_a)} for the "

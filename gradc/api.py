@@ -10,13 +10,23 @@ so a call costs a hand-written ``@njit`` call plus ~60 ns for the entry point's
 exactly the compiled floats; for any other call (ints, arrays, wrong arguments)
 it asks its ``_compile_for_args`` hook for code, and gradc's hook runs the call
 through the full path instead (bind, convert, compile a new specialisation),
-so what a call returns never depends on the calls before it. Calls with arrays
-look their specialisation up by shape first (a small Python frame), since
-unrolled code is specialised to it.
+so what a call returns never depends on the calls before it.
+
+Calls with one float64 array take a thin path: the compiled code of that exact
+shape, found by ``x.shape`` alone (one dict lookup in a small Python frame), and
+``f(x, out=dx)`` calls the fused loops that write into ``dx`` and return only the
+value, after checking the buffer (shape, dtype, flags, and that the buffer and the
+argument each own their memory, so they cannot overlap; anything else takes the
+full path, which checks overlaps exactly, captured arrays included). A shape not
+compiled before always takes the full path, which traces it again: the trace may
+read the shape (``len(x)``, a branch on ``x.shape``) and nothing records whether it
+did, so code compiled for one shape never serves another unless their lowered
+source text is equal (then they share one compiled function).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import numbers
@@ -26,7 +36,7 @@ import numpy as np
 
 from . import ad, custom, errors, jit, native, trees
 from .emit import emit_module
-from .ir import ArrayOut, resolve
+from .ir import ArrayOut, leaves as out_leaves, resolve
 from .lower import LoweringError, lower_module
 from .optimize import optimize
 from .trace import Tracer, identifier_or_none, trace
@@ -144,11 +154,20 @@ class GradcFunction:
         self._name = function_name(fn)
         self._specs: dict[tuple, _Spec] = {}  # key: one shape per argument (None: a scalar)
         self._plain: dict[tuple, object] = {}  # NumPy-level code by (shape, dtype) per argument
-        self._out_calls: dict[tuple, tuple] = {}  # f(x, out=dx): (call, (shape, dtype) of dx)
+        # The thin call paths (see __call__): one float64 array argument -> what takes it as it
+        # is, by its shape; f(x, out=dx) with one array argument -> (kernel, how the result
+        # is built from the kernel's return and the buffer), by x's shape.
+        self._by_shape: dict[tuple, object] = {}
+        self._out_by_shape: dict[tuple, tuple] = {}
+        self._no_loops_out: set = set()  # signatures whose out= cannot run as fused loops
+        self._out_calls: dict[tuple, tuple] = {}  # f(x, y, out=dx): (call, (shape, dtype) of dx)
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):
             self._signature = None
+        # out= is gradc's (the gradient buffers) unless the function has a parameter ``out``
+        self._takes_out = kind in ("grad", "value_and_grad") and not (
+            self._signature is not None and "out" in self._signature.parameters)
         functools.update_wrapper(self, fn, updated=())
 
     # --- arguments --------------------------------------------------------------------
@@ -385,6 +404,12 @@ class GradcFunction:
         if spec.plain is not None:
             self._plain[tuple(None if shape is None else (shape, np.dtype(dtype))
                               for shape in shapes)] = spec.plain
+        if len(shapes) == 1 and shapes[0] is not None and dtype == "float64":
+            # the thin path of __call__: this callable takes a float64 array of this shape
+            # as it is (numba checks layout and writability, and raises _NeedsConversion)
+            call = spec.entry if spec.entry is not None else spec.plain
+            if call is not None:
+                self._by_shape[shapes[0]] = call
         return spec
 
     def _loops_spec(self, graph, out_params=False):
@@ -452,14 +477,31 @@ class GradcFunction:
 
     # --- calling ----------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
+        if len(args) == 1:  # the thin paths: one float64 array of a shape compiled before
+            a = args[0]
+            if type(a) is _ndarray and a.dtype is _FLOAT64:
+                if not kwargs:
+                    call = self._by_shape.get(a.shape)
+                    if call is not None:
+                        try:
+                            return call(a)
+                        except _NeedsConversion:
+                            pass  # a read-only or unaligned array: converted below
+                        except CapturedArrayChanged:
+                            self._forget()  # a captured name now holds another shape
+                elif len(kwargs) == 1 and self._takes_out:
+                    out = kwargs.get("out")
+                    quick = self._out_by_shape.get(a.shape)
+                    if quick is not None and type(out) is _ndarray and _may_write(out, a):
+                        kernel, result = quick
+                        if result is _VALUE_AND_BUFFER:
+                            return kernel(a, out), out
+                        kernel(a, out)
+                        return out
         if kwargs and "out" in kwargs and self._takes_out:
             return self._call_out(args, kwargs)
         if not kwargs:  # the quick path: an already compiled shape, float64 arguments
-            if len(args) == 1:  # the common case of one array argument, kept cheap
-                a = args[0]
-                spec = self._specs.get((a.shape if type(a) is _ndarray else None,))
-            else:
-                spec = self._specs.get(_shapes(args))
+            spec = self._specs.get(_shapes(args))
             if spec is not None and spec.entry is not None:
                 try:
                     return spec.entry(*args)
@@ -467,12 +509,6 @@ class GradcFunction:
                     pass  # ints, float32, lists of the right shape: convert below
                 except CapturedArrayChanged:
                     self._forget()  # a captured name now holds another shape: trace again
-            elif spec is not None and spec.plain is not None and len(args) == 1 \
-                    and type(a) is _ndarray and a.dtype is _FLOAT64:  # keyed by shape alone
-                try:
-                    return spec.plain(a)
-                except CapturedArrayChanged:
-                    self._forget()
             elif self._plain:  # NumPy-level code: arrays of the compiled dtype, as they are
                 plain = self._plain.get(tuple(map(_shape_and_dtype, args)))
                 if plain is not None:
@@ -487,6 +523,9 @@ class GradcFunction:
         an array of another shape or kind): the next call traces again."""
         self._specs.clear()
         self._plain.clear()
+        self._by_shape.clear()
+        self._out_by_shape.clear()
+        self._no_loops_out.clear()
         self._out_calls.clear()
         self._leave_numba()
 
@@ -628,23 +667,21 @@ class GradcFunction:
             return optimize(self._transform(traced, len(shapes)))
         return self.lower(shapes)[0]  # the higher orders trace (and choose how) in lower()
 
-    @property
-    def _takes_out(self):
-        """``out=`` is gradc's (the gradient buffers) unless the function has a parameter ``out``."""
-        return self._kind in ("grad", "value_and_grad") and not (
-            self._signature is not None and "out" in self._signature.parameters)
-
     def _call_out(self, args, kwargs):
         """A call writing array gradients into the caller's buffers (``out=``).
 
         ``out`` mirrors the gradient structure: an array for each array argument,
-        None for each float. Unrolled numba code and fused loops write into the buffers
-        (nothing is allocated); NumPy-level code computes, then copies.
+        None for each float. Each buffer is checked on every call (shape, dtype, writable,
+        aligned, C-contiguous, sharing no memory with an argument, a captured array or
+        another buffer: the code reads the arguments while it writes the buffers). Fused
+        loops, at every size where the loop lowering compiles the function, write into the
+        buffers and return only the floats; unrolled numba code writes into them too;
+        NumPy-level code computes, then copies.
         """
         out = kwargs.pop("out")
-        if not kwargs and type(out) is _ndarray:  # the quick path: f(x, out=dx), compiled
+        if not kwargs and type(out) is _ndarray:  # the quick path: f(x, y, out=dx), compiled
             quick = self._out_calls.get(tuple(map(_shape_and_dtype, args)))
-            if quick is not None and _fits(out, quick[1]):
+            if quick is not None and _fits(out, quick[1]) and _apart(out, args):
                 try:
                     return quick[0](*args, out)
                 except CapturedArrayChanged:
@@ -662,6 +699,11 @@ class GradcFunction:
         spec = self._spec(shapes, dtype)
         tree = spec.graph.out_tree[1] if self._kind == "value_and_grad" else spec.graph.out_tree
         buffers = self._check_out(out, tree, spec.graph, dtype)
+        _check_apart(buffers, values, spec.graph, self._name)
+        loops = self._loops_out_spec(spec, shapes, dtype, len(buffers))
+        if loops is not None:
+            self._remember_out(args, out, buffers, loops)
+            return loops.call(*values, *buffers)
         if spec.entry is not None and not spec.graph.whole_params:
             key = (shapes, "out")
             out_spec = self._specs.get(key)
@@ -675,22 +717,69 @@ class GradcFunction:
                 if graph.captured_arrays:
                     out_spec = _with_captured(out_spec, graph.captured_arrays)
                 self._specs[key] = out_spec
-            self._remember_out(args, out, buffers, out_spec.entry)
+            self._remember_out(args, out, buffers, out_spec)
             return out_spec.entry(*values, *buffers)
-        if spec.runs == "loops" and _writes_each_buffer(spec.graph, len(buffers)):
-            key = (shapes, dtype, "out")
-            out_spec = self._specs.get(key)
-            if out_spec is None:
-                out_spec = self._specs[key] = self._loops_spec(spec.graph, out_params=True)
-            self._remember_out(args, out, buffers, out_spec.call)
-            return out_spec.call(*values, *buffers)
         result = spec.call(*values)
         grads = result[1] if self._kind == "value_and_grad" else result
         copied = _copy_into(grads, out)
         return (result[0], copied) if self._kind == "value_and_grad" else copied
 
-    def _remember_out(self, args, out, buffers, call):
+    def _loops_out_spec(self, spec, shapes, dtype, count):
+        """The fused loops writing the gradient into ``count`` buffers, for the signature whose
+        spec is ``spec``; None where they do not apply (backend, arrays mode, an op without
+        a loop rule, a gradient array that is an argument or a constant).
+
+        Also where ``spec`` is unrolled scalar code (small arrays): its out= form returns
+        its arrays through numba's boxing (~0.5 us a call), while the loops return only the
+        floats and run as fast as the unrolled code there (benchmarks/loops.py).
+        """
+        key = (shapes, dtype, "out")
+        if key in self._specs:
+            return self._specs[key]
+        if key in self._no_loops_out or self._backend != "numba" or \
+                self._arrays not in ("auto", "loops"):
+            return None
+        self._no_loops_out.add(key)  # until it is built (also if building raises)
+        if spec.runs == "loops":
+            graph = spec.graph
+        elif spec.entry is not None and not spec.graph.whole_params and self._arrays == "auto":
+            graph = self._whole_graph(shapes, dtype)  # spec is unrolled: lower the whole one
+        else:
+            return None
+        if not _writes_each_buffer(graph, count):
+            return None
+        kernel_graph, rebuild = _floats_only(graph, self._kind)
+        loops = self._loops_spec(kernel_graph, out_params=True)
+        if loops is None:
+            return None
+        kernel = loops.call
+
+        def call(*values_and_buffers):
+            return rebuild(kernel(*values_and_buffers), values_and_buffers[-count:])
+
+        call._gradc_inner = getattr(kernel, "_gradc_inner", kernel)  # for cache_info
+        out_spec = self._specs[key] = _Spec(graph, loops.source, loops.path, call,
+                                            loops.func_name, runs="loops")
+        self._no_loops_out.discard(key)
+        if (len(shapes) == 1 and shapes[0] is not None and dtype == "float64" and count == 1
+                and not graph.captured_arrays and rebuild.form is not None):
+            # the thin path of __call__: f(x, out=dx) calls the kernel itself
+            self._out_by_shape[shapes[0]] = (kernel, rebuild.form)
+        return out_spec
+
+    def _whole_graph(self, shapes, dtype):
+        """The transformed, optimized program at ``shapes``, its arrays whole (not unrolled)."""
+        traced = self._trace(shapes, dtype, capture=True)
+        traced.dtype = dtype
+        graph = custom.strip(optimize(self._transform(traced, len(shapes))))
+        self.__dict__.pop("_pending_regroup", None)  # out= has no result trees to regroup
+        return graph
+
+    def _remember_out(self, args, out, buffers, out_spec):
         """Let the next call of these argument types with one buffer skip the full path."""
+        if out_spec.graph.captured_arrays:
+            return  # the buffer must be checked against the captured arrays' current values
+        call = out_spec.entry if out_spec.entry is not None else out_spec.call
         if type(out) is _ndarray and len(buffers) == 1 and all(
                 type(a) is _ndarray and a.dtype == np.float64 or type(a) is float for a in args):
             self._out_calls[tuple(map(_shape_and_dtype, args))] = (call, (out.shape, out.dtype))
@@ -773,6 +862,90 @@ class GradcFunction:
 
     def __repr__(self):
         return f"<gradc.{self._kind} of {self._name} ({self._backend})>"
+
+
+#: ndarray.flags.num bits: C-contiguous, owns its data, aligned, writable (NumPy's NPY_ARRAY_*).
+_C_CONTIGUOUS, _OWNDATA, _ALIGNED, _WRITEABLE = 0x1, 0x4, 0x100, 0x400
+_BUFFER_FLAGS = _C_CONTIGUOUS | _OWNDATA | _ALIGNED | _WRITEABLE
+#: How the thin out= path of __call__ builds the result from the kernel's return ``r`` and
+#: the buffer: ``(r, out)`` (value_and_grad) or ``out`` (grad; the kernel returns ``()``).
+_VALUE_AND_BUFFER, _BUFFER = "value and buffer", "buffer"
+_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")  # NumPy 1.24 has np.TooHardError
+
+
+def _may_write(out, x):
+    """Whether the thin out= path may hand ``out`` to the kernel compiled for ``x``'s shape:
+    float64 of that shape, writable, aligned, C-contiguous, and certainly apart from ``x``:
+    two distinct arrays that each own their data do not overlap. Anything else (a view, an
+    array over foreign memory) takes the full path, which checks exactly."""
+    return (out.shape == x.shape and out.dtype is _FLOAT64 and out is not x
+            and out.flags.num & _BUFFER_FLAGS == _BUFFER_FLAGS and x.flags.num & _OWNDATA)
+
+
+def _apart(out, args):
+    """The quick out= path's test that ``out`` shares no memory with the arguments ``args``
+    (floats and arrays): each array owns its data and is not ``out``; else the full path."""
+    if not out.flags.num & _OWNDATA:
+        return False
+    return all(type(a) is not _ndarray or (a is not out and a.flags.num & _OWNDATA)
+               for a in args)
+
+
+def _check_apart(buffers, values, graph, name):
+    """A gradc error where an out= buffer shares memory with an argument, a captured array or
+    another buffer: the compiled code zeroes and accumulates into the buffers while it reads
+    its inputs, so an overlap would give a wrong gradient."""
+    inputs = [(f"argument {i}", v) for i, v in enumerate(values) if isinstance(v, np.ndarray)]
+    inputs += [(f"the captured array {c.name!r}", c.current()) for c in graph.captured_arrays]
+    for k, buffer in enumerate(buffers):
+        others = inputs + [(f"out= buffer {j}", b) for j, b in enumerate(buffers[:k])]
+        for what, other in others:
+            if isinstance(other, np.ndarray) and _overlap(buffer, other):
+                raise errors.ArgumentError(
+                    f"{errors.where()}: out= buffer {k} of {name}() shares memory with {what}; "
+                    "gradc writes the gradient while it reads its inputs, so pass a separate "
+                    "array (numpy.empty_like(x)) as the buffer.")
+
+
+def _overlap(a, b):
+    """Whether two arrays share memory (exactly; an overlap too hard to decide counts as one)."""
+    try:
+        return bool(np.shares_memory(a, b, max_work=100_000))
+    except _TooHardError:
+        return True
+
+
+def _floats_only(graph, kind):
+    """``(kernel_graph, rebuild)`` for out= fused loops: ``graph`` returning only its float
+    results (its arrays go into the buffers: numba's boxing of a returned array costs more
+    than the loop at small sizes), and ``rebuild(returned, buffers)``, the result as the
+    caller gets it. ``rebuild.form`` names the common shapes the thin path builds inline
+    (:data:`_VALUE_AND_BUFFER`, :data:`_BUFFER`), else None."""
+    def is_array(leaf):
+        return isinstance(leaf, ArrayOut) or bool(graph.outputs[leaf].shape)
+
+    floats = [leaf for leaf in out_leaves(graph.out_tree) if not is_array(leaf)]
+    kernel_graph = copy.copy(graph)  # shares the nodes; only what it returns differs
+    kernel_graph.out_tree = floats[0] if len(floats) == 1 else tuple(floats)
+
+    def fill(tree, found, buffers):
+        if isinstance(tree, tuple):
+            return tuple(fill(t, found, buffers) for t in tree)
+        return next(buffers) if is_array(tree) else next(found)
+
+    def rebuild(returned, buffers):
+        found = (returned,) if len(floats) == 1 else returned
+        return fill(graph.out_tree, iter(found), iter(buffers))
+
+    tree = graph.out_tree
+    rebuild.form = None
+    if kind == "value_and_grad" and isinstance(tree, tuple) and len(tree) == 2 and \
+            not isinstance(tree[0], tuple) and not is_array(tree[0]) and \
+            not isinstance(tree[1], tuple) and is_array(tree[1]):
+        rebuild.form = _VALUE_AND_BUFFER
+    elif kind == "grad" and not isinstance(tree, tuple) and is_array(tree):
+        rebuild.form = _BUFFER
+    return kernel_graph, rebuild
 
 
 def _fits(out, shape_dtype):
