@@ -1028,7 +1028,9 @@ def _eigen_gaps(x):
     w = call("eigh_values", (x,))
     n = w.shape[0]
     gaps = reshape(w, (1, n)) - reshape(w, (n, 1))
-    return where(np.eye(n, dtype=bool), 0.0, 1.0 / gaps)
+    diagonal = np.eye(n, dtype=bool)
+    # 1 on the diagonal before dividing: no 1 / 0 there (nor NumPy's warning about it)
+    return where(diagonal, 0.0, 1.0 / where(diagonal, 1.0, gaps))
 
 
 def _eigh_vector_vjp(g, out, x):
@@ -1094,6 +1096,261 @@ _ARRAY_TABLE += [
        _eigh_value_vjp, shape=lambda a, s: _square("eigh")(a, s)[:1], jvp=_eigh_value_jvp),
     Op("eigh_vectors", 1, "{np}.linalg.eigh({0})[1]", lambda x: np.linalg.eigh(x)[1],
        _eigh_vector_vjp, shape=_square("eigh"), jvp=_eigh_vector_jvp),
+]
+
+
+# --- singular values, QR and least squares (2-D matrices; derivatives by the matrix identities) -
+# ``A = U diag(s) Vh`` (reduced: U is m x k, Vh k x n, k = min(m, n)). Each factor is its own op
+# computed by its own LAPACK call (deterministic, so the three agree), and each op's rule is the
+# part of the SVD derivative (Townsend, 2016) that comes from its own cotangent; the parts add.
+# The rules hold where the singular values are distinct and, for U and Vh of a non-square matrix,
+# nonzero. At a tie ``s_i = s_j`` the values' derivative is a one-sided one (any orthonormal basis
+# of the tied singular space is an answer; the rule uses LAPACK's); U's and Vh's derivatives do
+# not exist there and come out inf or NaN (1 / (s_j**2 - s_i**2)), as in autograd and JAX.
+def _svd_shape(part):
+    def shape(attrs, s):
+        if len(s) != 2:
+            raise ValueError("numpy.linalg.svd takes one 2-D matrix here")
+        m, n = s
+        k = min(m, n)
+        return {"values": (k,), "u": (m, k), "vh": (k, n)}[part]
+    return shape
+
+
+def _svd_factors(x):
+    """U, s and V (not Vh) of ``x``'s reduced SVD, as graph."""
+    return (call("svd_u", (x,)), call("svd_values", (x,)),
+            _matrix_t(call("svd_vh", (x,))))
+
+
+def _matmul(*factors):
+    out = factors[0]
+    for f in factors[1:]:
+        out = call("matmul", (out, f))
+    return out
+
+
+def _row(v):
+    return reshape(v, (1,) + v.shape)
+
+
+def _column(v):
+    return reshape(v, v.shape + (1,))
+
+
+def _square_gaps(s):
+    """``F[i, j] = 1 / (s[j]**2 - s[i]**2)`` off the diagonal, 0 on it."""
+    k = s.shape[0]
+    s2 = s * s
+    diagonal = np.eye(k, dtype=bool)
+    # 1 on the diagonal before dividing: no 1 / 0 there (nor NumPy's warning about it)
+    return where(diagonal, 0.0, 1.0 / where(diagonal, 1.0, _row(s2) - _column(s2)))
+
+
+def _svd_values_vjp(g, out, x):
+    u, _, v = _svd_factors(x)
+    return (_matmul(u * _row(g), _matrix_t(v)),)
+
+
+def _svd_values_jvp(ts, out, x):
+    u, _, v = _svd_factors(x)
+    return reduce_sum(u * _matmul(ts[0], v), (0,), False)  # diag(U^T dA V)
+
+
+def _skew(a):
+    return a - _matrix_t(a)
+
+
+def _svd_u_vjp(g, out, x):
+    """``dA-bar = U (F o (U^T U-bar - U-bar^T U)) S V^T [+ (I - U U^T) U-bar S^-1 V^T, m > n]``."""
+    u, s, v = _svd_factors(x)
+    inner = _square_gaps(s) * _skew(_matmul(_matrix_t(u), g)) * _row(s)
+    ga = _matmul(u, inner, _matrix_t(v))
+    m, k = u.shape
+    if m > k:
+        across = g - _matmul(u, _matmul(_matrix_t(u), g))
+        ga = ga + _matmul(across / _row(s), _matrix_t(v))
+    return (ga,)
+
+
+def _svd_vh_vjp(g, out, x):
+    """``dA-bar = U S (F o (V^T V-bar - V-bar^T V)) V^T [+ U S^-1 V-bar^T (I - V V^T), m < n]``
+    with ``V-bar = Vh-bar^T``."""
+    u, s, v = _svd_factors(x)
+    gv = _matrix_t(g)
+    inner = _column(s) * (_square_gaps(s) * _skew(_matmul(_matrix_t(v), gv)))
+    ga = _matmul(u, inner, _matrix_t(v))
+    n, k = v.shape
+    if n > k:
+        across = gv - _matmul(v, _matmul(_matrix_t(v), gv))
+        ga = ga + _matmul(u / _row(s), _matrix_t(across))
+    return (ga,)
+
+
+def _svd_u_jvp(ts, out, x):
+    """``dU = U (F o (dP S + S dP^T)) [+ (I - U U^T) dA V S^-1, m > n]``, ``dP = U^T dA V``."""
+    u, s, v = _svd_factors(x)
+    da_v = _matmul(ts[0], v)
+    dp = _matmul(_matrix_t(u), da_v)
+    du = _matmul(u, _square_gaps(s) * (dp * _row(s) + _column(s) * _matrix_t(dp)))
+    m, k = u.shape
+    if m > k:
+        du = du + (da_v - _matmul(u, dp)) / _row(s)
+    return du
+
+
+def _svd_vh_jvp(ts, out, x):
+    """``dV = V (F o (S dP + dP^T S)) [+ (I - V V^T) dA^T U S^-1, m < n]``; ``dVh = dV^T``."""
+    u, s, v = _svd_factors(x)
+    dat_u = _matmul(_matrix_t(ts[0]), u)
+    dp = _matrix_t(_matmul(_matrix_t(v), dat_u))  # U^T dA V
+    dv = _matmul(v, _square_gaps(s) * (_column(s) * dp + _matrix_t(dp) * _row(s)))
+    n, k = v.shape
+    if n > k:
+        dv = dv + (dat_u - _matmul(v, _matrix_t(dp))) / _row(s)
+    return _matrix_t(dv)
+
+
+# ``A = Q R`` (reduced, m >= n, R upper triangular and invertible: A of full column rank). R's
+# diagonal signs are LAPACK's, locally constant, so the factors are differentiable functions.
+def _qr_shape(part):
+    def shape(attrs, s):
+        if len(s) != 2 or s[0] < s[1]:
+            raise ValueError("numpy.linalg.qr takes one 2-D matrix with at least as many rows "
+                             "as columns here")
+        return s if part == "q" else (s[1], s[1])
+    return shape
+
+
+def _right_solve_rt(b, r):
+    """``b R^-T`` (solving with R^T from the right)."""
+    return _matrix_t(call("solve", (r, _matrix_t(b))))
+
+
+def _copy_upper_to_lower(t):
+    """``T + T^T - diag(T)`` of the upper triangle of ``t``: the symmetric matrix it stands for."""
+    n = t.shape[0]
+    upper = where(np.triu(np.ones((n, n), dtype=bool)), t, 0.0)
+    return upper + _matrix_t(where(np.triu(np.ones((n, n), dtype=bool), 1), t, 0.0))
+
+
+def _qr_q_vjp(g, out, x):
+    """``dA-bar = (Q-bar - Q sym(triu(Q^T Q-bar))) R^-T`` (the Q part of PyTorch's qr rule)."""
+    q, r = out, call("qr_r", (x,))
+    inner = _copy_upper_to_lower(_matmul(_matrix_t(q), g))
+    return (_right_solve_rt(g - _matmul(q, inner), r),)
+
+
+def _qr_r_vjp(g, out, x):
+    """``dA-bar = Q sym(triu(R-bar R^T)) R^-T`` (the R part)."""
+    q = call("qr_q", (x,))
+    inner = _copy_upper_to_lower(_matmul(g, _matrix_t(out)))
+    return (_right_solve_rt(_matmul(q, inner), out),)
+
+
+def _qr_tangents(dx, x):
+    """``(dQ, dR)`` for the tangent ``dx`` of ``x`` (JAX's qr_jvp_rule)."""
+    q, r = call("qr_q", (x,)), call("qr_r", (x,))
+    dx_rinv = _matrix_t(call("solve", (_matrix_t(r), _matrix_t(dx))))  # dA R^-1
+    qt_dx_rinv = _matmul(_matrix_t(q), dx_rinv)
+    n = r.shape[0]
+    lower = where(np.tril(np.ones((n, n), dtype=bool), -1), qt_dx_rinv, 0.0)
+    do = lower - _matrix_t(lower)
+    dq = _matmul(q, do) + (dx_rinv - _matmul(q, qt_dx_rinv))
+    dr = _matmul(qt_dx_rinv - do, r)
+    return dq, dr
+
+
+# ``lstsq(A, b)``: NumPy's solution (LAPACK gelsd, so the value is NumPy's for every A). Its
+# derivative is that of ``x = (A^T A)^-1 A^T b``, for A of full column rank (m >= n): with
+# ``r = b - A x`` and ``z = (A^T A)^-1 x-bar`` (from A's QR, ``A^T A = R^T R``: not the normal
+# equations' squared condition number), ``b-bar = A z = Q R^-T x-bar`` and
+# ``A-bar = r z^T - b-bar x^T``. Where A loses rank (as LAPACK counts it: the smallest singular
+# value at most rcond times the largest) lstsq jumps and has no derivative: the derivatives
+# are NaN there, never a number. The triangular solves are least-squares solves too, which
+# answer (and are then masked) where R is exactly singular, instead of raising.
+def _lstsq_shape(attrs, a, b):
+    if len(a) != 2 or a[0] < a[1]:
+        raise ValueError("numpy.linalg.lstsq takes a 2-D matrix with at least as many rows as "
+                         "columns here")
+    if len(b) not in (1, 2) or b[0] != a[0]:
+        raise ValueError(f"b of shape {b} does not fit a of shape {a}")
+    return a[1:] + b[1:]
+
+
+def _outer_or_product(u, w):
+    """``u w^T`` for vectors, ``u @ w^T`` for matrices (a column per right-hand side)."""
+    if len(u.shape) == 1:
+        return _column(u) * _row(w)
+    return _matmul(u, _matrix_t(w))
+
+
+def lapack_rcond(rcond):
+    """The rcond LAPACK's gelsd uses for ``rcond``: its own (DLALSD), except that one outside
+    (0, 1) means the machine precision, 2**-53."""
+    return rcond if 0.0 < rcond < 1.0 else 2.0 ** -53
+
+
+def _full_rank(a, rcond):
+    """Whether ``a`` has full column rank as LAPACK's gelsd counts it (a traced condition)."""
+    s = call("svd_values", (a,))
+    return gt(call("min", (s,), (None, False)),
+              call("max", (s,), (None, False)) * lapack_rcond(rcond))
+
+
+def _where_full_rank(a, rcond, *values):
+    full = _full_rank(a, rcond)
+    return tuple(where(full, v, np.nan) for v in values)
+
+
+def _lstsq_vjp(g, out, a, b):
+    rcond = out.node.attrs
+    q, r = call("qr_q", (a,)), call("qr_r", (a,))
+    y = call("lstsq", (_matrix_t(r), g), rcond)  # R^-T x-bar
+    gb = _matmul(q, y)
+    z = call("lstsq", (r, y), rcond)
+    residual = b - _matmul(a, out)
+    ga = _outer_or_product(residual, z) - _outer_or_product(gb, out)
+    return _where_full_rank(a, rcond[0], ga, gb)
+
+
+def _lstsq_jvp(ts, out, a, b):
+    ta, tb = ts
+    rhs = tb
+    if ta is not None:
+        change = -_matmul(ta, out)
+        rhs = change if rhs is None else rhs + change
+    rcond = out.node.attrs
+    dx = call("lstsq", (a, rhs), rcond)
+    if ta is not None:
+        r = call("qr_r", (a,))
+        residual = b - _matmul(a, out)
+        across = call("lstsq", (_matrix_t(r), _matmul(_matrix_t(ta), residual)), rcond)
+        dx = dx + call("lstsq", (r, across), rcond)
+    return _where_full_rank(a, rcond[0], dx)[0]
+
+
+# The templates use only what numba's np.linalg takes too (svd's first two arguments, qr's
+# first, lstsq's rcond a number), and the impls compute what the templates print: the values
+# come from the same LAPACK call as the vectors, so folded and running code agree.
+_ARRAY_TABLE += [
+    Op("svd_values", 1, "{np}.linalg.svd({0}, False)[1]",
+       lambda x: np.linalg.svd(x, False)[1], _svd_values_vjp,
+       shape=_svd_shape("values"), jvp=_svd_values_jvp),
+    Op("svd_u", 1, "{np}.linalg.svd({0}, False)[0]",
+       lambda x: np.linalg.svd(x, False)[0], _svd_u_vjp,
+       shape=_svd_shape("u"), jvp=_svd_u_jvp),
+    Op("svd_vh", 1, "{np}.linalg.svd({0}, False)[2]",
+       lambda x: np.linalg.svd(x, False)[2], _svd_vh_vjp,
+       shape=_svd_shape("vh"), jvp=_svd_vh_jvp),
+    Op("qr_q", 1, "{np}.linalg.qr({0})[0]", lambda x: np.linalg.qr(x)[0], _qr_q_vjp,
+       shape=_qr_shape("q"), jvp=lambda ts, out, x: _qr_tangents(ts[0], x)[0]),
+    Op("qr_r", 1, "{np}.linalg.qr({0})[1]", lambda x: np.linalg.qr(x)[1], _qr_r_vjp,
+       shape=_qr_shape("r"), jvp=lambda ts, out, x: _qr_tangents(ts[0], x)[1]),
+    # rcond: a float, singular values at most rcond * max(s) count as zero
+    Op("lstsq", 2, "{np}.linalg.lstsq({0}, {1}, {rcond})[0]",
+       lambda a, b, rcond: np.linalg.lstsq(a, b, rcond)[0], _lstsq_vjp,
+       attrs=("rcond",), shape=_lstsq_shape, jvp=_lstsq_jvp),
 ]
 
 
