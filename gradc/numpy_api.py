@@ -643,6 +643,135 @@ def diff(a, n=1, axis=-1):
     return a
 
 
+def gradient(f, varargs=(), axis=None, edge_order=1):
+    """numpy.gradient: central differences inside, one-sided ones (first or second order) at
+    the edges, NumPy's formulas term for term. Spacings are scalars or coordinate arrays,
+    constant or traced (traced coordinates take NumPy's formula for uneven spacing)."""
+    t = _first_tracer(f, *varargs)
+    f = _tracer(f, t)
+    if edge_order not in (1, 2) or isinstance(edge_order, bool):
+        raise _unsupported(f"numpy.gradient: edge_order must be 1 or 2, got {edge_order!r}")
+    axes = tuple(range(f.ndim)) if axis is None else \
+        tuple(_axis(a, f.ndim) for a in ((axis,) if isinstance(axis, numbers.Integral) else axis))
+    if len(set(axes)) != len(axes):
+        raise _shape_error(f"numpy.gradient: repeated axis in {axis!r}")
+    spacings = _gradient_spacings(f, varargs, axes)
+    outs = [_gradient_along(f, k, dx, edge_order) for k, dx in zip(axes, spacings)]
+    return outs[0] if len(axes) == 1 else tuple(outs)
+
+
+def _gradient_spacings(f, varargs, axes):
+    """One spacing per axis: a scalar (even spacing) or the 1-D differences of coordinates."""
+    if not varargs:
+        return [1.0] * len(axes)
+    if len(varargs) == 1 and np.ndim(varargs[0]) == 0:
+        return [varargs[0]] * len(axes)
+    if len(varargs) != len(axes):
+        raise _unsupported(f"numpy.gradient: {len(varargs)} spacings for {len(axes)} axes "
+                           "(give none, one scalar, or one per axis)")
+    spacings = []
+    for k, distances in zip(axes, varargs):
+        if np.ndim(distances) == 0:
+            spacings.append(distances)
+            continue
+        if np.ndim(distances) != 1 or np.shape(distances)[0] != f.shape[k]:
+            raise _shape_error(f"numpy.gradient: coordinates of axis {k} must be 1-D of length "
+                               f"{f.shape[k]}, got shape {np.shape(distances)}")
+        if isinstance(distances, Tracer):
+            spacings.append(diff(distances))
+            continue
+        step = np.diff(np.asarray(distances, dtype=np.float64))
+        spacings.append(step[0] if (step == step[0]).all() else step)  # even: NumPy's scalar
+    return spacings
+
+
+def _gradient_along(f, axis, dx, edge_order):
+    n = f.shape[axis]
+    if n < edge_order + 1:
+        raise _shape_error(f"numpy.gradient: an axis of length {n} is too short for "
+                           f"edge_order={edge_order} (at least {edge_order + 1} elements)")
+    part = lambda start, stop=None: _slice_along(f, axis, start, stop)  # noqa: E731
+    even = np.ndim(dx) == 0
+    if even:
+        inner = (part(2, None) - part(None, -2)) / (2.0 * dx) if n > 2 else None
+    else:
+        along = [-1 if k == axis else 1 for k in range(f.ndim)]
+        shaped = lambda v: _array(v, f).reshape(tuple(along))  # noqa: E731
+        dx1, dx2 = dx[0:-1], dx[1:]
+        a = shaped(-(dx2) / (dx1 * (dx1 + dx2)))
+        b = shaped((dx2 - dx1) / (dx1 * dx2))
+        c = shaped(dx1 / (dx2 * (dx1 + dx2)))
+        inner = a * part(None, -2) + b * part(1, -1) + c * part(2, None) if n > 2 else None
+    if edge_order == 1:
+        first = (part(1, 2) - part(0, 1)) / (dx if even else dx[0])
+        last = (part(n - 1, n) - part(n - 2, n - 1)) / (dx if even else dx[-1])
+    else:
+        if even:
+            a, b, c = -1.5 / dx, 2.0 / dx, -0.5 / dx
+        else:
+            dx1, dx2 = dx[0], dx[1]
+            a = -(2.0 * dx1 + dx2) / (dx1 * (dx1 + dx2))
+            b = (dx1 + dx2) / (dx1 * dx2)
+            c = -dx1 / (dx2 * (dx1 + dx2))
+        first = a * part(0, 1) + b * part(1, 2) + c * part(2, 3)
+        if even:
+            a, b, c = 0.5 / dx, -2.0 / dx, 1.5 / dx
+        else:
+            dx1, dx2 = dx[-2], dx[-1]
+            a = dx2 / (dx1 * (dx1 + dx2))
+            b = -(dx2 + dx1) / (dx1 * dx2)
+            c = (2.0 * dx2 + dx1) / (dx2 * (dx1 + dx2))
+        last = a * part(n - 3, n - 2) + b * part(n - 2, n - 1) + c * part(n - 1, n)
+    return _concat([first] + ([inner] if inner is not None else []) + [last], axis)
+
+
+def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0):
+    """numpy.linspace with traced (or constant) start and stop and a constant num, computed as
+    NumPy computes it (``start + k * step``, the last sample ``stop`` itself)."""
+    t = _first_tracer(start, stop)
+    _float_dtype(dtype)
+    num = _int_constant(int(num) if isinstance(num, np.integer) else num, "numpy.linspace: num")
+    if num < 0:
+        raise _shape_error(f"numpy.linspace: the number of samples, {num}, must be non-negative")
+    if num == 0:
+        raise _unsupported("numpy.linspace with num=0 (an empty array) is not supported on "
+                           "traced values")
+    start, stop = _tracer(start, t), _tracer(stop, t)
+    div = num - 1 if endpoint else num
+    delta = stop - start
+    shape = (num,) + delta.shape
+    y = _tracer(np.arange(0, num, dtype=np.float64).reshape((-1,) + (1,) * delta.ndim), t)
+    if div > 0:
+        step = delta / float(div)
+        # NumPy's denormal guard: where any step is 0, every sample is (k / div) * delta
+        zero = _where(step == 0.0, 1.0, 0.0)
+        any_zero = zero._reduce("max", None, False) > 0.0 if delta.ndim else step == 0.0
+        y = _where(any_zero, (y / float(div)) * delta, y * step)
+    else:
+        step = np.nan
+        y = y * delta
+    y = _ops.broadcast_to(_tracer(y + start, t), shape)
+    if endpoint and num > 1:
+        y = _concat([_slice_along(y, 0, None, num - 1),
+                     _ops.reshape(_ops.broadcast_to(stop, delta.shape), (1,) + delta.shape)], 0)
+    if axis != 0:
+        y = moveaxis(y, 0, _axis(axis, y.ndim))
+    return (y, step) if retstep else y
+
+
+def logspace(start, stop, num=50, endpoint=True, base=10.0, dtype=None, axis=0):
+    """numpy.logspace: ``base ** linspace(start, stop)``, as NumPy computes it."""
+    t = _first_tracer(start, stop, base)
+    _float_dtype(dtype)
+    y = linspace(_tracer(start, t), _tracer(stop, t), num=num, endpoint=endpoint, axis=axis)
+    if np.ndim(base) != 0:
+        if isinstance(base, Tracer) or axis != 0:
+            raise _unsupported("numpy.logspace with an array base is supported for a constant "
+                               "base and axis=0 only")
+        base = np.expand_dims(np.asarray(base, dtype=np.float64), 0)
+    return np.power(base, y)
+
+
 # --- products ----------------------------------------------------------------------------------
 def _matmul2(a, b):
     return a._apply("matmul", (a, b)) if isinstance(a, Tracer) else b._apply("matmul", (a, b))
@@ -1025,8 +1154,214 @@ def _matrix_norm(x, ord, axes):  # noqa: A002
         sums = np.abs(x)._reduce("sum", (summed_axis,), False)
         other = other - 1 if other > summed_axis else other
         return sums._reduce("max" if ord > 0 else "min", (other,), False)
-    raise _unsupported(f"norm(ord={ord!r}) of a matrix needs singular values (SVD), which gradc "
-                       "does not differentiate yet; supported: None, 'fro', 1, -1, inf, -inf")
+    if ord in (2, -2, "nuc"):
+        # the largest or smallest singular value, or their sum, of each matrix
+        values = _singular_values(moveaxis(x, (row, col), (x.ndim - 2, x.ndim - 1)))
+        last = values.ndim - 1
+        if ord == "nuc":
+            return values._reduce("sum", (last,), False)
+        return values._reduce("max" if ord == 2 else "min", (last,), False)
+    raise _unsupported(f"norm(ord={ord!r}) is not a matrix norm; matrix norms: None, 'fro', "
+                       "'nuc', 1, -1, 2, -2, inf, -inf")
+
+
+def _singular_values(x):
+    """The singular values of each matrix in the last two axes of ``x`` (a stack of them is
+    taken apart into 2-D matrices, whose values are stacked again)."""
+    if x.ndim == 2:
+        return x._apply("svd_values", (x,))
+    lead = x.shape[:-2]
+    flat = _ops.reshape(x, (_count(lead, None),) + x.shape[-2:])
+    rows = [flat[k] for k in range(flat.shape[0])]
+    values = x._apply("stack", [r._apply("svd_values", (r,)) for r in rows], (0,))
+    return _ops.reshape(values, lead + values.shape[1:])
+
+
+def _any_matrix(a, name):
+    a = _array(a)
+    if a.ndim != 2:
+        raise _shape_error(f"numpy.linalg.{name} takes one 2-D matrix here, got shape {a.shape} "
+                           "(stacks of matrices are not supported on traced arrays)")
+    return a
+
+
+SVDResult = collections.namedtuple("SVDResult", "U S Vh")
+QRResult = collections.namedtuple("QRResult", "Q R")
+LstsqResult = collections.namedtuple("LstsqResult", "x residuals rank s")
+
+
+def svd(a, full_matrices=True, compute_uv=True, hermitian=False):
+    """numpy.linalg.svd: the values alone, or the reduced factors (``full_matrices=False``,
+    or a square matrix, where the full ones are the same)."""
+    a = _any_matrix(a, "svd")
+    if hermitian:
+        raise _unsupported("numpy.linalg.svd(..., hermitian=True) is not supported on traced "
+                           "arrays; use numpy.linalg.eigh for a symmetric matrix")
+    values = a._apply("svd_values", (a,))
+    if not compute_uv:
+        return values
+    if full_matrices and a.shape[0] != a.shape[1]:
+        raise _unsupported(
+            "numpy.linalg.svd(a) of a non-square matrix with full_matrices=True: the extra "
+            "singular vectors are any basis of a null space, so they have no derivative; pass "
+            "full_matrices=False (or compute_uv=False for the values)")
+    return SVDResult(a._apply("svd_u", (a,)), values, a._apply("svd_vh", (a,)))
+
+
+def svdvals(x):
+    return svd(x, compute_uv=False)
+
+
+def qr(a, mode="reduced"):
+    """numpy.linalg.qr of a matrix of full column rank (m >= n): Q and R, or R alone."""
+    a = _any_matrix(a, "qr")
+    m, n = a.shape
+    if mode not in ("reduced", "complete", "r"):
+        raise _unsupported(f"numpy.linalg.qr(..., mode={mode!r}) is not supported on traced "
+                           "arrays (supported: 'reduced', 'complete' for a square matrix, 'r')")
+    if m < n or mode == "complete" and m != n:
+        raise _unsupported(
+            f"numpy.linalg.qr of a {m} x {n} matrix is traced for m >= n only (and mode="
+            "'complete' for a square one): there Q and R are differentiable where A has full "
+            "column rank; for a wide matrix take the QR of its transpose")
+    r = a._apply("qr_r", (a,))
+    return r if mode == "r" else QRResult(a._apply("qr_q", (a,)), r)
+
+
+def _rcond_constant(rcond, name, a):
+    """``rcond`` as the float the lstsq op prints (None: NumPy's default, eps * max(m, n))."""
+    if isinstance(rcond, Tracer) or np.ndim(rcond) != 0:
+        raise _unsupported(f"numpy.linalg.{name}: rcond must be a constant number here")
+    return float(np.finfo(np.float64).eps) * max(a.shape) if rcond is None else float(rcond)
+
+
+def _lstsq_solution(a, b, rcond):
+    if a.shape[0] < a.shape[1]:
+        raise _unsupported(
+            f"numpy.linalg.lstsq with a wide matrix ({a.shape[0]} x {a.shape[1]}: fewer "
+            "equations than unknowns) is not supported on traced arrays; its minimum-norm "
+            "solution is differentiable only where A has full row rank, which gradc does not "
+            "implement yet: use a tall or square A")
+    if b.ndim not in (1, 2) or b.shape[0] != a.shape[0]:
+        raise _shape_error(f"numpy.linalg.lstsq: b of shape {b.shape} does not fit a of shape "
+                           f"{a.shape}")
+    return a._apply("lstsq", (a, b), (rcond,))
+
+
+def lstsq(a, b, rcond=None):
+    """numpy.linalg.lstsq for a tall or square A (its 4-tuple).
+
+    The solution is NumPy's for every A; its derivative assumes A has full column rank.
+    ``rank`` is computed from the singular values as LAPACK counts them (a traced float
+    without derivative); ``residuals`` are the squared residual norms where m > n, NaN where A
+    is rank-deficient (NumPy returns an empty array there: a shape tracing cannot follow),
+    and an empty NumPy array where m == n, as NumPy's.
+    """
+    t = _first_tracer(a, b)
+    a, b = _any_matrix(_tracer(a, t), "lstsq"), _tracer(b, t)
+    rcond = _rcond_constant(rcond, "lstsq", a)
+    x = _lstsq_solution(a, b, rcond)
+    m, n = a.shape
+    s = a._apply("svd_values", (a,))
+    cutoff = _ops.lapack_rcond(rcond) * s._reduce("max", None, False)
+    rank = _where(s > cutoff, 1.0, 0.0)._reduce("sum", None, False)
+    if m == n:
+        residuals = np.zeros((0,))
+    else:
+        r = b - matmul(a, x)
+        squares = (r * r)._reduce("sum", (0,), False)
+        squares = _ops.reshape(squares, (1,)) if b.ndim == 1 else squares
+        residuals = _where(rank == float(n), squares, np.nan)
+    return LstsqResult(x, residuals, rank, s)
+
+
+def pinv(a, rcond=None, hermitian=False, rtol=np._NoValue):
+    """numpy.linalg.pinv as the least-squares solution for the identity (``pinv(A) =
+    lstsq(A, I)``, of A^T for a wide A): NumPy's values; derivatives where A has full rank."""
+    a = _any_matrix(a, "pinv")
+    if hermitian:
+        raise _unsupported("numpy.linalg.pinv(..., hermitian=True) is not supported on traced "
+                           "arrays; leave hermitian=False (the result is the same)")
+    if rcond is not None and rtol is not np._NoValue:
+        raise _unsupported("numpy.linalg.pinv: rtol and rcond cannot both be set")
+    if rcond is None:
+        rcond = 1e-15 if rtol is np._NoValue else rtol  # rtol=None: eps * max(m, n)
+    rcond = _rcond_constant(rcond, "pinv", a)
+    m, n = a.shape
+    # pinv drops the singular values s <= rcond * max(s); gelsd reads an rcond outside (0, 1)
+    # as the machine precision (see gradc.ops.lapack_rcond)
+    if rcond >= 1.0:
+        return _fill(a, 0.0, (n, m))  # every singular value dropped
+    if rcond <= 0.0:
+        rcond = float(np.finfo(np.float64).tiny)  # only exact zeros dropped
+    if m >= n:
+        return _lstsq_solution(a, _tracer(np.eye(m), a), rcond)
+    return _lstsq_solution(a.transpose(), _tracer(np.eye(n), a), rcond).transpose()
+
+
+def cond(x, p=None):
+    """numpy.linalg.cond: the ratio of extreme singular values (p None, 2, -2), or
+    ``norm(x, p) * norm(inv(x), p)`` for a square matrix."""
+    x = _any_matrix(x, "cond")
+    if isinstance(p, Tracer) or p not in (None, 2, -2, "fro", "nuc", 1, -1, np.inf, -np.inf):
+        raise _unsupported(f"numpy.linalg.cond(x, p={p!r}): p must be one of None, 'fro', "
+                           "'nuc', 1, -1, 2, -2, inf, -inf")
+    if p in (None, 2, -2):
+        s = x._apply("svd_values", (x,))
+        big, small = s._reduce("max", None, False), s._reduce("min", None, False)
+        return big / small if p != -2 else small / big
+    return norm(x, p) * norm(inv(x), p)
+
+
+def matrix_power(a, n):
+    """numpy.linalg.matrix_power for a constant int n, multiplying in NumPy's order."""
+    a = _matrix(a, "matrix_power")
+    n = _int_constant(int(n) if isinstance(n, np.integer) else n, "n")
+    if n == 0:
+        return _tracer(np.eye(a.shape[0]), a)
+    if n < 0:
+        a, n = inv(a), -n
+    if n <= 3:
+        out = Tracer(a.graph, a.node)  # a new array, as NumPy's
+        for _ in range(n - 1):
+            out = _matmul2(out, a)
+        return out
+    z = result = None
+    while n > 0:  # binary decomposition, as NumPy's
+        z = a if z is None else _matmul2(z, z)
+        n, bit = divmod(n, 2)
+        if bit:
+            result = z if result is None else _matmul2(result, z)
+    return result
+
+
+def tensorsolve(a, b, axes=None):
+    t = _first_tracer(a, b)
+    a, b = _tracer(a, t), _tracer(b, t)
+    if axes is not None:
+        order = [k for k in range(a.ndim) if k not in [_axis(x, a.ndim) for x in axes]]
+        a = a.transpose(tuple(order + [_axis(x, a.ndim) for x in axes]))
+    shape = a.shape[-(a.ndim - b.ndim):]  # NumPy's expression (all of a.shape where equal)
+    size = _count(shape, None)
+    if _count(a.shape, None) != size * size:
+        raise _shape_error(f"numpy.linalg.tensorsolve: a of shape {a.shape} is not 'square' "
+                           f"for b of shape {b.shape}")
+    return _ops.reshape(solve(_ops.reshape(a, (size, size)), _ops.reshape(b, (size,))), shape)
+
+
+def tensorinv(a, ind=2):
+    a = _array(a)
+    ind = _int_constant(ind, "ind")
+    if a.ndim == 0:
+        raise _shape_error("numpy.linalg.tensorinv needs an array, not a scalar")
+    if ind <= 0:
+        raise _shape_error("numpy.linalg.tensorinv: ind must be positive")
+    size = _count(a.shape[:ind], None)
+    if _count(a.shape, None) != size * size:
+        raise _shape_error(f"numpy.linalg.tensorinv: a of shape {a.shape} is not 'square' "
+                           f"for ind={ind}")
+    inverse = inv(_ops.reshape(a, (size, size)))
+    return _ops.reshape(inverse, a.shape[ind:] + a.shape[:ind])
 
 
 #: NumPy function -> rule on arrays traced whole (see the module docstring).
@@ -1052,5 +1387,9 @@ RULES = {
     np.round: round_, np.around: round_, np.fix: fix, np.sinc: sinc,
     np.linalg.inv: inv, np.linalg.solve: solve, np.linalg.det: det, np.linalg.slogdet: slogdet,
     np.linalg.cholesky: cholesky, np.linalg.eigh: eigh, np.linalg.eigvalsh: eigvalsh,
-    np.linalg.norm: norm,
+    np.linalg.norm: norm, np.linalg.svd: svd, np.linalg.svdvals: svdvals, np.linalg.qr: qr,
+    np.linalg.lstsq: lstsq, np.linalg.pinv: pinv, np.linalg.cond: cond,
+    np.linalg.matrix_power: matrix_power, np.linalg.tensorsolve: tensorsolve,
+    np.linalg.tensorinv: tensorinv,
+    np.gradient: gradient, np.linspace: linspace, np.logspace: logspace,
 }

@@ -37,14 +37,15 @@ _KIND_OF = {
     **dict.fromkeys(("where", "select", "clip", "nan_to_num", "round", "around", "fix", "sinc"),
                     "elementwise"),
     **dict.fromkeys(("sum", "mean", "max", "min", "amax", "amin", "prod", "var", "std",
-                     "cumsum", "cumprod", "diff", "trace"), "reductions"),
+                     "cumsum", "cumprod", "diff", "gradient", "trace"), "reductions"),
     **dict.fromkeys((
         "reshape", "transpose", "ravel", "squeeze", "expand_dims", "atleast_1d", "atleast_2d",
         "atleast_3d", "swapaxes", "moveaxis", "rollaxis", "flip", "fliplr", "flipud", "roll",
         "rot90", "broadcast_to", "broadcast_arrays", "stack", "concatenate", "hstack", "vstack",
         "dstack", "column_stack", "append", "split", "array_split", "hsplit", "vsplit",
         "dsplit", "take", "repeat", "tile", "pad", "diagonal", "diag", "tril", "triu", "copy",
-        "zeros_like", "ones_like", "full_like", "empty_like", "shape", "ndim", "size"),
+        "zeros_like", "ones_like", "full_like", "empty_like", "linspace", "logspace", "shape",
+        "ndim", "size"),
         "shape ops"),
     **dict.fromkeys(("sort", "partition"), "sorting"),
     **dict.fromkeys(("dot", "matmul", "inner", "outer", "vdot", "kron", "tensordot", "einsum",
@@ -71,7 +72,7 @@ _NOT_DIFFERENTIABLE = ("not differentiable (its result is an integer: indices or
 UNSUPPORTED = (
     (("argmax", "argmin", "argsort", "argpartition", "argwhere", "nonzero", "flatnonzero",
       "searchsorted", "digitize", "bincount", "count_nonzero", "unique", "histogram",
-      "nanargmax", "nanargmin"), _NOT_DIFFERENTIABLE),
+      "nanargmax", "nanargmin", "linalg.matrix_rank"), _NOT_DIFFERENTIABLE),
     (("isnan", "isinf", "isfinite", "signbit"),
      "tests of a float's class are not traced yet; write x != x for NaN and "
      "numpy.abs(x) == numpy.inf for an infinity"),
@@ -84,12 +85,10 @@ UNSUPPORTED = (
     (("nansum", "nanmean", "nanmax", "nanmin", "nanprod", "nanstd", "nanvar", "nancumsum",
       "nancumprod"), "NaN-skipping reductions are not traced; replace the NaNs first, "
                      "numpy.where(x != x, 0.0, x), and reduce that"),
-    (("linalg.svd", "linalg.svdvals", "linalg.eig", "linalg.eigvals", "linalg.qr", "linalg.pinv",
-      "linalg.lstsq", "linalg.matrix_rank", "linalg.cond", "linalg.matrix_power",
-      "linalg.tensorinv", "linalg.tensorsolve"),
-     "no derivative rule yet (singular values and general eigenproblems need their own); for "
-     "symmetric matrices use numpy.linalg.eigh or numpy.linalg.eigvalsh, for a linear system "
-     "numpy.linalg.solve"),
+    (("linalg.eig", "linalg.eigvals"),
+     "a general matrix has complex eigenvalues and eigenvectors, and traced values are real; "
+     "for a symmetric matrix use numpy.linalg.eigh or numpy.linalg.eigvalsh, for singular "
+     "values numpy.linalg.svd"),
     (("asarray", "array", "asanyarray", "ascontiguousarray"),
      "of a traced array: it is traced as an array already, and NumPy cannot compute with "
      "what the conversion would give it; drop the conversion (x.copy() for a copy, "
