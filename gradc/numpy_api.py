@@ -1026,6 +1026,28 @@ def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     return _where(x != x, nan, out)
 
 
+# --- complex parts of real values ------------------------------------------------------------
+# Traced values are real: the real part is the value, the imaginary part 0, the angle 0 or pi
+# by the sign bit (as NumPy's arctan2(0, x): pi at -0.0 and -inf, NaN at NaN), without
+# derivative.
+def real(val):
+    return copy(val)
+
+
+def real_if_close(a, tol=100):
+    return copy(a)
+
+
+def imag(val):
+    return _like(val, 0.0, None)
+
+
+def angle(z, deg=False):
+    z = _array(z)
+    half_turn = np.pi * (180.0 / np.pi) if deg else np.pi  # NumPy's arctan2(...) * (180 / pi)
+    return _where(z != z, np.nan, _where(np.copysign(1.0, z) < 0.0, half_turn, 0.0))
+
+
 # --- rounding and sinc -------------------------------------------------------------------------
 def round_(a, decimals=0):
     from . import gmath
@@ -1385,6 +1407,7 @@ RULES = {
     np.select: select, np.sort: sort, np.partition: partition, np.clip: clip,
     np.nan_to_num: nan_to_num,
     np.round: round_, np.around: round_, np.fix: fix, np.sinc: sinc,
+    np.real: real, np.imag: imag, np.real_if_close: real_if_close, np.angle: angle,
     np.linalg.inv: inv, np.linalg.solve: solve, np.linalg.det: det, np.linalg.slogdet: slogdet,
     np.linalg.cholesky: cholesky, np.linalg.eigh: eigh, np.linalg.eigvalsh: eigvalsh,
     np.linalg.norm: norm, np.linalg.svd: svd, np.linalg.svdvals: svdvals, np.linalg.qr: qr,

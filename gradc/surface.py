@@ -34,8 +34,8 @@ KINDS = ("ufuncs", "elementwise", "reductions", "shape ops", "sorting", "product
 #: ``__name__``). A rule missing here is listed under "other", which tests/test_surface.py
 #: refuses.
 _KIND_OF = {
-    **dict.fromkeys(("where", "select", "clip", "nan_to_num", "round", "around", "fix", "sinc"),
-                    "elementwise"),
+    **dict.fromkeys(("where", "select", "clip", "nan_to_num", "round", "around", "fix", "sinc",
+                     "real", "imag", "real_if_close", "angle"), "elementwise"),
     **dict.fromkeys(("sum", "mean", "max", "min", "amax", "amin", "prod", "var", "std",
                      "cumsum", "cumprod", "diff", "gradient", "trace"), "reductions"),
     **dict.fromkeys((
@@ -78,8 +78,6 @@ UNSUPPORTED = (
      "numpy.abs(x) == numpy.inf for an infinity"),
     (("bitwise_and", "bitwise_or", "bitwise_xor", "invert", "left_shift", "right_shift", "gcd",
       "lcm"), "integer operations: traced values are floats"),
-    (("real", "imag", "angle"), "complex parts: traced values are real floats; use the value "
-                                "itself"),
     (("median", "percentile", "quantile"),
      "order statistics are not traced yet; sort with numpy.sort and index the sorted array"),
     (("nansum", "nanmean", "nanmax", "nanmin", "nanprod", "nanstd", "nanvar", "nancumsum",

@@ -99,6 +99,8 @@ VECTOR_CASES = {
                            np.linspace(x, 1.5, 3, endpoint=False, axis=-1),
                            *np.linspace(x[0], x[-1] + 1.0, 6, endpoint=False, retstep=True),
                            np.linspace(0.5, x[-1], 1, retstep=True)[0]),
+    "complex_parts": lambda x: np.real(x) * x + np.imag(x) + np.real_if_close(x) ** 2
+                               + np.angle(x - 0.6) + np.angle(0.6 - x, deg=True),
     "logspace": lambda x: (np.logspace(x[0], x[-1] + 1.0, 5, base=2.0), np.logspace(x[0], 1.0, 2)),
 }
 
@@ -243,6 +245,13 @@ def test_linspace_and_gradient_values_are_numpys_bit_for_bit():
     got = gradc.compile(fn, arrays="numpy", backend="python")(v)
     for ours, numpys in zip(got, fn(v)):
         np.testing.assert_array_equal(ours, numpys)
+
+
+def test_angle_of_real_values_is_numpys_at_signed_zeros_infinities_and_nan():
+    v = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -2.5, 3.0])
+    for deg in (False, True):
+        got = gradc.compile(lambda x: np.angle(x, deg), arrays="numpy", backend="python")(v)
+        np.testing.assert_array_equal(got, np.angle(v, deg))
 
 
 def test_linspace_takes_traced_scalars_unrolled_and_whole():
