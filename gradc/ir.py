@@ -64,7 +64,10 @@ def _shape_of(spec, attrs, args):
     (scalars above all) has that shape; NumPy's broadcasting rules decide the rest."""
     if spec.shape is None and args:
         first = args[0].shape
-        if all(a.shape == first for a in args):
+        for a in args:
+            if a.shape != first:
+                break
+        else:
             return first
     return spec.shape_of(attrs, [a.shape for a in args])
 

@@ -207,7 +207,10 @@ class _Unroller:
         ids = self._flat_ids.get(shape)
         if ids is None:
             ids = self._flat_ids[shape] = np.arange(int(np.prod(shape))).reshape(shape)
-        positions = np.asarray(ids[python_index(index)])  # a view: basic indexing
+        positions = ids[python_index(index)]  # a view: basic indexing
+        if not isinstance(positions, np.ndarray):  # one element (the adjoint of x[i])
+            g = _result(g)
+            return _Sparse(tuple(shape), {} if g is None else {int(positions): g}, node.id)
         values = np.broadcast_to(_as_array(g), positions.shape)
         items = {k: v for k, v in zip(positions.reshape(-1).tolist(), values.reshape(-1))
                  if v is not None}

@@ -396,8 +396,8 @@ def test_the_adjoint_of_many_reads_unrolls_without_dense_arrays(monkeypatch):
 
 
 def test_optimize_with_fewer_replays_gives_the_three_pass_result():
-    """optimize folds and simplifies in one replay and skips rounds that cannot fire; the result is the three
-    passes' (fold, simplify, dce, until the size stays) for every program here."""
+    """optimize folds and simplifies in one replay and skips rounds that cannot fire; the
+    result is the three passes' (fold, simplify, dce, until the size stays) on each program."""
     from gradc.optimize import dce, fold, optimize, simplify
     from gradc.trace import trace
 
