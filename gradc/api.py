@@ -301,7 +301,9 @@ class GradcFunction:
         """Trace ``fn`` for one signature, its arrays whole (one node per array, at every
         size); :meth:`lower` unrolls small programs into scalar code after differentiating
         (gradc/unroll.py). ``scalar`` unrolls the trace itself, before differentiating
-        (hessian and jacobian build their output entry by entry).
+        (hessian and jacobian build their output entry by entry), where every op has a
+        scalar form; otherwise the trace stays whole, and the caller builds the matrix from
+        the whole-array rules (gradc/higher_api.py assembles it from compiled columns).
         With ``capture``, the float arrays ``fn`` reads from outside its arguments become
         hidden parameters (``graph.captured_arrays``); otherwise constants in the source.
         """
@@ -489,15 +491,21 @@ class GradcFunction:
                             pass  # a read-only or unaligned array: converted below
                         except CapturedArrayChanged:
                             self._forget()  # a captured name now holds another shape
-                elif len(kwargs) == 1 and self._takes_out:
+                elif self._out_by_shape:  # f(x, out=dx) compiled before (set if out= is ours)
                     out = kwargs.get("out")
-                    quick = self._out_by_shape.get(a.shape)
-                    if quick is not None and type(out) is _ndarray and _may_write(out, a):
-                        kernel, result = quick
-                        if result is _VALUE_AND_BUFFER:
-                            return kernel(a, out), out
-                        kernel(a, out)
-                        return out
+                    if type(out) is _ndarray and len(kwargs) == 1:
+                        shape = a.shape
+                        quick = self._out_by_shape.get(shape)
+                        # _may_write's checks, written out: this frame is the whole overhead
+                        if (quick is not None and out.shape == shape and out.dtype is _FLOAT64
+                                and out is not a
+                                and out.flags.num & _BUFFER_FLAGS == _BUFFER_FLAGS
+                                and a.flags.num & _OWNDATA):
+                            kernel, result = quick
+                            if result is _VALUE_AND_BUFFER:
+                                return kernel(a, out), out
+                            kernel(a, out)
+                            return out
         if kwargs and "out" in kwargs and self._takes_out:
             return self._call_out(args, kwargs)
         if not kwargs:  # the quick path: an already compiled shape, float64 arguments
@@ -877,7 +885,8 @@ def _may_write(out, x):
     """Whether the thin out= path may hand ``out`` to the kernel compiled for ``x``'s shape:
     float64 of that shape, writable, aligned, C-contiguous, and certainly apart from ``x``:
     two distinct arrays that each own their data do not overlap. Anything else (a view, an
-    array over foreign memory) takes the full path, which checks exactly."""
+    array over foreign memory) takes the full path, which checks exactly. (``__call__``
+    spells these checks out inline; this is their definition, which the tests hold it to.)"""
     return (out.shape == x.shape and out.dtype is _FLOAT64 and out is not x
             and out.flags.num & _BUFFER_FLAGS == _BUFFER_FLAGS and x.flags.num & _OWNDATA)
 

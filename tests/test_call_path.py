@@ -211,3 +211,35 @@ def test_buffers_of_several_arguments_must_be_apart_and_come_back_in_place():
         vg(x, s, y, out=(shared, None, shared))
     with pytest.raises(gradc.ArgumentError, match="shares memory with argument 2"):
         vg(x, s, y, out=(np.empty(300), None, y))
+
+
+def test_the_thin_out_path_takes_exactly_the_buffers_may_write_accepts(vg):
+    from gradc.api import _may_write
+
+    x = RNG.uniform(-1, 1, 300)
+    vg(x, out=np.empty(300))
+    kernel, form = vg._out_by_shape[x.shape]
+    handed = []
+
+    def recording(a, out):
+        handed.append(out)
+        return kernel(a, out)
+
+    vg._out_by_shape[x.shape] = (recording, form)
+    readonly = np.empty(300)
+    readonly.flags.writeable = False
+    x_view = x[:]
+    candidates = [(x, np.empty(300)), (x, np.empty(600)[:300]), (x, readonly), (x, x),
+                  (x, np.empty(300, ">f8")), (x, np.empty(301)), (x_view, np.empty(300)),
+                  (x_view, x)]
+    try:
+        for arg, buffer in candidates:
+            handed.clear()
+            try:
+                vg(arg, out=buffer)
+            except gradc.ArgumentError:
+                pass
+            assert bool(handed) == bool(_may_write(buffer, arg))
+        assert _may_write(np.empty(300), x)  # the common call does take the thin path
+    finally:
+        vg._out_by_shape[x.shape] = (kernel, form)
