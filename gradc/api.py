@@ -301,9 +301,7 @@ class GradcFunction:
         """Trace ``fn`` for one signature, its arrays whole (one node per array, at every
         size); :meth:`lower` unrolls small programs into scalar code after differentiating
         (gradc/unroll.py). ``scalar`` unrolls the trace itself, before differentiating
-        (hessian and jacobian build their output entry by entry), where every op has a
-        scalar form; otherwise the trace stays whole, and the caller builds the matrix from
-        the whole-array rules (gradc/higher_api.py assembles it from compiled columns).
+        (hessian and jacobian build their output entry by entry).
         With ``capture``, the float arrays ``fn`` reads from outside its arguments become
         hidden parameters (``graph.captured_arrays``); otherwise constants in the source.
         """
