@@ -1258,12 +1258,6 @@ def _rcond_constant(rcond, name, a):
 
 
 def _lstsq_solution(a, b, rcond):
-    if a.shape[0] < a.shape[1]:
-        raise _unsupported(
-            f"numpy.linalg.lstsq with a wide matrix ({a.shape[0]} x {a.shape[1]}: fewer "
-            "equations than unknowns) is not supported on traced arrays; its minimum-norm "
-            "solution is differentiable only where A has full row rank, which gradc does not "
-            "implement yet: use a tall or square A")
     if b.ndim not in (1, 2) or b.shape[0] != a.shape[0]:
         raise _shape_error(f"numpy.linalg.lstsq: b of shape {b.shape} does not fit a of shape "
                            f"{a.shape}")
@@ -1271,13 +1265,13 @@ def _lstsq_solution(a, b, rcond):
 
 
 def lstsq(a, b, rcond=None):
-    """numpy.linalg.lstsq for a tall or square A (its 4-tuple).
+    """numpy.linalg.lstsq (its 4-tuple).
 
-    The solution is NumPy's for every A; its derivative assumes A has full column rank.
-    ``rank`` is computed from the singular values as LAPACK counts them (a traced float
-    without derivative); ``residuals`` are the squared residual norms where m > n, NaN where A
-    is rank-deficient (NumPy returns an empty array there: a shape tracing cannot follow),
-    and an empty NumPy array where m == n, as NumPy's.
+    The solution is NumPy's for every A; its derivatives exist where A has full rank (NaN
+    where it has not). ``rank`` is computed from the singular values as LAPACK counts them (a
+    traced float without derivative); ``residuals`` are the squared residual norms where
+    m > n, NaN where A is rank-deficient (NumPy returns an empty array there: a shape tracing
+    cannot follow), and an empty NumPy array where m <= n, as NumPy's.
     """
     t = _first_tracer(a, b)
     a, b = _any_matrix(_tracer(a, t), "lstsq"), _tracer(b, t)
@@ -1287,7 +1281,7 @@ def lstsq(a, b, rcond=None):
     s = a._apply("svd_values", (a,))
     cutoff = _ops.lapack_rcond(rcond) * s._reduce("max", None, False)
     rank = _where(s > cutoff, 1.0, 0.0)._reduce("sum", None, False)
-    if m == n:
+    if m <= n:
         residuals = np.zeros((0,))
     else:
         r = b - matmul(a, x)
@@ -1299,7 +1293,7 @@ def lstsq(a, b, rcond=None):
 
 def pinv(a, rcond=None, hermitian=False, rtol=np._NoValue):
     """numpy.linalg.pinv as the least-squares solution for the identity (``pinv(A) =
-    lstsq(A, I)``, of A^T for a wide A): NumPy's values; derivatives where A has full rank."""
+    lstsq(A, I)``): NumPy's values; derivatives where A has full rank."""
     a = _any_matrix(a, "pinv")
     if hermitian:
         raise _unsupported("numpy.linalg.pinv(..., hermitian=True) is not supported on traced "
@@ -1316,9 +1310,7 @@ def pinv(a, rcond=None, hermitian=False, rtol=np._NoValue):
         return _fill(a, 0.0, (n, m))  # every singular value dropped
     if rcond <= 0.0:
         rcond = float(np.finfo(np.float64).tiny)  # only exact zeros dropped
-    if m >= n:
-        return _lstsq_solution(a, _tracer(np.eye(m), a), rcond)
-    return _lstsq_solution(a.transpose(), _tracer(np.eye(n), a), rcond).transpose()
+    return _lstsq_solution(a, _tracer(np.eye(m), a), rcond)
 
 
 def cond(x, p=None):

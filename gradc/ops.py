@@ -1261,18 +1261,23 @@ def _qr_tangents(dx, x):
     return dq, dr
 
 
-# ``lstsq(A, b)``: NumPy's solution (LAPACK gelsd, so the value is NumPy's for every A). Its
-# derivative is that of ``x = (A^T A)^-1 A^T b``, for A of full column rank (m >= n): with
-# ``r = b - A x`` and ``z = (A^T A)^-1 x-bar`` (from A's QR, ``A^T A = R^T R``: not the normal
-# equations' squared condition number), ``b-bar = A z = Q R^-T x-bar`` and
-# ``A-bar = r z^T - b-bar x^T``. Where A loses rank (as LAPACK counts it: the smallest singular
-# value at most rcond times the largest) lstsq jumps and has no derivative: the derivatives
-# are NaN there, never a number. The triangular solves are least-squares solves too, which
-# answer (and are then masked) where R is exactly singular, instead of raising.
+# ``lstsq(A, b)``: NumPy's solution (LAPACK gelsd, so the value is NumPy's for every A), whose
+# derivative is that of ``x = A^+ b`` where A has full rank (Golub and Pereyra, 1973):
+# ``dx = A^+ (db - dA x) + (A^T A)^-1 dA^T r + (I - A^+ A) dA^T (A A^T)^-1 b``, ``r = b - A x``.
+# A tall or square A of full column rank (A^+ A = I) keeps the first two terms; a wide one of
+# full row rank (r = 0) the first and the last. The inverses come from the QR of A (tall) or
+# of A^T (wide), never the normal equations (their condition number is squared):
+# - tall, ``A = Q R``: ``z = (A^T A)^-1 x-bar = R^-1 R^-T x-bar``, ``b-bar = Q R^-T x-bar``,
+#   ``A-bar = r z^T - b-bar x^T``;
+# - wide, ``A^T = Q R``: ``b-bar = A^+T x-bar = R^-1 Q^T x-bar``, ``w = (A A^T)^-1 b =
+#   R^-1 R^-T b``, ``A-bar = w (x-bar - Q Q^T x-bar)^T - b-bar x^T``.
+# Where A loses rank (as LAPACK counts it: the smallest singular value at most rcond times the
+# largest) lstsq jumps and has no derivative: the derivatives are NaN there, never a number.
+# The triangular solves are least-squares solves too, which answer (and are then masked) where
+# R is exactly singular, instead of raising.
 def _lstsq_shape(attrs, a, b):
-    if len(a) != 2 or a[0] < a[1]:
-        raise ValueError("numpy.linalg.lstsq takes a 2-D matrix with at least as many rows as "
-                         "columns here")
+    if len(a) != 2:
+        raise ValueError("numpy.linalg.lstsq takes a 2-D matrix here")
     if len(b) not in (1, 2) or b[0] != a[0]:
         raise ValueError(f"b of shape {b} does not fit a of shape {a}")
     return a[1:] + b[1:]
@@ -1292,7 +1297,7 @@ def lapack_rcond(rcond):
 
 
 def _full_rank(a, rcond):
-    """Whether ``a`` has full column rank as LAPACK's gelsd counts it (a traced condition)."""
+    """Whether ``a`` has full rank as LAPACK's gelsd counts it (a traced condition)."""
     s = call("svd_values", (a,))
     return gt(call("min", (s,), (None, False)),
               call("max", (s,), (None, False)) * lapack_rcond(rcond))
@@ -1303,14 +1308,31 @@ def _where_full_rank(a, rcond, *values):
     return tuple(where(full, v, np.nan) for v in values)
 
 
+def _is_wide(a):
+    return a.shape[0] < a.shape[1]
+
+
+def _triangular_solves(r, v, rcond):
+    """``R^-1 R^-T v``."""
+    return call("lstsq", (r, call("lstsq", (_matrix_t(r), v), rcond)), rcond)
+
+
 def _lstsq_vjp(g, out, a, b):
     rcond = out.node.attrs
-    q, r = call("qr_q", (a,)), call("qr_r", (a,))
-    y = call("lstsq", (_matrix_t(r), g), rcond)  # R^-T x-bar
-    gb = _matmul(q, y)
-    z = call("lstsq", (r, y), rcond)
-    residual = b - _matmul(a, out)
-    ga = _outer_or_product(residual, z) - _outer_or_product(gb, out)
+    if _is_wide(a):
+        at = _matrix_t(a)
+        q, r = call("qr_q", (at,)), call("qr_r", (at,))
+        gb = call("lstsq", (r, _matmul(_matrix_t(q), g)), rcond)
+        w = _triangular_solves(r, b, rcond)
+        across = g - _matmul(q, _matmul(_matrix_t(q), g))  # (I - A^+ A) x-bar
+        ga = _outer_or_product(w, across) - _outer_or_product(gb, out)
+    else:
+        q, r = call("qr_q", (a,)), call("qr_r", (a,))
+        y = call("lstsq", (_matrix_t(r), g), rcond)  # R^-T x-bar
+        gb = _matmul(q, y)
+        z = call("lstsq", (r, y), rcond)
+        residual = b - _matmul(a, out)
+        ga = _outer_or_product(residual, z) - _outer_or_product(gb, out)
     return _where_full_rank(a, rcond[0], ga, gb)
 
 
@@ -1322,11 +1344,15 @@ def _lstsq_jvp(ts, out, a, b):
         rhs = change if rhs is None else rhs + change
     rcond = out.node.attrs
     dx = call("lstsq", (a, rhs), rcond)
-    if ta is not None:
+    if ta is not None and _is_wide(a):
+        at = _matrix_t(a)
+        q, r = call("qr_q", (at,)), call("qr_r", (at,))
+        v = _matmul(_matrix_t(ta), _triangular_solves(r, b, rcond))  # dA^T w
+        dx = dx + v - _matmul(q, _matmul(_matrix_t(q), v))
+    elif ta is not None:
         r = call("qr_r", (a,))
         residual = b - _matmul(a, out)
-        across = call("lstsq", (_matrix_t(r), _matmul(_matrix_t(ta), residual)), rcond)
-        dx = dx + call("lstsq", (r, across), rcond)
+        dx = dx + _triangular_solves(r, _matmul(_matrix_t(ta), residual), rcond)
     return _where_full_rank(a, rcond[0], dx)[0]
 
 

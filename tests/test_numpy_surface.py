@@ -182,7 +182,9 @@ MATRIX_CASES = {
     "qr": lambda a: (*np.linalg.qr(a), *np.linalg.qr(a[:, :2]), np.linalg.qr(a[:, 1:], "r")),
     "lstsq": lambda a: _lstsq_parts(np.linalg.lstsq(a[:, :3], a[:, 3] ** 2))
                        + _lstsq_parts(np.linalg.lstsq(a[:, :2], a[:, 2:], rcond=1e-10))
-                       + _lstsq_parts(np.linalg.lstsq(a, a[0])),
+                       + _lstsq_parts(np.linalg.lstsq(a, a[0]))
+                       + _lstsq_parts(np.linalg.lstsq(a[:2], a[:2, 0] ** 2))
+                       + _lstsq_parts(np.linalg.lstsq(a[:3], a[:3, :2] * a[:3, 2:])),
     "pinv": lambda a: np.linalg.pinv(a[:, :3]) + np.linalg.pinv(a[:3]).T + np.linalg.pinv(a)[:3],
     "cond": lambda a: np.linalg.cond(a) + np.linalg.cond(a, -2) + np.linalg.cond(a, "fro")
                       + np.linalg.cond(a, 1) + np.linalg.cond(a[:, :3]),
@@ -327,7 +329,6 @@ def test_hessians_through_singular_values_qr_and_lstsq_match_central_differences
 
 
 @pytest.mark.parametrize("call, why", [
-    (lambda a: np.linalg.lstsq(a, a[:, 0]), "wide matrix"),
     (lambda a: np.linalg.svd(a), "full_matrices=False"),
     (lambda a: np.linalg.qr(a), "m >= n"),
     (lambda a: np.linalg.pinv(a, hermitian=True), "hermitian"),
@@ -371,6 +372,7 @@ ORACLE_CASES = {
     "pinv": lambda np_, v: np_.sum(np_.linalg.pinv(np_.reshape(v[:6], (3, 2))) * np.arange(6.0).reshape(2, 3)),
     "qr": lambda np_, v: np_.sum(np_.linalg.qr(np_.reshape(v[:6], (3, 2)))[1] * np.arange(4.0).reshape(2, 2)),
     "lstsq": lambda np_, v: np_.sum(np_.linalg.lstsq(np_.reshape(v[:6], (3, 2)), v[4:], rcond=None)[0] ** 2),
+    "lstsq_wide": lambda np_, v: np_.sum(np_.linalg.lstsq(np_.reshape(v[:6], (2, 3)), v[5:], rcond=None)[0] ** 2),
     "cond": lambda np_, v: np_.linalg.cond(np_.reshape(v[:6], (3, 2))),
     "matrix_power": lambda np_, v: np_.sum(np_.linalg.matrix_power(np_.reshape(v[:4], (2, 2)), 3)),
 }
@@ -387,7 +389,7 @@ def _svd_loss(np_, a):
 # cumprod, cond, lstsq, matrix_power, qr, the matrix 2-norm, gradient with a spacing): JAX
 # checks those
 AUTOGRAD_CASES = sorted(set(ORACLE_CASES) - {"cumprod", "cond", "gradient", "lstsq",
-                                             "matrix_power", "norm_2", "qr"})
+                                             "lstsq_wide", "matrix_power", "norm_2", "qr"})
 
 
 @pytest.mark.parametrize("name", AUTOGRAD_CASES)
