@@ -1235,19 +1235,29 @@ def svdvals(x):
 
 
 def qr(a, mode="reduced"):
-    """numpy.linalg.qr of a matrix of full column rank (m >= n): Q and R, or R alone."""
+    """numpy.linalg.qr: Q and R, or R alone, differentiable where A has full rank.
+
+    A wide A (m < n) is ``[X | Y]`` with X square: ``X = Q U`` and ``R = [U | Q^T Y]``, the
+    factors NumPy's Householder QR computes (the same reflectors, from X's columns alone).
+    """
     a = _any_matrix(a, "qr")
     m, n = a.shape
     if mode not in ("reduced", "complete", "r"):
         raise _unsupported(f"numpy.linalg.qr(..., mode={mode!r}) is not supported on traced "
-                           "arrays (supported: 'reduced', 'complete' for a square matrix, 'r')")
-    if m < n or mode == "complete" and m != n:
+                           "arrays (supported: 'reduced', 'complete' for a square or wide "
+                           "matrix, 'r')")
+    if mode == "complete" and m > n:
         raise _unsupported(
-            f"numpy.linalg.qr of a {m} x {n} matrix is traced for m >= n only (and mode="
-            "'complete' for a square one): there Q and R are differentiable where A has full "
-            "column rank; for a wide matrix take the QR of its transpose")
-    r = a._apply("qr_r", (a,))
-    return r if mode == "r" else QRResult(a._apply("qr_q", (a,)), r)
+            f"numpy.linalg.qr(..., mode='complete') of a tall {m} x {n} matrix: the columns of "
+            "Q past the n-th are any basis of a null space, so they have no derivative; use "
+            "mode='reduced'")
+    if m < n:
+        square = _slice_along(a, 1, 0, m)
+        q, upper = square._apply("qr_q", (square,)), square._apply("qr_r", (square,))
+        r = _concat([upper, _matmul2(q.transpose(), _slice_along(a, 1, m, None))], 1)
+    else:
+        q, r = a._apply("qr_q", (a,)), a._apply("qr_r", (a,))
+    return r if mode == "r" else QRResult(q, r)
 
 
 def _rcond_constant(rcond, name, a):
