@@ -169,3 +169,53 @@ def describe(treedef):
         return "[" + ", ".join(inner) + "]"
     name = detail.__name__ if kind == "namedtuple" else ""
     return name + "(" + ", ".join(inner) + ("," if len(inner) == 1 and not name else "") + ")"
+
+
+def _offsets(shapes):
+    """``[(start, stop, shape)]`` of leaves of these shapes (``()``: a float) laid end to end."""
+    found, start = [], 0
+    for shape in shapes:
+        size = _size(shape)
+        found.append((start, start + size, tuple(shape)))
+        start += size
+    return found
+
+
+def _size(shape):
+    size = 1
+    for d in shape:
+        size *= int(d)
+    return size
+
+
+def _leaf(values, shape):
+    """A block as a leaf: a float for shape ``()``, else a C-order array of ``shape``."""
+    return float(values.reshape(-1)[0]) if shape == () else values.reshape(shape)
+
+
+def split(vector, shapes):
+    """The leaves of these shapes (``()``: a float) read one after another from ``vector``
+    (flat, C order): how a flat result goes back into a tree's leaves.
+
+    >>> import numpy as np
+    >>> split(np.arange(4.0), [(), (3,)])
+    [0.0, array([1., 2., 3.])]
+    """
+    vector = vector.reshape(-1)
+    return [_leaf(vector[a:b], shape) for a, b, shape in _offsets(shapes)]
+
+
+def blocks(matrix, row_shapes, col_shapes):
+    """The blocks of a 2-d ``matrix`` whose rows are the leaves of ``row_shapes`` and whose
+    columns those of ``col_shapes``, flattened in C order: ``out[r][c]`` has shape
+    ``row_shapes[r] + col_shapes[c]`` (a float where both are ``()``), JAX's layout of a
+    Jacobian block between an output leaf and an input leaf.
+
+    >>> import numpy as np
+    >>> [[b.shape if hasattr(b, "shape") else b for b in row]
+    ...  for row in blocks(np.arange(6.0).reshape(3, 2), [(), (2,)], [(), ()])]
+    [[0.0, 1.0], [(2,), (2,)]]
+    """
+    rows, cols = _offsets(row_shapes), _offsets(col_shapes)
+    return [[_leaf(matrix[ra:rb, ca:cb], rs + cs) for ca, cb, cs in cols]
+            for ra, rb, rs in rows]
