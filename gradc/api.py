@@ -301,7 +301,9 @@ class GradcFunction:
         """Trace ``fn`` for one signature, its arrays whole (one node per array, at every
         size); :meth:`lower` unrolls small programs into scalar code after differentiating
         (gradc/unroll.py). ``scalar`` unrolls the trace itself, before differentiating
-        (hessian and jacobian build their output entry by entry).
+        (hessian and jacobian build their output entry by entry), where every op has a
+        scalar form; otherwise the trace stays whole, and the caller builds the matrix from
+        the whole-array rules (gradc/higher_api.py assembles it from compiled columns).
         With ``capture``, the float arrays ``fn`` reads from outside its arguments become
         hidden parameters (``graph.captured_arrays``); otherwise constants in the source.
         """
@@ -309,15 +311,8 @@ class GradcFunction:
         traced = trace(self._tracee, [(n, s, True) for n, s in zip(names, shapes)],
                        self._name, _origin(self._fn), multiple=multiple,
                        capture="whole" if capture else None)
-        if scalar and traced.whole_params:
-            try:
-                return unroll(traced)
-            except UnrollError:
-                # an op the unroll pass has no scalar form for yet: the element-by-element
-                # tracer (object arrays of scalar Tracers) still knows it
-                return trace(self._tracee, [(n, s, False) for n, s in zip(names, shapes)],
-                             self._name, _origin(self._fn), multiple=multiple,
-                             capture="unrolled" if capture else None)
+        if scalar and traced.whole_params and can_unroll(traced):
+            return unroll(traced)
         return traced
 
     def _differentiated(self, traced, nargs, shapes, dtype):
