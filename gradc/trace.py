@@ -35,9 +35,9 @@ class Tracer:
     __array_priority__ = 1000  # NumPy scalars and arrays defer to us
 
     def __new__(cls, graph, node, view=None):
-        # an array node is an ArrayTracer (indexable), a scalar one a plain Tracer, whichever
+        # an array node is an ArrayTracer (indexable), a scalar one a ScalarTracer, whichever
         # class is asked for (so it is set up here: Python skips __init__ for the other one)
-        self = object.__new__(ArrayTracer if node.shape else Tracer)
+        self = object.__new__(ArrayTracer if node.shape else ScalarTracer)
         self.graph, self._node, self._view, self._version = graph, node, view, 0
         return self
 
@@ -108,6 +108,7 @@ class Tracer:
 
     # --- building -------------------------------------------------------------------
     def _lift(self, value):
+        value = constructors.operand(value)  # an array made by NumPy in the traced function
         if isinstance(value, Tracer):
             if value.graph is not self.graph and _encloses(value.graph, self.graph):
                 return _capture(self.graph, value)  # a loop body using an outer value
@@ -134,7 +135,7 @@ class Tracer:
             "gradc traces functions of floats and float arrays.")
 
     def _apply(self, op, args, attrs=()):
-        args = _captured(args)
+        args = _captured(constructors.operands(args))
         for a in args:  # inside a loop body, the body's graph builds (outer values are captured)
             if isinstance(a, Tracer) and a.graph is not self.graph and _encloses(self.graph, a.graph):
                 return a._apply(op, args, attrs)
@@ -306,9 +307,17 @@ class Tracer:
             hint = (f"math.{name} only works on plain floats; use numpy.{np_name} or "
                     f"gradc.math.{np_name}, which gradc can trace")
         elif re.search(r"\]\s*[-+*/]?=(?!=)", line):
-            hint = ("a NumPy float array (y = numpy.zeros(n)) can hold numbers only, and this "
-                    "value depends on a traced argument; make the array traced instead, for "
-                    "example y = numpy.zeros_like(x) or y = x.copy(), then assign into it")
+            # gradc.constructors makes the arrays NumPy creates in traced code assignable;
+            # this one it could not reach
+            hint = ("this NumPy array can hold numbers only, and the value depends on a traced "
+                    "argument. gradc traces assignment into the float64 arrays that numpy.zeros, "
+                    "ones, empty, full, array, linspace, ... make inside the traced function "
+                    "(or a function of its module it calls) and the arrays computed from them; "
+                    "this one was made where gradc does not look: outside the function (a "
+                    "global, a default argument), in another module, by a numpy imported "
+                    "inside the function, with an int, bool or float32 dtype, or in a function "
+                    "that assigns globals. Make the array traced instead, for example "
+                    "y = numpy.zeros_like(x) or y = x.copy(), then assign into it")
         else:
             hint = ("float(), int() and math.* functions need a concrete number, but this value "
                     "depends on a traced argument; use numpy or gradc.math functions instead")
@@ -417,6 +426,7 @@ class ArrayTracer(Tracer):
                 "use numpy.where(mask, new, y) to replace elements where a condition holds.")
         if not self.shape:
             raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
+        _check_in_bounds(canon, self.shape)
         if isinstance(value, Tracer) and value._view is not None and value._view[0] is self \
                 and getattr(value._view[2], "index", None) == canon \
                 and value._view[1] == self._version:
@@ -436,7 +446,29 @@ class ArrayTracer(Tracer):
                 "None and ... only (no arrays of indices or traced indices).")
         if not self.shape:
             raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
+        _check_in_bounds(canon, self.shape)
         return self._view_result(self._apply("getitem", (self,), (canon,)), _IndexView(canon))
+
+
+def _check_in_bounds(canon, shape):
+    """A ShapeError naming the line where NumPy would raise IndexError for this index."""
+    try:
+        np.broadcast_to(np.empty(()), shape)[_ops.python_index(canon)]
+    except IndexError as exc:
+        raise errors.ShapeError(f"{errors.where()}: {exc} (a traced array of shape "
+                                f"{shape}).") from None
+
+
+class ScalarTracer(Tracer):
+    """A traced scalar (a node of shape ()). It is a :class:`numbers.Number`, as the float it
+    stands for is, so NumPy's type tests that do not dispatch (``numpy.isscalar``) answer
+    as for a float. It is no ``numbers.Real``: gradc's own tests of Real mean a concrete
+    number, and a traced array is no Number at all."""
+
+    __slots__ = ()
+
+
+numbers.Number.register(ScalarTracer)
 
 
 class _IndexView:
@@ -550,6 +582,7 @@ def scan(f, init, xs):
     values of the enclosing function. On plain numbers it simply runs the loop.
     """
     multiple = isinstance(xs, (tuple, list))
+    init, xs = constructors.operands((init, xs))
     xs_t = tuple(xs) if multiple else (xs,)
     for x in (init, *xs_t):
         if isinstance(x, np.ndarray) and x.dtype == object:
@@ -784,7 +817,7 @@ class TracedArray(np.ndarray):
 
     def __setitem__(self, index, value):
         _check_index(index)
-        np.ndarray.__setitem__(self, index, value)
+        np.ndarray.__setitem__(self, index, constructors.operands((value,))[0])
 
     def __bool__(self):
         raise errors.ControlFlowError(
@@ -967,7 +1000,7 @@ def _qualname(func):
 def _ufunc(ufunc, method, inputs, kwargs):
     """A NumPy ufunc on traced values (scalars, arrays traced whole, or unrolled arrays)."""
     name = ufunc.__name__
-    inputs = _captured(inputs)
+    inputs = _captured(constructors.operands(inputs))
     out = kwargs.pop("out", None)
     if method != "__call__":
         raise errors.UnsupportedFunctionError(
@@ -999,6 +1032,9 @@ def _store(out, result, name):
     """``out=`` of a ufunc (``x += 1`` passes it): write into an object array; a NumPy float
     array can hold numbers only."""
     target = out[0] if isinstance(out, tuple) and len(out) == 1 else out
+    if isinstance(target, constructors.AssignableArray):
+        target[...] = result  # it holds traced values from now on
+        return target
     if isinstance(target, Tracer) and target.shape:
         if not isinstance(result, Tracer):
             result = target._lift(result)
@@ -1041,7 +1077,8 @@ def _box(value):
 # --- NumPy functions --------------------------------------------------------------------------
 def _function(func, args, kwargs):
     """A NumPy function called on traced values: run by its rule, or refused by name."""
-    args = _captured(args)
+    args = _captured(constructors.operands(args))
+    kwargs = dict(zip(kwargs, constructors.operands(tuple(kwargs.values()))))
     rule = _FUNCTIONS.get(func)
     if rule is not None:
         return rule(**_arguments(func, args, kwargs, rule))
@@ -1267,6 +1304,7 @@ def apply(op_name, *args):
     through the op itself: NumPy's own object loops would rebuild ``sigmoid`` from
     ``exp`` (a bigger gradient) or compare elements for ``relu`` (untraceable).
     """
+    args = constructors.operands(args)
     t = _any_tracer(args)
     if t is not None:
         return t._apply(op_name, args)
@@ -1280,6 +1318,7 @@ def where(cond, a, b):
     """``a if cond else b``, traceable: the condition may depend on traced values.
 
     Element by element on unrolled arrays (and on a constant array of conditions)."""
+    cond, a, b = constructors.operands((cond, a, b))
     if not _whole(cond, a, b) and any(isinstance(v, np.ndarray) and v.ndim > 0 for v in (cond, a, b)) \
             and any(isinstance(v, Tracer) or _is_unrolled(v) for v in (cond, a, b)):
         return _wrap(np.frompyfunc(where, 3, 1)(*(_plain(_box(v)) for v in (cond, a, b))))
@@ -1409,7 +1448,7 @@ def _run_traced(graph, fn, tracers, code, captured, name, multiple):
     previous = sys.getprofile()
     sys.setprofile(profile if code is not None else previous)
     try:
-        result = fn(*tracers)
+        result = constructors.run(fn, tracers, code)
     finally:
         sys.setprofile(previous)
 
@@ -1484,5 +1523,7 @@ def _trace_outputs(graph, result, name, fn):
 # NumPy functions composed from table ops on arrays traced whole (imported last: it builds on
 # the Tracer defined above).
 from . import numpy_api  # noqa: E402
+# NumPy's constructors in traced code: arrays that can receive traced values (built on Tracer).
+from . import constructors  # noqa: E402
 
 _WHOLE_FUNCTIONS = numpy_api.RULES

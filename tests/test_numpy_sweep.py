@@ -84,8 +84,6 @@ KNOWN_HOLES = {
     "frombuffer": "reads raw memory through the buffer protocol, which a Python class cannot "
                   "refuse with its own error before Python 3.12 (__buffer__)",
     "fromstring": "as frombuffer",
-    "isscalar": "a type test NumPy does not dispatch: a traced scalar (the same class as a "
-                "traced array) is not a NumPy scalar type, so it says False",
     "bmat": "numpy.matrix code that NumPy does not dispatch; it returns None for anything "
             "that is not an ndarray, list or string (NumPy's own behaviour), so the user's "
             "next line fails on the None",

@@ -1,0 +1,634 @@
+"""Arrays NumPy makes inside a traced function, made able to receive traced values.
+
+Code written for numba fills arrays: ``y = np.zeros(n); y[0] = x[1]; y[1:] += x[:-1]``.
+A NumPy float array asks ``float()`` of a traced value written into it, so gradc never
+sees the assignment. While gradc traces a function, :func:`run` therefore runs it with a
+copy of its module's namespace in which the numpy module (under any name) and NumPy's
+constructors imported by name (``from numpy import zeros``) are stand-ins, and so are the
+Python functions of the same module it calls (directly or from its closure): helpers that
+fill arrays work too. NumPy itself is never changed: other threads, and every call
+outside a trace, see NumPy as it is.
+
+The stand-in constructors (:data:`CONSTRUCTORS`) return an :class:`AssignableArray`: a
+real float64 ndarray that NumPy treats as the array it is (``if c[0] > 0`` on an untouched
+constant array is plain NumPy) until a traced value is written into it or into a view of
+it. From then on it holds a traced array (its numbers as a constant, then each write as a
+functional update, op ``setitem``) and every read, ufunc, NumPy function and method goes
+through that. Views made before (``v = y[1:]``, ``y.T``, ``np.reshape(y, ...)``) keep
+NumPy's aliasing: they are recomputed from the array they view, and a write into an index
+view writes into that array. The float64 arrays NumPy computes from an AssignableArray
+(``2.0 * np.ones(n)``) are AssignableArrays too. ``np.empty`` arrays start as zeros.
+
+What this cannot reach keeps gradc's error, with what to write instead (``zeros_like``):
+arrays made outside the traced function (a global, a default argument) or in a function
+of another module, by a ``numpy`` imported inside the function body, int, bool and float32
+arrays (NumPy would round what they receive), and functions that assign module globals
+(``global n``: their namespace cannot be a copy, so they run as they are).
+
+>>> import numpy as np, gradc
+>>> def f(x):
+...     y = np.zeros(3)
+...     y[0] = x[1]
+...     y[1:] += x[:-1]
+...     return np.sum(y * y)
+>>> gradc.grad(f, backend="python")(np.array([1.0, 2.0, 3.0])).tolist()
+[4.0, 8.0, 4.0]
+"""
+from __future__ import annotations
+
+import dis
+import functools
+import types
+
+import numpy as np
+
+from . import errors
+from . import ops as _ops
+from .trace import TracedArray, Tracer
+
+# --- the arrays ----------------------------------------------------------------------------
+
+
+class AssignableArray(np.ndarray):
+    """A float64 array NumPy made inside a traced function: plain NumPy until a traced value
+    is written into it (or into a view of it); then it holds that traced array.
+
+    A *root* owns its memory and, once written with a traced value, holds ``_traced`` (an
+    array traced whole, or an unrolled object array where the trace unrolls arrays). A
+    *view* (``_parent`` set) is recomputed from its parent by ``_replay`` once the root
+    holds traced values; ``_writable`` says whether a traced write into it can go through
+    to the root (views by basic indexing) or is refused (reshaped and transposed views,
+    results of NumPy functions that share memory).
+    """
+
+    def __array_finalize__(self, obj):
+        # Every new instance starts as a root of its own. A view NumPy made of an
+        # AssignableArray in a way gradc did not see (no replay) is marked as such: used
+        # once its root holds traced values, it is refused rather than read stale.
+        self._parent, self._replay, self._writable = None, None, True
+        self._traced = self._graph = None
+        self._root = self
+        if isinstance(obj, AssignableArray) and _shares(self, obj):
+            self._parent, self._root, self._writable = obj, obj._root, False
+
+    # --- state ------------------------------------------------------------------------------
+    def _holds_traced(self):
+        return self._root._traced is not None
+
+    def _plain(self):
+        """This array's numbers as a plain ndarray view (NumPy's own code, no dispatch back)."""
+        return np.ndarray.view(self, np.ndarray)
+
+    def _read(self):
+        """What this array holds now: the traced value once its root holds one, else a plain
+        ndarray view of its numbers."""
+        if not self._holds_traced():
+            return self._plain()
+        if self._parent is None:
+            return self._traced
+        if self._replay is None:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: this array is a view (made by code gradc does not see, "
+                "such as numpy.ndarray methods called on the class) of an array that now holds "
+                "traced values, so its numbers are stale; take the view after the assignment, "
+                "or index the array itself.")
+        return self._replay()
+
+    def _target(self, graph):
+        """The traced value a write goes into (its root made traced in ``graph`` first)."""
+        if not self._writable:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: writing a traced value into a reshaped or transposed view, "
+                "or into the result of a NumPy function that views an array, is not supported "
+                "(NumPy would change the array it views); write into that array itself, for "
+                "example y[...] = ... or y[i] = ....")
+        if not self._holds_traced():
+            self._root._become_traced(graph)
+        return self._read()
+
+    def _become_traced(self, graph):
+        """This root now holds a traced array of ``graph``: its numbers as a constant."""
+        self._traced, self._graph = _held(graph, np.array(self._plain())), graph
+        # A plain ndarray still aliasing this memory (numpy.asarray(y), a memoryview) would
+        # read numbers the array no longer holds: NaN makes such a stale read show.
+        np.ndarray.fill(self._plain(), np.nan)
+
+    # --- NumPy's protocols ------------------------------------------------------------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = kwargs.get("out")
+        graph = _graph_of((inputs, out))
+        if graph is not None:
+            if out is not None:
+                kwargs["out"] = tuple(o._target(graph) if isinstance(o, AssignableArray) else o
+                                      for o in out)
+            result = getattr(ufunc, method)(*_operands(inputs), **kwargs)
+            return result if out is None else _written(out)
+        if out is not None:
+            kwargs["out"] = _operands(out)
+        result = getattr(ufunc, method)(*_operands(inputs), **kwargs)
+        return _written(out) if out is not None else _adopt(result, {}, None)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return numpy_call(func, args, kwargs)
+
+    def __getitem__(self, index):
+        if self._holds_traced() or _graph_of(index) is not None:
+            return self._read()[_operands(index)]
+        result = self._plain()[index]
+        if type(result) is np.ndarray and _shares(result, self):
+            writable = self._writable and _ops.canonical_index(index) is not None
+            return _view(result, self, functools.partial(_replay_index, self, index), writable)
+        return _adopt(result, {}, None)
+
+    def __setitem__(self, index, value):
+        graph = _graph_of(value)
+        value = _operands(value)
+        if graph is None and not self._holds_traced():
+            self._plain()[index] = value  # numbers into numbers: NumPy
+            return
+        self._target(graph)[index] = value
+
+    # Python's conversions and printing read the numbers (or the traced value).
+    def __float__(self): return float(self._read())
+    def __int__(self): return int(self._read())
+    def __index__(self): return self._read().__index__()
+    def __complex__(self): return complex(self._read())
+    def __bool__(self): return bool(self._read())
+    def __repr__(self): return repr(self._read())
+    def __str__(self): return str(self._read())
+    def __format__(self, spec): return format(self._read(), spec)
+    def __copy__(self): return self.copy()
+    def __deepcopy__(self, memo): return self.copy()
+
+    @property
+    def T(self):
+        return _attribute(self, "T")
+
+    @property
+    def mT(self):
+        return _attribute(self, "mT")
+
+    @property
+    def real(self):
+        return _attribute(self, "real")
+
+    @property
+    def imag(self):
+        return _attribute(self, "imag")
+
+    @property
+    def flat(self):
+        return _attribute(self, "flat")
+
+
+def _replay_index(parent, index):
+    return parent._read()[_operands(index)]
+
+
+def _replay_attribute(parent, name):
+    return getattr(parent._read(), name)
+
+
+def _replay_method(parent, name, args, kwargs):
+    return getattr(parent._read(), name)(*_operands(args), **_operands(kwargs))
+
+
+def _attribute(array, name):
+    if array._holds_traced():
+        return getattr(array._read(), name)
+    return _adopt(getattr(array._plain(), name), {id(array): array},
+                  functools.partial(_replay_attribute, array, name))
+
+
+#: ndarray methods that write into the array: with a traced argument, the array becomes
+#: traced first (the traced array then does it, or refuses it by name).
+_WRITING_METHODS = frozenset({"fill", "put", "itemset", "sort", "partition", "resize",
+                              "setfield", "byteswap", "setflags"})
+
+
+def _method(name):
+    def method(self, *args, **kwargs):
+        graph = _graph_of((self, args, kwargs))
+        if graph is not None:
+            if name in _WRITING_METHODS:
+                subject = self._target(graph)
+            elif self._holds_traced():
+                subject = self._read()
+            else:  # a method of constant numbers with traced arguments (c.dot(x))
+                subject = _held(graph, np.array(self._plain()))
+            return getattr(subject, name)(*_operands(args), **_operands(kwargs))
+        result = getattr(self._plain(), name)(*_operands(args), **_operands(kwargs))
+        return _adopt(result, {id(self): self},
+                      functools.partial(_replay_method, self, name, args, kwargs))
+
+    method.__name__ = name
+    return method
+
+
+# Every public ndarray method runs on the numbers or on the traced value (ndarray's own C
+# methods would read memory the array no longer uses once it holds traced values).
+for _name in dir(np.ndarray):
+    if (not _name.startswith("_") and _name not in AssignableArray.__dict__
+            and callable(getattr(np.ndarray, _name))):
+        setattr(AssignableArray, _name, _method(_name))
+
+
+def _shares(a, b):
+    """Whether two arrays may share memory (on plain views: no dispatch back to them)."""
+    return np.may_share_memory(np.ndarray.view(a, np.ndarray), np.ndarray.view(b, np.ndarray))
+
+
+def _same_memory(a, b):
+    """Whether ``a`` is ``b`` seen again: the same memory, shape, strides and dtype."""
+    a, b = np.ndarray.view(a, np.ndarray), np.ndarray.view(b, np.ndarray)
+    return (a.__array_interface__["data"] == b.__array_interface__["data"]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def _held(graph, numbers):
+    """``numbers`` as a traced value of ``graph``: an array traced whole where the trace
+    traces arrays whole, else an unrolled object array of floats (Tracers can be written
+    into it)."""
+    if graph.whole_params:
+        return _constant(graph, numbers)
+    return np.ndarray.view(np.asarray(numbers, dtype=np.float64).astype(object), TracedArray)
+
+
+def _constant(graph, numbers):
+    """A traced array of ``graph`` holding ``numbers``: one constant broadcast where every
+    element is the same float (zeros, ones, full: a few statements whatever the size), the
+    array itself otherwise."""
+    if numbers.ndim == 0:
+        return Tracer(graph, graph.const(float(numbers)))
+    bits = numbers.reshape(-1).view(np.int64)
+    if bits.size and (bits == bits[0]).all():
+        scalar = Tracer(graph, graph.const(float(numbers.flat[0])))
+        return _ops.broadcast_to(scalar, numbers.shape)
+    return Tracer(graph, graph.const(numbers))
+
+
+def _root(array):
+    """A plain float64 ndarray NumPy just made, as an AssignableArray that owns it."""
+    return array.view(AssignableArray)
+
+
+def _view(array, parent, replay, writable):
+    """A plain ndarray viewing ``parent``'s memory, as an AssignableArray that rereads it."""
+    view = array.view(AssignableArray)
+    view._parent, view._root, view._replay = parent, parent._root, replay
+    view._writable = writable
+    return view
+
+
+def _written(out):
+    """What a ufunc with ``out=`` returns: the array(s) written into, as NumPy returns them."""
+    return out[0] if len(out) == 1 else out
+
+
+def _adopt(result, sources, replay):
+    """NumPy's ``result`` of numbers, with its float64 arrays as AssignableArrays.
+
+    ``sources`` (id -> AssignableArray) are the arrays the call read; a result sharing
+    memory with one is a view of it (recomputed by ``replay()`` once it holds traced
+    values), a source handed back as it is (numpy.asarray) is that source; a new float64
+    array is a root. Anything else (ints, bools, scalars) is NumPy's own.
+    """
+    if isinstance(result, tuple) and hasattr(result, "_fields"):  # a named tuple (eigh, ...)
+        return type(result)(*(_adopt(r, sources, _item(replay, k)) for k, r in enumerate(result)))
+    if isinstance(result, (tuple, list)):
+        return type(result)(_adopt(r, sources, _item(replay, k)) for k, r in enumerate(result))
+    if type(result) is not np.ndarray:
+        return result
+    for source in sources.values():
+        if _same_memory(result, source):
+            return source  # the source itself (numpy.asarray, numpy.atleast_1d)
+        if _shares(result, source):
+            return _view(result, source, replay, False) if replay is not None else result
+    if result.dtype == np.float64 and result.ndim:
+        return _root(result)
+    return result
+
+
+def _item(replay, k):
+    return None if replay is None else functools.partial(_replay_item, replay, k)
+
+
+def _replay_item(replay, k):
+    return replay()[k]
+
+
+def _replay_call(func, args, kwargs):
+    return func(*_operands(args), **_operands(kwargs))
+
+
+def numpy_call(func, args, kwargs):
+    """``func(*args, **kwargs)`` for a NumPy function meeting AssignableArrays (or a stand-in
+    constructor): on the values they hold, traced where any of them is, else NumPy on the
+    numbers with the results adopted (see :func:`_adopt`)."""
+    if _graph_of((args, kwargs)) is not None:
+        return func(*_operands(args), **_operands(kwargs))
+    sources = {}
+    _collect((args, kwargs), sources)
+    result = func(*_operands(args), **_operands(kwargs))
+    return _adopt(result, sources, functools.partial(_replay_call, func, args, kwargs))
+
+
+# --- values ---------------------------------------------------------------------------------
+def _collect(value, found):
+    if isinstance(value, AssignableArray):
+        found[id(value)] = value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _collect(v, found)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _collect(v, found)
+
+
+def _graph_of(value):
+    """The graph of the first traced value in ``value`` (a Tracer, an object array of them,
+    an AssignableArray that holds one, also inside tuples, lists and dicts); None: numbers
+    only."""
+    if isinstance(value, AssignableArray):
+        return value._root._graph
+    if isinstance(value, Tracer):
+        return value.graph
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return next((v.graph for v in value.flat if isinstance(v, Tracer)), None)
+    if isinstance(value, (tuple, list)):
+        return next((g for g in map(_graph_of, value) if g is not None), None)
+    if isinstance(value, dict):
+        return _graph_of(list(value.values()))
+    return None
+
+
+def _operands(value):
+    """``value`` with every AssignableArray in it (also inside tuples, lists and dicts) as
+    what it holds: a traced value, or a plain ndarray of its numbers."""
+    if isinstance(value, AssignableArray):
+        return value._read()
+    if type(value) in (tuple, list):
+        return type(value)(map(_operands, value)) if any(map(_has_assignable, value)) else value
+    if type(value) is dict:
+        return {k: _operands(v) for k, v in value.items()} if _has_assignable(value) else value
+    return value
+
+
+def _has_assignable(value):
+    if isinstance(value, AssignableArray):
+        return True
+    if type(value) in (tuple, list):
+        return any(map(_has_assignable, value))
+    if type(value) is dict:
+        return any(map(_has_assignable, value.values()))
+    return False
+
+
+def operands(args):
+    """``args`` (a tuple) with each AssignableArray as what it holds, for gradc's own
+    dispatch (Tracer operators, ufuncs, NumPy functions meeting a Tracer first)."""
+    return _operands(args) if any(map(_has_assignable, args)) else args
+
+
+def operand(value):
+    return value._read() if isinstance(value, AssignableArray) else value
+
+
+def plain(value):
+    """A traced function's result as gradc takes it: every AssignableArray in it (also in
+    tuples, lists and dicts, named tuples kept) as what it holds."""
+    if isinstance(value, AssignableArray):
+        return value._read()
+    if isinstance(value, tuple) and hasattr(value, "_fields") and _has_assignable(tuple(value)):
+        return type(value)(*map(plain, value))
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(map(plain, value)) if _has_assignable(list(value)) else value
+    if type(value) is dict:
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+# --- the stand-in constructors and numpy module ---------------------------------------------
+#: NumPy's constructors (by name) whose float64 results are AssignableArrays in traced code.
+CONSTRUCTOR_NAMES = ("zeros", "ones", "empty", "full", "eye", "identity", "array", "asarray",
+                     "asanyarray", "ascontiguousarray", "copy", "arange", "linspace",
+                     "logspace", "geomspace", "tri", "zeros_like", "ones_like", "empty_like",
+                     "full_like")
+
+
+_CONVERSIONS = frozenset({"asarray", "asanyarray", "ascontiguousarray", "array"})
+
+
+def _keeps_float64(args, kwargs):
+    """A conversion's other arguments ask for nothing but float64 (or leave it as it is)."""
+    dtype = args[0] if args else kwargs.get("dtype")
+    rest = set(kwargs) - {"dtype", "copy", "order"}
+    return not rest and len(args) <= 1 and (dtype is None or np.dtype(dtype) == np.float64)
+
+
+def _stand_in(name):
+    # np.empty's contents are undefined; a traced function gets zeros (deterministic: the
+    # emitted code must not depend on whatever memory NumPy reused)
+    func = {"empty": np.zeros, "empty_like": np.zeros_like}.get(name, getattr(np, name))
+
+    @functools.wraps(getattr(np, name))
+    def constructor(*args, **kwargs):
+        if name in _CONVERSIONS and args and isinstance(args[0], AssignableArray) \
+                and args[0]._holds_traced() and _keeps_float64(args[1:], kwargs):
+            # an array holding traced values, converted to the array it is: itself (asarray),
+            # or a copy (array); NumPy's own conversion would read memory it no longer uses
+            return args[0] if name != "array" or kwargs.get("copy") is False \
+                else args[0]._read().copy()
+        return numpy_call(func, args, kwargs)
+
+    constructor._gradc_stands_in_for = getattr(np, name)
+    return constructor
+
+
+#: id(NumPy's constructor) -> (it, its stand-in).
+CONSTRUCTORS = {id(getattr(np, n)): (getattr(np, n), _stand_in(n)) for n in CONSTRUCTOR_NAMES}
+
+
+class _StandInNumpy(types.ModuleType):
+    """The numpy module as traced code sees it: NumPy's attributes, with the constructors'
+    stand-ins in place of the constructors."""
+
+    def __getattr__(self, name):
+        value = getattr(np, name)
+        found = CONSTRUCTORS.get(id(value))
+        return found[1] if found is not None and found[0] is value else value
+
+    def __dir__(self):
+        return dir(np)
+
+
+STAND_IN_NUMPY = _StandInNumpy("numpy", np.__doc__)
+
+
+# --- running a function with the stand-ins --------------------------------------------------
+def run(fn, args, code):
+    """``fn(*args)`` with NumPy's constructors made traceable in the code it runs (the
+    function whose ``__code__`` is ``code``, reached through partials, bound methods and
+    the wrappers that carry ``code``, and the helpers of its module); the result with every
+    AssignableArray as what it holds."""
+    runner = _Rebuild(code).callable(fn, 0) if code is not None else None
+    return plain((runner or fn)(*args))
+
+
+class _Rebuild:
+    """One trace's rebuilt functions (memoised, so recursion and repeated calls find the same
+    one) and the namespace of each module they come from."""
+
+    def __init__(self, code):
+        self.code = code
+        self.functions = {}   # id(original) -> (original, rebuilt)
+        self.namespaces = {}  # id(module globals) -> _TracedGlobals
+
+    def callable(self, fn, depth):
+        """A stand-in for the callable ``fn`` that runs ``self.code`` rebuilt, or None."""
+        if depth > 8:
+            return None
+        if isinstance(fn, types.FunctionType):
+            if fn.__code__ is not self.code:
+                return None
+            rebuilt = self.function(fn)
+            return None if rebuilt is fn else _Unwrapping(rebuilt, fn)
+        if isinstance(fn, functools.partial):
+            inner = self.callable(fn.func, depth + 1)
+            return None if inner is None else functools.partial(inner, *fn.args, **fn.keywords)
+        if isinstance(fn, types.MethodType):
+            inner = self.callable(fn.__func__, depth + 1)
+            return None if inner is None else types.MethodType(inner, fn.__self__)
+        if getattr(fn, "__code__", None) is self.code:  # a wrapper that runs this code
+            overrides = {}
+            for name, value in list(getattr(fn, "__dict__", {}).items()):
+                if callable(value) and name != "__code__":
+                    inner = self.callable(value, depth + 1)
+                    if inner is not None:
+                        overrides[name] = inner
+            return _calling(fn, overrides) if overrides else None
+        return None
+
+    def function(self, fn):
+        """``fn`` with its module's namespace traced (and its closure's functions), or ``fn``
+        itself where that cannot be done faithfully (it assigns globals)."""
+        found = self.functions.get(id(fn))
+        if found is not None:
+            return found[1]
+        if not _rebuildable(fn.__code__) or not isinstance(fn.__globals__, dict):
+            self.functions[id(fn)] = (fn, fn)
+            return fn
+        cells, fills = [], []
+        for cell in fn.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell (a name not bound yet): shared as it is
+                cells.append(cell)
+                continue
+            if self._replaces(value, fn.__globals__):
+                new = types.CellType()
+                cells.append(new)
+                fills.append((new, value))
+            else:
+                cells.append(cell)  # shared: nonlocal writes still reach the enclosing scope
+        rebuilt = types.FunctionType(fn.__code__, self.namespace(fn.__globals__), fn.__name__,
+                                     fn.__defaults__, tuple(cells) if fn.__closure__ else None)
+        rebuilt.__kwdefaults__ = fn.__kwdefaults__
+        rebuilt.__qualname__, rebuilt.__doc__ = fn.__qualname__, fn.__doc__
+        rebuilt.__module__ = fn.__module__
+        rebuilt.__dict__.update(fn.__dict__)
+        self.functions[id(fn)] = (fn, rebuilt)  # before the closure: a function may call itself
+        for new, value in fills:
+            new.cell_contents = self.substitute(value, fn.__globals__)
+        return rebuilt
+
+    def namespace(self, module):
+        found = self.namespaces.get(id(module))
+        if found is None:
+            found = self.namespaces[id(module)] = _TracedGlobals(module, self)
+        return found
+
+    def _replaces(self, value, module):
+        return self.substitute(value, module, build=False) is not value
+
+    def substitute(self, value, module, build=True):
+        """What traced code sees for ``value`` found in ``module``'s namespace."""
+        if value is np:
+            return STAND_IN_NUMPY
+        found = CONSTRUCTORS.get(id(value))
+        if found is not None and found[0] is value:
+            return found[1]
+        if isinstance(value, types.FunctionType) and value.__globals__ is module:
+            if not build:
+                return None  # (a marker: it would be replaced)
+            return self.function(value)
+        return value
+
+
+class _TracedGlobals(dict):
+    """A module's namespace as traced code sees it: a copy of the module's globals (for
+    ``globals()``) whose lookups read the module itself (so a name rebound since is seen) and
+    give the stand-ins (Python's LOAD_GLOBAL calls ``__getitem__`` on a dict subclass)."""
+
+    __slots__ = ("_module", "_rebuild")
+
+    def __init__(self, module, rebuild):
+        super().__init__(module)
+        self._module, self._rebuild = module, rebuild
+
+    def __getitem__(self, name):
+        return self._rebuild.substitute(self._module[name], self._module)
+
+    def get(self, name, default=None):
+        return self[name] if name in self._module else default
+
+
+def _rebuildable(code):
+    """False for code (or code nested in it) that assigns or deletes module globals: run
+    with a copy of the namespace, the module would not see those writes."""
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        if any(i.opname in ("STORE_GLOBAL", "DELETE_GLOBAL") for i in dis.get_instructions(c)):
+            return False
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return True
+
+
+class _Unwrapping:
+    """The rebuilt function as its wrapper calls it: its result with every AssignableArray as
+    what it holds, and the original's ``__code__`` and name (for gradc's messages)."""
+
+    def __init__(self, rebuilt, original):
+        self._rebuilt, self.__wrapped__ = rebuilt, original
+        self.__code__, self.__name__ = original.__code__, original.__name__
+
+    def __call__(self, *args, **kwargs):
+        return plain(self._rebuilt(*args, **kwargs))
+
+
+@functools.lru_cache(maxsize=None)
+def _calling_class(cls, names):
+    """A subclass of ``cls`` whose attributes ``names`` read a per-instance override."""
+    def reader(name):
+        return property(lambda self: self._gradc_overrides[name])
+
+    return type(cls.__name__, (cls,), {"__slots__": ("_gradc_overrides",),
+                                       **{n: reader(n) for n in names}})
+
+
+def _calling(wrapper, overrides):
+    """``wrapper`` calling the rebuilt functions: an object of a subclass of its class that
+    shares its state (``__dict__``: what the wrapper keeps aside is kept on the original),
+    but whose attributes ``overrides`` hold the stand-ins. None where the class does not
+    allow it (slots, another metaclass)."""
+    cls = type(wrapper)
+    if type(cls) is not type or not hasattr(wrapper, "__dict__"):
+        return None
+    try:
+        view = object.__new__(_calling_class(cls, tuple(sorted(overrides))))
+        view.__dict__ = wrapper.__dict__
+    except TypeError:
+        return None
+    view._gradc_overrides = overrides
+    return view
