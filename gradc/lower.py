@@ -58,7 +58,7 @@ import numpy as np
 
 from .emit import _Namer, assign_names, literal, module_header
 from .ir import resolve
-from .ops import OPS
+from .ops import OPS, attr_text
 
 
 class LoweringError(Exception):
@@ -156,16 +156,92 @@ def _paren(text):
 _ELEMENTWISE = {name for name, op in OPS.items()
                 if op.shape is None and op.arity and name != "alias" and op.result != "tuple"}
 _VIEWS = {"getitem", "broadcast_to", "fill", "transpose", "reshape"}
+# Ops whose result has the shape of one argument (its position): the result's axes are its.
+_SAME_SHAPE = {"cumsum": 0, "cumprod": 0, "setitem": 0, "sort_order": 0, "inv": 0,
+               "cholesky": 0, "eigh_vectors": 0, "take_along": 1, "solve": 1}
 # What recomputing an op costs, in additions: libm calls are worth keeping in memory when a
 # value is needed in several loops (see _Lowering._decide).
 _WEIGHT = {name: 8 for name in ("exp", "log", "log1p", "expm1", "sin", "cos", "tan", "arcsin",
                                 "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "hypot",
                                 "pow", "sigmoid", "softplus", "sqrt", "div")}
 
+# --- what each op of the table lowers to (tests/test_loops_surface.py checks every op is here) --
+# Reductions: an accumulator in the loop over their operand (initial value, update).
+_REDUCTIONS = {"sum": "0.0", "prod": "1.0", "max": "-{np}.inf", "min": "{np}.inf"}
+# Running values along an axis: an accumulator written out at every step. A cumulative sum
+# starts at -0.0, the one number x + (-0.0) leaves bitwise unchanged (np.cumsum(-0.0) is -0.0).
+_RUNNING = {"cumsum": ("-0.0", "+"), "cumprod": ("1.0", "*")}
+# Arrays written piece by piece into one buffer by loops: setitem (a copy of x, then the
+# writes), concatenate and stack (each piece at its offset), put_along (writes at computed
+# indices). scatter (the adjoint of a slice) is an accumulate loop, see _accumulations.
+_ASSEMBLED = ("setitem", "concatenate", "stack", "put_along")
 
-def _slice_parts(item, length, form):
+
+class _Call:
+    """An op numba runs as one NumPy call on arrays in memory, a statement between the nests.
+
+    ``template`` formats like the op table's (None: the table's own); ``lane``: numba takes
+    the call on 1-D arrays only, so an N-D argument is called once per 1-D lane along the op's
+    axis; ``dtype``: the result's element type where it is not the program's float.
+    """
+
+    def __init__(self, template=None, lane=False, dtype=None):
+        self.template, self.lane, self.dtype = template, lane, dtype
+
+
+# Checked against numba 0.68.1 (SciPy's LAPACK): each call compiled in nopython mode on the
+# shapes gradc gives it (2-D square matrices, solve's b 1-D and 2-D, transposed views) and
+# compared with NumPy; tests/test_loops_surface.py compiles every one of them again against
+# the NumPy-level code. Not here, because numba's differs: argsort's axis= and N-D arrays
+# (hence ``lane``), np.put_along_axis (absent: put_along is a loop), np.prod's axis= (prod is
+# a reduction), np.partition (see NOT_LOWERED).
+_CALLS = {
+    "sort_order": _Call("{np}.argsort({0}, kind='stable')", lane=True, dtype="intp"),
+    "inv": _Call(), "solve": _Call(), "det": _Call(), "logabsdet": _Call(), "signdet": _Call(),
+    "cholesky": _Call(), "eigh_values": _Call(), "eigh_vectors": _Call(),
+}
+
+#: Ops the loop lowering has no rule for, and why; a graph using one is refused with
+#: LoweringError (``arrays="auto"`` then runs NumPy-level code, ``arrays="loops"`` says so).
+NOT_LOWERED = {
+    "partition": "numba's np.partition arranges the elements around kth differently from "
+                 "NumPy's introselect (both are valid partitions; gradc's value is NumPy's)",
+    "scan": "gradc.scan's loop runs a graph of its own, which the NumPy-level emitter writes",
+    "scan_bwd": "the reverse of gradc.scan's loop (see scan)",
+    "part": "a component of gradc.scan's value (see scan)",
+    **dict.fromkeys(("svd_u", "svd_values", "svd_vh", "qr_q", "qr_r", "lstsq"),
+                    "new in the op table; numba 0.68.1 computes NumPy's values bitwise (checked "
+                    "at 1x1 to 60x60, tall and wide), to move to _CALLS with its tests"),
+}
+
+#: Op name -> how the loop lowering computes it: every op of the table is here or in NOT_LOWERED.
+RULES = {
+    "input": "an argument", "const": "a number, an index comparison or an array literal",
+    "alias": "the name of its argument",
+    **dict.fromkeys(_ELEMENTWISE, "elementwise: one statement in the body of a loop nest"),
+    "getitem": "index arithmetic", "broadcast_to": "index mapping", "fill": "index mapping",
+    "transpose": "index permutation",
+    "reshape": "index mapping (unit axes), else a view of an array in memory",
+    **dict.fromkeys(_REDUCTIONS, "an accumulator in the loop nest of its operand"),
+    **dict.fromkeys(_RUNNING, "a running accumulator along its axis, written at every step"),
+    "matmul": "np.dot (BLAS) on arrays in memory",
+    **dict.fromkeys(_CALLS, "one NumPy call numba compiles, on arrays in memory (_CALLS)"),
+    "take_along": "a read at the index its order holds: x[i, int(order[i, j])]",
+    "scatter": "an accumulate loop into a zeroed buffer",
+    "setitem": "a copy loop (none where x has no other use), then a loop of writes",
+    "concatenate": "a loop per piece writing it at its offset", "stack": "a loop per piece",
+    "put_along": "a loop of writes at the indices its order holds",
+    "zeros": "a zeroed buffer", "count": "a product of the argument dimensions",
+    "custom": "replaced by its value before lowering (gradc.custom.strip)",
+}
+
+
+def _slice_parts(item, length, form, offsets=None):
     """``(start form, step, length form)`` of a slice of an axis of ``length`` (form ``form``),
-    exact at the traced length: clamped bounds are written as the numbers they clamp to."""
+    exact at the traced length: clamped bounds are written as the numbers they clamp to.
+    ``offsets``: number -> form for the bounds where concatenated pieces meet (the slices
+    a concatenate's adjoint cuts), so they are written from the shapes, not as numbers."""
+    offsets = offsets or {}
     start, stop, step = slice(*item[1:]).indices(length)
     count = len(range(start, stop, step))
     step_ok = item[3] in (None, 1)
@@ -173,18 +249,20 @@ def _slice_parts(item, length, form):
     if s0 is None:
         start_form = Lin(0) if step > 0 else form - 1
     elif 0 <= s0 <= length:
-        start_form = Lin(s0)
+        start_form = offsets.get(s0, Lin(s0))
     elif -length <= s0 < 0:
         start_form = form + s0
     else:
         start_form = Lin(start)
+    if step == -1 and item[1] is None and item[2] is None:
+        return start_form, step, form  # a whole axis reversed (a flip): its own length
     if not step_ok:
         return start_form, step, Lin(count)  # a stepped length is written as its number
     s1 = item[2]
     if s1 is None:
         stop_form = form
     elif 0 <= s1 <= length:
-        stop_form = Lin(s1)
+        stop_form = offsets.get(s1, Lin(s1))
     elif s1 > length:
         stop_form = form
     elif -length <= s1 < 0:
@@ -220,10 +298,12 @@ class Shapes:
         self.bindings = [(rename[s], p, axis) for s, p, axis in self.bindings if s in rename]
         self.env = {rename[s]: v for s, v in self.env.items() if s in rename}
         self.forms = {k: tuple(f.rename(rename) for f in fs) for k, fs in self.forms.items()}
+        self.offsets = {n: f.rename(rename) for n, f in self.offsets.items()}
         self.by_value = {}
 
     def _pass(self, graph):
         self.env, self.forms, self.by_value, self.bindings = {}, {}, {}, []
+        self.offsets = {}  # where concatenated pieces meet: number -> form
         for node in graph.inputs:  # every symbol has its value before any form is checked
             _, _, p, _ = node.attrs
             for axis, n in enumerate(node.shape):
@@ -253,6 +333,47 @@ class Shapes:
         rest = diff - Lin.sym(symbol).scale(coeff)
         self.subst[symbol] = rest.scale(-coeff)
         self.subst = {s: f.substitute(self.subst) for s, f in self.subst.items()}
+
+    def _broadcast_forms(self, node, args):
+        """An elementwise result's forms: each axis is the axis of the arguments that have it
+        (related: they are one length). A constant array's axes are numbers, and would pin a
+        symbol to the traced length; they are used only where no argument has a symbol."""
+        shape = node.shape
+        ordered = sorted(zip(node.args, args), key=lambda pair: resolve(pair[0]).op == "const")
+        out = []
+        for axis in range(len(shape)):
+            form = None
+            for a, f in ordered:
+                k = axis - (len(shape) - len(a.shape))
+                if k >= 0 and a.shape[k] == shape[axis] and (shape[axis] != 1):
+                    if form is None:
+                        form = f[k]
+                    elif not f[k].is_const:
+                        self.relate(form, f[k])
+            if form is None or form.is_const:  # a length only constants have (np.eye's)
+                form = self._match(shape[axis])
+            out.append(form)
+        return tuple(out)
+
+    def _joined_forms(self, node, args):
+        """concatenate: the pieces' lengths added along the axis; stack: a new axis of the
+        number of pieces. The other axes are one length in every piece (constants aside)."""
+        axis = node.attrs[0]
+        cut = node.op == "concatenate"
+        rest = [f[:axis] + f[axis + 1:] if cut else f for f in args]
+        symbolic = [r for r, a in zip(rest, node.args) if resolve(a).op != "const"] or rest
+        shared = symbolic[0]
+        for r in symbolic[1:]:
+            for a, b in zip(shared, r):
+                self.relate(a, b)
+        if not cut:
+            return shared[:axis] + (Lin(len(args)),) + shared[axis:]
+        total = Lin(0)
+        for f in args:
+            total = total + f[axis]
+            if not total.is_const:  # the adjoint cuts the pieces apart here
+                self.offsets.setdefault(total.value(self.env), total)
+        return shared[:axis] + (total,) + shared[axis:]
 
     def _match(self, n, preferred=()):
         for form in preferred:
@@ -284,21 +405,19 @@ class Shapes:
             return tuple(Lin(n) for n in shape)
         args = [self.forms[a.id] for a in node.args]
         if op in _ELEMENTWISE or op == "alias":
-            out = []
-            for axis in range(len(shape)):
-                form = None
-                for a, f in zip(node.args, args):
-                    k = axis - (len(shape) - len(a.shape))
-                    if k >= 0 and a.shape[k] == shape[axis] and (shape[axis] != 1):
-                        if form is None:
-                            form = f[k]
-                        else:
-                            self.relate(form, f[k])
-                out.append(form if form is not None else Lin(shape[axis]))
-            return tuple(out)
+            return self._broadcast_forms(node, args)
         if op == "getitem":
-            return tuple(f for f, _ in _index_axes(node.args[0].shape, args[0], node.attrs[0]))
-        if op in ("sum", "max", "min"):
+            return tuple(f for f, _ in _index_axes(node.args[0].shape, args[0], node.attrs[0],
+                                                   self.offsets))
+        if op in _SAME_SHAPE:
+            return args[_SAME_SHAPE[op]]
+        if op == "eigh_values":
+            return args[0][:1]
+        if op == "put_along" and node.args[0].shape == shape:
+            return args[0]
+        if op in ("concatenate", "stack"):
+            return self._joined_forms(node, args)
+        if op in _REDUCTIONS:
             axis, keepdims = node.attrs
             axes = range(len(node.args[0].shape)) if axis is None else axis
             src = args[0]
@@ -327,7 +446,7 @@ def _symbol_order(symbol):
     return int(p), int(axis)
 
 
-def _index_axes(shape, forms, canon):
+def _index_axes(shape, forms, canon, offsets=None):
     """For a getitem of an array of ``shape``: per result axis ``(length form, source)`` where
     source is ``(source axis, start form, step)`` or None for a new unit axis; plus the ints."""
     items = list(canon)
@@ -344,19 +463,19 @@ def _index_axes(shape, forms, canon):
         elif item[0] == "i":
             axis += 1
         else:
-            start, step, count = _slice_parts(item, shape[axis], forms[axis])
+            start, step, count = _slice_parts(item, shape[axis], forms[axis], offsets)
             out.append((count, (axis, start, step)))
             axis += 1
     return out
 
 
-def _indexed(shape, forms, canon, idx):
+def _indexed(shape, forms, canon, idx, offsets=None):
     """The index into an array of ``shape`` that ``array[canon]`` reads (or a scatter writes)
     at the element ``idx`` of the indexed result: ints fixed, slices as start + step * i."""
     inner = [None] * len(shape)
     for axis, f in _int_indices(shape, forms, canon).items():
         inner[axis] = f
-    for (_, source), index in zip(_index_axes(shape, forms, canon), idx):
+    for (_, source), index in zip(_index_axes(shape, forms, canon, offsets), idx):
         if source is not None:
             axis, start, step = source
             inner[axis] = start + index.scale(step)
@@ -388,6 +507,7 @@ class _Nest:
         self.vars = loop_vars       # loop variable names
         self.prelude = []           # statements before the loop (allocations, accumulators)
         self.hoisted = []           # loop-invariant statements, also before the loop
+        self.lane = []              # statements before the innermost loop, in the outer ones
         self.body = []              # statements inside the innermost loop
         self.locals = {}            # (node id, index texts) -> local name
 
@@ -401,12 +521,9 @@ class _Lowering:
         self.func_name = func_name
         self.out_params = out_params
         for node in graph.nodes:
-            if node.op not in _ELEMENTWISE and node.op not in _VIEWS and node.op not in (
-                    "input", "const", "alias", "sum", "max", "min", "matmul", "scatter",
-                    "zeros", "concatenate", "stack", "count"):
-                raise LoweringError(f"the loop lowering has no rule for {node.op}")
-            if node.op in ("concatenate", "stack") and node.shape:
-                raise LoweringError(f"the loop lowering has no rule for {node.op}")
+            if node.op not in RULES:
+                why = NOT_LOWERED.get(node.op, "no entry in gradc.lower.RULES")
+                raise LoweringError(f"the loop lowering has no rule for {node.op} ({why})")
         names, self.absorbed, _ = assign_names(graph, graph.name)
         self.alias_targets = {graph.nodes[a].args[0].id for a in self.absorbed}
         # Keep the names that mean something (parameters, the user's, adjoints, the result);
@@ -424,6 +541,7 @@ class _Lowering:
         self.uses = self._uses()
         self.outputs = {resolve(o).id for o in graph.outputs}
         self.lines = []             # (kind, payload): ("stmt", text) or ("nest", _Nest)
+        self.constants = []         # constant arrays, bound before everything else
         self.where = {}             # node id -> unit index where its value is complete
         self.loop_names = {}
         self.used_symbols = set()
@@ -459,6 +577,9 @@ class _Lowering:
         value = None
         if node.op == "const" and not node.shape:
             value = node.attrs[0]
+        elif node.op == "const" and node.attrs[0].dtype.kind == "f" and node.attrs[0].size \
+                and (node.attrs[0] == node.attrs[0].flat[0]).all():
+            value = float(node.attrs[0].flat[0])  # np.ones((m, 1)) in a rule: the number 1.0
         elif node.op in ("fill", "broadcast_to", "reshape", "transpose", "getitem"):
             value = self.const_value(node.args[0])
         elif node.op in _ELEMENTWISE and OPS[node.op].result == "float":
@@ -499,20 +620,21 @@ class _Lowering:
         expensive elementwise values used more than once or read under a broadcast."""
         keep = set()
         for node in self.g.nodes:
-            if node.op == "matmul":  # np.dot takes arrays: views of them are fine (.T, reshape)
-                for a in node.args:
-                    keep.add(_view_base(a).id)
+            for a in _memory_args(node):
+                keep.add(a.id)
         for o in self.g.outputs:
             keep.add(resolve(o).id)
-        for node in self.g.nodes:  # computed by statements, not inline: always in memory
-            if node.shape and node.op in ("matmul", "zeros", "sum", "max", "min"):
+        for node in self.g.nodes:  # computed by statements or their own loops: in memory
+            if node.shape and (node.op in ("matmul", "zeros") or node.op in _REDUCTIONS
+                               or node.op in _CALLS or node.op in _RUNNING
+                               or node.op in _ASSEMBLED):
                 keep.add(node.id)
         for node in self.g.nodes:
             if node.op in _ELEMENTWISE and node.shape:
                 cost = self._cost(node, {})
                 if cost > 8 and self.uses[node.id] > 1:
                     keep.add(node.id)
-            if node.op in _ELEMENTWISE or node.op in ("sum", "max", "min"):
+            if node.op in _ELEMENTWISE or node.op in _REDUCTIONS:
                 for a in node.args:
                     a = resolve(a)
                     if a.op in _ELEMENTWISE and a.shape and a.shape != node.shape and \
@@ -574,13 +696,19 @@ class _Lowering:
         if value is not None:
             return literal(value, self.np), True
         if node.op == "const":
+            mask = _index_mask(node.attrs[0])
+            if mask is not None:  # np.eye, np.tri in a rule: a comparison of the indices
+                return _mask_text(mask, idx), False
             return self._element(self.const_name(node), idx), False
         if node.op == "input" or node.id in self.materialised:
             return self._element(self.name(node), idx), False
         op = node.op
+        if op == "take_along":
+            return self._gather(node, idx, nest), False
         if op == "getitem":
             src = node.args[0]
-            inner = _indexed(src.shape, self.shapes.forms[resolve(src).id], node.attrs[0], idx)
+            inner = _indexed(src.shape, self.shapes.forms[resolve(src).id], node.attrs[0], idx,
+                             self.shapes.offsets)
             return self.read(src, inner, nest)
         if op in ("broadcast_to", "fill", "alias") or op in _ELEMENTWISE:
             return self._broadcast_read(node, idx, nest)
@@ -598,6 +726,20 @@ class _Lowering:
                 inner.append(Lin(0) if n == 1 else next(it))
             return self.read(src, tuple(inner), nest)
         raise LoweringError(f"cannot read {node.op} inline")
+
+    def _gather(self, node, idx, nest):
+        """``take_along(x, order)`` at ``idx``: x read where the order says along the axis
+        (``x[i, int(order[i, j])]``); other axes of length 1 in x are broadcast."""
+        x, order = node.args
+        axis = node.attrs[0]
+        where, _ = self.read(order, idx, nest)
+        parts = []
+        for k, n in enumerate(resolve(x).shape):
+            if k == axis:
+                parts.append(f"int({where})")
+            else:
+                parts.append(Lin(0) if n == 1 and node.shape[k] != 1 else idx[k])
+        return self._element(self._array_arg(x), parts)
 
     def _broadcast_read(self, node, idx, nest):
         """An elementwise node (or broadcast) at ``idx``: its arguments read at their
@@ -630,10 +772,14 @@ class _Lowering:
                      for v, bound in zip(nest.vars, nest.space))
 
     def _element(self, name, idx):
+        """``name[...]`` at ``idx``: Lin forms, or source text (a computed index, ``:``)."""
         if not idx:
             return name
         parts = []
         for ix in idx:
+            if isinstance(ix, str):
+                parts.append(ix)
+                continue
             self.used_symbols.update(s for s in ix.symbols() if s not in self.loop_names.values())
             parts.append(ix.text())
         return f"{name}[{', '.join(parts)}]"
@@ -648,9 +794,11 @@ class _Lowering:
         return self.name(node) if node.id in self.names else self._const_array(node)
 
     def _const_array(self, node):
+        """A constant array as a literal, bound at the top of the function: it may first be
+        read inside a nest that is already in ``lines``."""
         name = self.namer.fresh("c")
         self.names[node.id] = name
-        self.lines.append(("stmt", f"{name} = {literal(node.attrs[0], self.np)}"))
+        self.constants.append(f"{name} = {literal(node.attrs[0], self.np)}")
         return name
 
     # scheduling -------------------------------------------------------------------------------
@@ -703,14 +851,22 @@ class _Lowering:
             if node.id in self.leaf_root:
                 self._leaf(node)
                 continue
-            if node.op in ("sum", "max", "min"):
+            if node.op in _REDUCTIONS:
                 self._reduce(node)
             elif node.op == "matmul":
                 self._matmul(node)
+            elif node.op in _CALLS:
+                self._call(node)
+            elif node.op in _RUNNING:
+                self._running(node)
+            elif node.op in _ASSEMBLED:
+                self._assemble(node)
+            elif not node.shape and node.op == "getitem":
+                self._scalar_read(node)
             elif not node.shape:
                 self._scalar_stmt(node)
             elif node.op == "zeros":
-                self._stmt(node, f"{self.name(node)} = {self._alloc(self.shapes.forms[node.id])}")
+                self._array_stmt(node, self._alloc(self.shapes.forms[node.id]))
             elif node.op == "reshape" and not _unit_reshape(node):
                 self._reshape(node)
             elif node.id in self.buffers:
@@ -722,6 +878,15 @@ class _Lowering:
     def _stmt(self, node, text):
         self.lines.append(("stmt", text))
         self.where[node.id] = len(self.lines) - 1
+
+    def _array_stmt(self, node, text):
+        """``node = text`` for a statement's value; a caller's out buffer is written into
+        (binding its name to a new array would leave the buffer as it was)."""
+        name = self.name(node)
+        if node.shape and self._is_out(node):
+            self._stmt(node, f"{name}[...] = {text}")
+        else:
+            self._stmt(node, f"{name} = {text}")
 
     def _scalar_stmt(self, node):
         """A scalar node as one statement, as the scalar emitter writes it (``dv = dJ * 3.0``)."""
@@ -744,6 +909,17 @@ class _Lowering:
             else:
                 args.append(self.names[a.id])
         self._stmt(node, f"{self.name(node)} = {spec.render(args, node.attrs, self.np)}")
+
+    def _scalar_read(self, node):
+        """One element of an array (``x[0]``, ``y[-1]``), read as a loop reads it: the array
+        may be computed inline (an expression, not an array in memory)."""
+        src = resolve(node.args[0])
+        k, nest = self._nest_for((), self._deps_unit(src))
+        index = _indexed(src.shape, self.shapes.forms[src.id], node.attrs[0], (),
+                         self.shapes.offsets)
+        text, _ = self.read(src, index, nest)
+        nest.body.append(f"{self.name(node)} = {text}")
+        self.where[node.id] = k
 
     def _count_text(self, node):
         """The number of elements of a count's reduced axes, as source over the shapes."""
@@ -788,7 +964,7 @@ class _Lowering:
         k, nest = self._nest_for(space, after)
         name = self.name(node)
         op = node.op
-        init = {"sum": "0.0", "max": f"-{self.np}.inf", "min": f"{self.np}.inf"}[op]
+        init = _REDUCTIONS[op].format(np=self.np)
         if node.shape:
             forms = self.shapes.forms[node.id]
             if self._is_out(node):
@@ -803,8 +979,8 @@ class _Lowering:
         out_idx = tuple(Lin(0) if i in axes else ix for i, ix in enumerate(idx)
                         if keepdims or i not in axes)
         target = self._element(name, out_idx) if node.shape else name
-        if op == "sum":
-            nest.body.append(f"{target} += {value}")
+        if op in ("sum", "prod"):
+            nest.body.append(f"{target} {'+' if op == 'sum' else '*'}= {value}")
         else:
             better = ">" if op == "max" else "<"
             # NumPy's max/min propagate NaN: once the accumulator is NaN it stays NaN
@@ -836,7 +1012,8 @@ class _Lowering:
         idx = self._identity(nest)
         if node.op == "scatter":
             value, _ = self.read(value_node, idx, nest)
-            target = _indexed(root.shape, self.shapes.forms[root.id], index, idx)
+            target = _indexed(root.shape, self.shapes.forms[root.id], index, idx,
+                              self.shapes.offsets)
             nest.body.append(f"{self._element(buf, target)} += {value}")
         else:
             value, _ = self._compute(value_node, idx, nest)
@@ -859,7 +1036,149 @@ class _Lowering:
 
     def _matmul(self, node):
         a, b = (self._array_arg(x) for x in node.args)
-        self._stmt(node, f"{self.name(node)} = {self.np}.dot({a}, {b})")
+        self._array_stmt(node, f"{self.np}.dot({a}, {b})")
+
+    def _call(self, node):
+        """A NumPy call numba compiles (_CALLS), on arrays in memory: one statement, or one
+        per lane along the op's axis where numba takes 1-D arrays only."""
+        call = _CALLS[node.op]
+        args = [self._array_arg(a) if a.shape else self.scalar(a) for a in node.args]
+        spec = OPS[node.op]
+        if call.lane and len(node.shape) > 1:
+            self._lane_call(node, call, args)
+            return
+        template = call.template or spec.template
+        text = template.format(*args, np=self.np, **_attr_texts(spec, node))
+        self._array_stmt(node, text)
+
+    def _lane_call(self, node, call, args):
+        """``out[i, :] = CALL(x[i, :])``: a loop nest over the axes but the op's own."""
+        axis = node.attrs[0]
+        forms = self.shapes.forms[node.id]
+        space = tuple(Lin(1) if k == axis else f for k, f in enumerate(forms))
+        nest = _Nest(space, [self._loop_var(d) for d in range(len(space))])
+        self.lines.append(("nest", nest))
+        name = self.name(node)
+        if not self._is_out(node):
+            dtype = f"{self.np}.{call.dtype or self.g.dtype}"
+            nest.prelude.append(f"{name} = {self.np}.empty({self._shape_text(forms)}, {dtype})")
+        lane = tuple(":" if k == axis else ix for k, ix in enumerate(self._identity(nest)))
+        inner = [self._element(a, lane) for a in args]
+        spec = OPS[node.op]
+        text = call.template.format(*inner, np=self.np, **_attr_texts(spec, node))
+        nest.body.append(f"{self._element(name, lane)} = {text}")
+        self.where[node.id] = len(self.lines) - 1
+
+    def _running(self, node):
+        """cumsum / cumprod: the operand read in the loop nest, its running value written at
+        every step. Along the innermost loop the running value is a local, reset before the
+        loop for every lane (``acc += x[i, j]; out[i, j] = acc``); along an outer loop it is
+        the element the previous step along the axis wrote (``out[i - 1, j]``)."""
+        x, axis = node.args[0], node.attrs[0]
+        space = self.shapes.forms[node.id]
+        k, nest = self._nest_for(space, self._deps_unit(x))
+        name = self.name(node)
+        if not self._is_out(node):
+            nest.prelude.append(f"{name} = {self._alloc(space, zero=False)}")
+        idx = self._identity(nest)
+        value, _ = self.read(x, idx, nest)
+        target = self._element(name, idx)
+        init, op = _RUNNING[node.op]
+        looped = [d for d, bound in enumerate(space) if bound != Lin(1)]
+        acc = self.namer.fresh("acc")
+        if axis not in looped:  # an axis of length 1: the running value is the value
+            nest.body.append(f"{target} = {value}")
+        elif axis == looped[-1]:
+            nest.lane.append(f"{acc} = {init}")
+            nest.body.append(f"{acc} {op}= {value}")
+            nest.body.append(f"{target} = {acc}")
+        else:
+            previous = tuple(ix - 1 if d == axis else ix for d, ix in enumerate(idx))
+            nest.body.append(f"{acc} = {value}")
+            nest.body.append(f"if {idx[axis].text()} > 0:")
+            nest.body.append(f"    {acc} = {self._element(name, previous)} {op} {acc}")
+            nest.body.append(f"{target} = {acc}")
+        self.where[node.id] = k
+
+    # arrays written piece by piece -----------------------------------------------------------
+    def _assemble(self, node):
+        """setitem, concatenate, stack, put_along: one buffer, then a loop per piece writing
+        its elements where they go (see _pieces). A piece's loop may be one that other values
+        share (the pieces of ``concatenate([x, x ** 2])`` are one loop); an ordered piece's
+        loop comes after the loop of the piece before it (setitem's writes after the copy)."""
+        name = self.name(node)
+        forms = self.shapes.forms[node.id]
+        start, pieces = self._pieces(node)
+        allocate, floor, previous = start, -1, -1
+        if not isinstance(start, str):  # the buffer of an array nothing else reads, taken over
+            self._stmt(node, f"{name} = {self.name(start)}")
+            allocate = floor = self.where[node.id]
+        for piece in pieces:
+            low = max(floor, previous) if piece.ordered else floor
+            k, nest = self._nest_for(piece.space, max(self._deps_unit(piece.value), low))
+            if isinstance(allocate, str):  # "zeros" or "empty", in the first piece's prelude
+                if not self._is_out(node):
+                    nest.prelude.append(f"{name} = {self._alloc(forms, allocate == 'zeros')}")
+                elif allocate == "zeros":
+                    nest.prelude.append(f"{name}[...] = 0.0")
+                allocate, floor = None, k - 1
+            idx = self._identity(nest)
+            value = piece.value
+            source = _broadcast_index(resolve(value).shape, piece.shape, idx)
+            text, _ = self.read(value, source, nest)
+            nest.body.append(f"{self._element(name, piece.target(idx, nest))} = {text}")
+            previous = k
+            self.where[node.id] = max(self.where.get(node.id, -1), k)
+
+    def _pieces(self, node):
+        """How ``node``'s buffer starts ("zeros", "empty", or a node whose buffer it takes
+        over) and its pieces, in the order they are written."""
+        op, args = node.op, [resolve(a) for a in node.args]
+        # a piece's other axes are the result's (a constant piece's own are numbers)
+        forms = self.shapes.forms[node.id]
+        if op == "concatenate":
+            axis, pieces, offset = node.attrs[0], [], Lin(0)
+            for a in args:
+                length = self.shapes.forms[a.id][axis]
+                space = forms[:axis] + (length,) + forms[axis + 1:]
+                pieces.append(_Piece(a, space, a.shape, _shifted(axis, offset)))
+                offset = offset + length
+            return "empty", pieces
+        if op == "stack":
+            axis = node.attrs[0]
+            space = forms[:axis] + forms[axis + 1:]
+            return "empty", [_Piece(a, space, a.shape, _inserted(axis, Lin(k)))
+                             for k, a in enumerate(args)]
+        if op == "put_along":
+            g, order = args
+            axis = node.attrs[0]
+
+            def target(idx, nest):  # out[i, int(order[i, j])] = g[i, j]
+                at = f"int({self.read(order, idx, nest)[0]})"
+                return tuple(at if k == axis else ix for k, ix in enumerate(idx))
+
+            # the order argsort gives, over the whole shape, writes every element once
+            full = order.op == "sort_order" and order.shape == node.shape
+            return ("empty" if full else "zeros"), [
+                _Piece(g, self.shapes.forms[g.id], g.shape, target)]
+        # setitem(x, v): x's elements, then v's (broadcast to the indexed part) where they go
+        x, v = args
+        index = node.attrs[0]
+        x_forms = self.shapes.forms[x.id]
+        offsets = self.shapes.offsets
+        space = tuple(f for f, _ in _index_axes(x.shape, x_forms, index, offsets))
+        part = OPS["getitem"].shape_of((index,), [x.shape])
+        writes = _Piece(v, space, part, lambda idx, nest: _indexed(x.shape, x_forms, index, idx, offsets),
+                        ordered=True)
+        if self._owns_buffer(x) and not self._is_out(node):
+            return x, [writes]
+        return "empty", [_Piece(x, x_forms, x.shape, lambda idx, nest: idx), writes]
+
+    def _owns_buffer(self, node):
+        """True for an array this function allocated (not an argument, a constant or a view)
+        that nothing but its one user reads: the user may write into it instead of a copy."""
+        return (node.id in self.materialised and node.op != "reshape"
+                and self.uses[node.id] == 1 and node.id not in self.outputs)
 
     def _reshape(self, node):
         src = resolve(node.args[0])
@@ -898,7 +1217,7 @@ class _Lowering:
         params = list(self.names["params"])
         if self.out_params:
             params += [self.out_names[k] for k in self.out_names]
-        body = []
+        body = list(self.constants)
         for kind, item in self.lines:
             if kind == "stmt":
                 body.append(item)
@@ -907,11 +1226,15 @@ class _Lowering:
             body.extend(item.hoisted)
             for s in item.space:
                 self.used_symbols.update(s.symbols())
+            looped = [(var, bound) for var, bound in zip(item.vars, item.space) if bound != Lin(1)]
             indent = ""
-            for var, bound in zip(item.vars, item.space):
-                if bound != Lin(1):
-                    body.append(f"{indent}for {var} in range({bound.text()}):")
-                    indent += "    "
+            for depth, (var, bound) in enumerate(looped):
+                if depth == len(looped) - 1:  # a lane's statements, before its innermost loop
+                    body.extend(indent + line for line in item.lane)
+                body.append(f"{indent}for {var} in range({bound.text()}):")
+                indent += "    "
+            if not looped:
+                body.extend(item.lane)
             body.extend(indent + line for line in item.body)
         ret = self._return()
         binds = []
@@ -924,6 +1247,63 @@ class _Lowering:
         return "\n".join(lines) + "\n"
 
 
+def _attr_texts(spec, node):
+    """The op's attributes as source text, as the op table prints them."""
+    return {name: attr_text(name, value) for name, value in zip(spec.attrs, node.attrs)}
+
+
+class _Piece:
+    """A part of an assembled array: ``value`` (broadcast to ``shape``) written over ``space``
+    (Lin forms) at ``target(idx, nest)``; ``ordered``: after the piece before it."""
+
+    def __init__(self, value, space, shape, target, ordered=False):
+        self.value, self.space, self.shape = value, space, shape
+        self.target, self.ordered = target, ordered
+
+
+def _shifted(axis, offset):
+    """The target of a concatenated piece: its index moved by ``offset`` along ``axis``."""
+    return lambda idx, nest: tuple(ix + offset if k == axis else ix for k, ix in enumerate(idx))
+
+
+def _inserted(axis, k):
+    """The target of a stacked piece: ``k`` at ``axis``, the piece's index around it."""
+    return lambda idx, nest: tuple(idx[:axis]) + (k,) + tuple(idx[axis:])
+
+
+def _index_mask(value):
+    """``(relation, k, kind)`` when the 2-D constant ``value`` of 0s and 1s compares its
+    indices: ``j == i + k`` (np.eye), ``j <= i + k`` (np.tri, tril's mask) or ``j > i + k``
+    (triu's); kind is "b" (bool) or "f" (float). Else None. Read as the comparison it costs
+    no memory, and its source is the same at every size (cumprod's and linalg's rules build
+    such masks; as literals they would be n * n numbers in the source)."""
+    if not isinstance(value, np.ndarray) or value.ndim != 2 or value.size == 0 or \
+            value.dtype.kind not in "bf" or not np.isin(value, (0, 1)).all():
+        return None
+    ones = value.astype(bool)
+    i, j = np.indices(ones.shape)
+    for relation, mask in (("==", ones), ("<=", ones), (">", ~ones)):
+        row, col = mask[0], mask[:, 0]
+        if not (row.any() or col.any()):
+            continue
+        # k from the first row (a k >= 0 puts the diagonal or the edge there) or column
+        if row.any():
+            k = int(np.argmax(row)) if relation == "==" else int(row.sum()) - 1
+        else:
+            k = -int(np.argmax(col))
+        pattern = (j == i + k) if relation == "==" else (j <= i + k)
+        if np.array_equal(pattern, mask):
+            return relation, k, value.dtype.kind
+    return None
+
+
+def _mask_text(mask, idx):
+    """The comparison an index mask stands for, at ``idx``."""
+    relation, k, kind = mask
+    text = f"{idx[1].text()} {relation} {(idx[0] + k).text()}"
+    return f"({text})" if kind == "b" else f"(1.0 if {text} else 0.0)"
+
+
 def _broadcast_index(src_shape, out_shape, idx):
     lead = len(out_shape) - len(src_shape)
     return tuple(Lin(0) if n == 1 and out_shape[lead + k] != 1 else idx[lead + k]
@@ -932,16 +1312,31 @@ def _broadcast_index(src_shape, out_shape, idx):
 
 def _inline_op(node):
     """True for ops the lowering computes at an index inside a loop (no statement of their own)."""
-    return node.op in _ELEMENTWISE or node.op in _VIEWS and (
+    return node.op in _ELEMENTWISE or node.op == "take_along" or node.op in _VIEWS and (
         node.op != "reshape" or _unit_reshape(node))
 
 
 def _view_base(node):
-    """The array under transposes and unit reshapes (np.dot takes ``base.T``, ``base.reshape``)."""
+    """The array under 2-D transposes and unit reshapes: what must be in memory for a call to
+    take ``node`` (``base.T``, ``base.reshape(...)``, see _Lowering._array_arg)."""
     node = resolve(node)
-    while node.op == "transpose" or node.op == "reshape" and _unit_reshape(node):
+    while node.op == "transpose" and len(node.shape) == 2 or \
+            node.op == "reshape" and _unit_reshape(node):
         node = resolve(node.args[0])
     return node
+
+
+def _memory_args(node):
+    """The nodes that must be arrays in memory for ``node``'s rule: the arguments of np.dot
+    and of NumPy calls (views of them are fine), the array a take_along reads and the order
+    that take_along and put_along index with (their indices are computed)."""
+    if node.op == "matmul" or node.op in _CALLS:
+        return [_view_base(a) for a in node.args if a.shape]
+    if node.op == "take_along":
+        return [_view_base(node.args[0]), resolve(node.args[1])]
+    if node.op == "put_along":
+        return [resolve(node.args[1])]
+    return []
 
 
 def _unit_reshape(node):
