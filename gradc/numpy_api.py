@@ -1340,7 +1340,7 @@ def cond(x, p=None):
 def matrix_power(a, n):
     """numpy.linalg.matrix_power for a constant int n, multiplying in NumPy's order."""
     a = _matrix(a, "matrix_power")
-    n = _int_constant(int(n) if isinstance(n, np.integer) else n, "n")
+    n = _int_constant(int(n) if isinstance(n, np.integer) else n, "numpy.linalg.matrix_power: n")
     if n == 0:
         return _tracer(np.eye(a.shape[0]), a)
     if n < 0:

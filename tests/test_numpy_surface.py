@@ -192,11 +192,13 @@ MATRIX_CASES = {
     "matrix_power": lambda a: np.linalg.matrix_power(a, 5) + np.linalg.matrix_power(a, -2)
                               + np.linalg.matrix_power(a, 0) + np.linalg.matrix_power(a, 3),
     "tensorinv_tensorsolve": lambda a: (np.linalg.tensorinv(a.reshape(2, 2, 4)),
-                                        np.linalg.tensorsolve(a.reshape(2, 2, 2, 2), a[0].reshape(2, 2))),
+                                        np.linalg.tensorsolve(a.reshape(2, 2, 2, 2),
+                                                              a[0].reshape(2, 2))),
     "gradient_axes": lambda a: (*np.gradient(a), np.gradient(a, 0.5, axis=1, edge_order=2),
                                 *np.gradient(a, np.array([0.0, 1.0, 3.0, 4.5]), 2.0, edge_order=2),
                                 np.gradient(a, axis=-1)),
-    "linspace_arrays": lambda a: np.linspace(a[0], a[1], 3, axis=1) + np.linspace(a[2], 1.0, 3, axis=1),
+    "linspace_arrays": lambda a: np.linspace(a[0], a[1], 3, axis=1)
+                                 + np.linspace(a[2], 1.0, 3, axis=1),
 }
 
 
@@ -370,13 +372,20 @@ ORACLE_CASES = {
     "norm_nuc": lambda np_, v: np_.linalg.norm(np_.reshape(v[:6], (3, 2)), "nuc"),
     "norm_2": lambda np_, v: np_.linalg.norm(np_.reshape(v[:6], (2, 3)), 2),
     "svd": lambda np_, v: _svd_loss(np_, np_.reshape(v[:6], (3, 2))),
-    "pinv": lambda np_, v: np_.sum(np_.linalg.pinv(np_.reshape(v[:6], (3, 2))) * np.arange(6.0).reshape(2, 3)),
-    "qr": lambda np_, v: np_.sum(np_.linalg.qr(np_.reshape(v[:6], (3, 2)))[1] * np.arange(4.0).reshape(2, 2)),
-    "lstsq": lambda np_, v: np_.sum(np_.linalg.lstsq(np_.reshape(v[:6], (3, 2)), v[4:], rcond=None)[0] ** 2),
-    "lstsq_wide": lambda np_, v: np_.sum(np_.linalg.lstsq(np_.reshape(v[:6], (2, 3)), v[5:], rcond=None)[0] ** 2),
-    "cond": lambda np_, v: np_.linalg.cond(np_.reshape(v[:6], (3, 2))),
-    "matrix_power": lambda np_, v: np_.sum(np_.linalg.matrix_power(np_.reshape(v[:4], (2, 2)), 3)),
+    "pinv": lambda np_, v: np_.sum(np_.linalg.pinv(_tall(np_, v)) * np.arange(6.0).reshape(2, 3)),
+    "qr": lambda np_, v: np_.sum(np_.linalg.qr(_tall(np_, v))[1] * np.arange(4.0).reshape(2, 2)),
+    "lstsq": lambda np_, v: np_.sum(np_.linalg.lstsq(_tall(np_, v), v[4:], rcond=None)[0] ** 2),
+    "lstsq_wide": lambda np_, v: np_.sum(np_.linalg.lstsq(_tall(np_, v).T, v[5:], rcond=None)[0]
+                                         ** 2),
+    "cond": lambda np_, v: np_.linalg.cond(_tall(np_, v)),
+    "matrix_power": lambda np_, v: np_.sum(np_.linalg.matrix_power(np_.reshape(v[:4], (2, 2)),
+                                                                   3)),
 }
+
+
+def _tall(np_, v):
+    """A 3 x 2 matrix of the argument's first six elements."""
+    return np_.reshape(v[:6], (3, 2))
 
 
 def _svd_loss(np_, a):
