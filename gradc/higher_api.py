@@ -254,7 +254,7 @@ class HigherFunction(GradcFunction):
             return super()._spec(shapes, dtype)
         traced = self._trace(shapes, dtype, multiple=self._kind == "jacobian", capture=True,
                              scalar=True)
-        if not traced.whole_params:  # unrolled: today's path, entry by entry
+        if not _has_arrays(traced):  # unrolled: today's path, entry by entry
             self._stash = (tuple(shapes), True, traced)
             try:
                 return super()._spec(shapes, dtype)
@@ -311,7 +311,7 @@ class HigherFunction(GradcFunction):
             # where the trace unrolls.
             traced = self._trace(shapes[:nargs], dtype, multiple=multiple, capture=capture,
                                  scalar=self._kind not in _TANGENT_KINDS)
-        if self._kind in _MATRIX_KINDS and traced.whole_params:
+        if self._kind in _MATRIX_KINDS and _has_arrays(traced):
             raise errors.UnsupportedFunctionError(
                 f"{errors.where()}: {self._name}() uses {_no_scalar_form(traced)}, which has "
                 f"no scalar form, so gradc.{self._kind} computes it at each call from compiled "
@@ -348,6 +348,11 @@ def _shape(value):
 def _leaf_shape(value):
     """A leaf's shape, ``()`` for a float (traced or not)."""
     return tuple(value.shape or ()) if isinstance(value, Tracer) else np.shape(value)
+
+
+def _has_arrays(graph):
+    """Whether a trace still holds array nodes (its ops did not all unroll into scalars)."""
+    return any(node.shape for node in graph.nodes)
 
 
 def _size(shape):

@@ -145,6 +145,34 @@ def test_hessian_without_a_scalar_form_of_several_arguments_is_over_their_scalar
     assert H.shape == (6, 6)
 
 
+def test_matrices_of_float_arguments_through_arrays_made_inside():
+    """Whole arrays built from float arguments (np.reshape, np.concatenate) are arrays too:
+    unrolled where every op has a scalar form, assembled where one has not."""
+    def vector(*scalars):
+        return np.concatenate([np.reshape(s, (1,)) for s in scalars])
+
+    def unrolls(a, b):
+        return np.sin(vector(a, b, a * b)) * vector(1.0, a, b)
+
+    def assembled(a, b):
+        return np.sort(vector(a * b, b, a)) * vector(1.0, a, b)
+
+    def flat(g):
+        return lambda z: g(z[0], z[1])
+
+    z = np.array([0.7, -0.4])
+    for g, path in ((unrolls, False), (assembled, True)):
+        j = gradc.jacobian(g, **PY)
+        np.testing.assert_allclose(j(*z), central_jacobian(flat(g), z), rtol=1e-6, atol=1e-6)
+        assert ("assembled at each call" in j.source) is path
+        H = gradc.hessian(lambda a, b: np.sum(g(a, b) ** 2), **PY)(*z)
+        np.testing.assert_allclose(H, central_hessian(lambda z: np.sum(flat(g)(z) ** 2), z),
+                                   rtol=1e-5, atol=1e-5)
+    # a tuple of floats in and out: the tree call flattens the result into such an array
+    J = gradc.jacobian(lambda p: (p[0] * p[1], p[0] + p[1]), **PY)((1.0, 2.0))
+    assert J == ((2.0, 1.0), (1.0, 1.0))
+
+
 def test_hessian_and_jacobian_never_trace_element_by_element(monkeypatch):
     """Element tracing (object arrays of scalar Tracers) is gone from the higher orders:
     every parameter is traced whole, also where the program does not unroll."""
