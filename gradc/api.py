@@ -688,6 +688,8 @@ class GradcFunction:
                     return quick[0](*args, out)
                 except CapturedArrayChanged:
                     self._forget()
+                except _NotApart:
+                    pass  # the full path checks exactly (and names what the buffer overlaps)
         if self._has_aux:
             raise errors.ArgumentError(
                 f"{errors.where()}: out= together with has_aux=True is not supported; call "
@@ -779,9 +781,9 @@ class GradcFunction:
 
     def _remember_out(self, args, out, buffers, out_spec):
         """Let the next call of these argument types with one buffer skip the full path."""
-        if out_spec.graph.captured_arrays:
-            return  # the buffer must be checked against the captured arrays' current values
         call = out_spec.entry if out_spec.entry is not None else out_spec.call
+        if out_spec.graph.captured_arrays:
+            call = _apart_from_captured(call, out_spec.graph.captured_arrays)
         if type(out) is _ndarray and len(buffers) == 1 and all(
                 type(a) is _ndarray and a.dtype == np.float64 or type(a) is float for a in args):
             self._out_calls[tuple(map(_shape_and_dtype, args))] = (call, (out.shape, out.dtype))
@@ -892,6 +894,22 @@ def _apart(out, args):
         return False
     return all(type(a) is not _ndarray or (a is not out and a.flags.num & _OWNDATA)
                for a in args)
+
+
+class _NotApart(Exception):
+    """The quick out= path cannot tell that the buffer is apart from a captured array (a
+    signal: the full path checks exactly)."""
+
+
+def _apart_from_captured(call, captured):
+    """``call(*values, buffer)`` that first checks, as :func:`_apart` does, that the buffer
+    is apart from the captured arrays' current values (else :class:`_NotApart`)."""
+    def checked(*values_and_buffer):
+        if not _apart(values_and_buffer[-1], [c.current() for c in captured]):
+            raise _NotApart
+        return call(*values_and_buffer)
+
+    return checked
 
 
 def _check_apart(buffers, values, graph, name):
