@@ -10,6 +10,17 @@ buffer. Matrix products are ``np.dot`` calls (BLAS inside numba) on arrays the
 nests have materialised. Values that do not depend on the loop index are
 computed once, before the loop.
 
+NumPy's wider surface lowers the same way (``RULES`` says how for every op of the
+table, ``NOT_LOWERED`` why for the few that are not): ``cumsum``/``cumprod`` are
+running accumulators (``acc += x[i]; out[i] = acc``), ``prod`` a reduction; item
+assignment, ``concatenate``, ``stack`` and the adjoint of a sort are one buffer that
+loops write piece by piece (item assignment into an array nothing else reads writes
+it in place, without a copy); a sorted read is ``x[int(order[i])]``; ops that no
+loop expresses better (argsort, ``np.linalg``) are one NumPy call numba compiles
+(``_CALLS``), a statement between the nests on arrays in memory, whose result later
+nests read as any array. Constant masks the rules build (``np.eye``, ``np.tri``)
+are read as comparisons of the indices.
+
 Loop bounds are read from the argument shapes at run time (``n = x.shape[0]``),
 so the same source serves every length of the same rank. The rule that makes
 this safe: every bound and offset written symbolically evaluates, at the traced
@@ -339,20 +350,18 @@ class Shapes:
         (related: they are one length). A constant array's axes are numbers, and would pin a
         symbol to the traced length; they are used only where no argument has a symbol."""
         shape = node.shape
-        ordered = sorted(zip(node.args, args), key=lambda pair: resolve(pair[0]).op == "const")
         out = []
         for axis in range(len(shape)):
-            form = None
-            for a, f in ordered:
+            symbolic = []
+            for a, f in zip(node.args, args):
                 k = axis - (len(shape) - len(a.shape))
-                if k >= 0 and a.shape[k] == shape[axis] and (shape[axis] != 1):
-                    if form is None:
-                        form = f[k]
-                    elif not f[k].is_const:
-                        self.relate(form, f[k])
-            if form is None or form.is_const:  # a length only constants have (np.eye's)
-                form = self._match(shape[axis])
-            out.append(form)
+                if k >= 0 and a.shape[k] == shape[axis] != 1 and not f[k].is_const:
+                    symbolic.append(f[k])
+            for other in symbolic[1:]:
+                self.relate(symbolic[0], other)
+            # a length no argument has a symbol for (np.eye's, a stepped slice's): any form
+            # of that value (every form is checked at the traced shapes), else the number
+            out.append(symbolic[0] if symbolic else self._match(shape[axis]))
         return tuple(out)
 
     def _joined_forms(self, node, args):
@@ -577,8 +586,7 @@ class _Lowering:
         value = None
         if node.op == "const" and not node.shape:
             value = node.attrs[0]
-        elif node.op == "const" and node.attrs[0].dtype.kind == "f" and node.attrs[0].size \
-                and (node.attrs[0] == node.attrs[0].flat[0]).all():
+        elif node.op == "const" and _uniform(node.attrs[0]):
             value = float(node.attrs[0].flat[0])  # np.ones((m, 1)) in a rule: the number 1.0
         elif node.op in ("fill", "broadcast_to", "reshape", "transpose", "getitem"):
             value = self.const_value(node.args[0])
@@ -1168,8 +1176,11 @@ class _Lowering:
         offsets = self.shapes.offsets
         space = tuple(f for f, _ in _index_axes(x.shape, x_forms, index, offsets))
         part = OPS["getitem"].shape_of((index,), [x.shape])
-        writes = _Piece(v, space, part, lambda idx, nest: _indexed(x.shape, x_forms, index, idx, offsets),
-                        ordered=True)
+
+        def target(idx, nest):
+            return _indexed(x.shape, x_forms, index, idx, offsets)
+
+        writes = _Piece(v, space, part, target, ordered=True)
         if self._owns_buffer(x) and not self._is_out(node):
             return x, [writes]
         return "empty", [_Piece(x, x_forms, x.shape, lambda idx, nest: idx), writes]
@@ -1181,15 +1192,16 @@ class _Lowering:
                 and self.uses[node.id] == 1 and node.id not in self.outputs)
 
     def _reshape(self, node):
+        """A reshape that moves elements between axes: a view of its argument, which is in
+        memory (an argument, a constant, or a value _decide keeps for it)."""
         src = resolve(node.args[0])
-        if not _unit_reshape(node) and src.op != "input" and src.id not in self.materialised:
-            raise LoweringError("reshape of a computed value")
-        shape = self._shape_text(self.shapes.forms[node.id])
-        arg = self.name(src) if src.op == "input" or src.id in self.materialised else None
-        if arg is None:
-            self._materialise(node)
-            return
-        self._stmt(node, f"{self.name(node)} = {arg}.reshape({shape})")
+        if src.op == "const":
+            arg = self.const_name(src)
+        elif src.op == "input" or src.id in self.materialised:
+            arg = self.name(src)
+        else:
+            raise LoweringError("reshape of a value that is not in memory")
+        self._array_stmt(node, f"{arg}.reshape({self._shape_text(self.shapes.forms[node.id])})")
 
     # source -------------------------------------------------------------------------------------
     def _return(self):
@@ -1269,6 +1281,14 @@ def _shifted(axis, offset):
 def _inserted(axis, k):
     """The target of a stacked piece: ``k`` at ``axis``, the piece's index around it."""
     return lambda idx, nest: tuple(idx[:axis]) + (k,) + tuple(idx[axis:])
+
+
+def _uniform(value):
+    """True for a float array whose elements are one number, bitwise (signs of zero too)."""
+    if value.dtype.kind != "f" or not value.size:
+        return False
+    first = value.flat[0]
+    return bool(np.all(value == first) and np.all(np.signbit(value) == np.signbit(first)))
 
 
 def _index_mask(value):
