@@ -597,16 +597,18 @@ class _TreeFunction:
             return result
         found, treedef = trees.flatten(result)
         self.results[tuple(map(_leaf_shape, leaves))] = (treedef, [_leaf_shape(v) for v in found])
-        if treedef == trees.LEAF:
-            return result
-        if not found:
-            raise errors.TracingError(
-                f"{errors.where()}: {self.__name__} returned {trees.describe(treedef)}, a tree "
-                "without floats or arrays; return the values to differentiate.")
-        flat = np.concatenate([np.reshape(v, (-1,)) for v in found])
-        if isinstance(flat, Tracer):  # named after the function, as trace() names a float result
-            flat.graph.names.setdefault(flat.node.id, identifier_or_none(self.__name__) or "result")
-        return flat
+        if treedef != trees.LEAF:
+            if not found:
+                raise errors.TracingError(
+                    f"{errors.where()}: {self.__name__} returned {trees.describe(treedef)}, a "
+                    "tree without floats or arrays; return the values to differentiate.")
+            result = np.concatenate([np.reshape(v, (-1,)) for v in found])
+        if isinstance(result, Tracer) and result.shape:
+            # named after the function, as trace() names a float result (jvp's tangent of it
+            # is then <name>_dot: unrolled, the two arrays are told apart by these names)
+            result.graph.names.setdefault(result.node.id,
+                                          identifier_or_none(self.__name__) or "result")
+        return result
 
 
 class _TreeCall:

@@ -330,6 +330,12 @@ def test_jvp_of_trees_returns_the_results_structure(jax, ref):
     assert_same_tree(tangent, ref["jvp"][1], jax)
 
 
+def test_jvp_of_trees_returning_one_array_keeps_value_and_tangent_apart():
+    value, tangent = gradc.jvp(lambda p: p["w"] * 2.0, **PY)(P, V)
+    np.testing.assert_array_equal(value, 2.0 * P["w"])
+    np.testing.assert_array_equal(tangent, 2.0 * V["w"])
+
+
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
 @pytest.mark.parametrize("argnums", ARGNUMS)
 def test_jacobian_of_trees_nests_as_jax_jacobian(jax, ref, argnums, mode):
