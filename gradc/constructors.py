@@ -32,12 +32,13 @@ arrays (NumPy would round what they receive), and functions that assign module g
 ...     y[1:] += x[:-1]
 ...     return np.sum(y * y)
 >>> gradc.grad(f, backend="python")(np.array([1.0, 2.0, 3.0])).tolist()
-[4.0, 8.0, 4.0]
+[2.0, 8.0, 0.0]
 """
 from __future__ import annotations
 
 import dis
 import functools
+import sys
 import types
 
 import numpy as np
@@ -218,8 +219,10 @@ def _method(name):
                 subject = _held(graph, np.array(self._plain()))
             return getattr(subject, name)(*_operands(args), **_operands(kwargs))
         result = getattr(self._plain(), name)(*_operands(args), **_operands(kwargs))
-        return _adopt(result, {id(self): self},
-                      functools.partial(_replay_method, self, name, args, kwargs))
+        sources, others = {id(self): self}, []
+        _collect((args, kwargs), sources, others)
+        return _adopt(result, sources,
+                      functools.partial(_replay_method, self, name, args, kwargs), others)
 
     method.__name__ = name
     return method
@@ -285,19 +288,22 @@ def _written(out):
     return out[0] if len(out) == 1 else out
 
 
-def _adopt(result, sources, replay):
+def _adopt(result, sources, replay, others=()):
     """NumPy's ``result`` of numbers, with its float64 arrays as AssignableArrays.
 
     ``sources`` (id -> AssignableArray) are the arrays the call read; a result sharing
     memory with one is a view of it (recomputed by ``replay()`` once it holds traced
     values), a source handed back as it is (numpy.asarray) is that source; a new float64
-    array is a root. Anything else (ints, bools, scalars) is NumPy's own.
+    array (sharing memory with none of the plain arrays ``others`` the call read either:
+    numpy.asarray(X) is X, the user's) is a root. Anything else is NumPy's own.
     """
     if isinstance(result, tuple) and hasattr(result, "_fields"):  # a named tuple (eigh, ...)
-        return type(result)(*(_adopt(r, sources, _item(replay, k)) for k, r in enumerate(result)))
+        return type(result)(*(_adopt(r, sources, _item(replay, k), others)
+                              for k, r in enumerate(result)))
     if isinstance(result, (tuple, list)):
-        return type(result)(_adopt(r, sources, _item(replay, k)) for k, r in enumerate(result))
-    if type(result) is not np.ndarray:
+        return type(result)(_adopt(r, sources, _item(replay, k), others)
+                            for k, r in enumerate(result))
+    if type(result) is not np.ndarray or any(np.may_share_memory(result, o) for o in others):
         return result
     for source in sources.values():
         if _same_memory(result, source):
@@ -327,22 +333,26 @@ def numpy_call(func, args, kwargs):
     numbers with the results adopted (see :func:`_adopt`)."""
     if _graph_of((args, kwargs)) is not None:
         return func(*_operands(args), **_operands(kwargs))
-    sources = {}
-    _collect((args, kwargs), sources)
+    sources, others = {}, []
+    _collect((args, kwargs), sources, others)
     result = func(*_operands(args), **_operands(kwargs))
-    return _adopt(result, sources, functools.partial(_replay_call, func, args, kwargs))
+    return _adopt(result, sources, functools.partial(_replay_call, func, args, kwargs), others)
 
 
 # --- values ---------------------------------------------------------------------------------
-def _collect(value, found):
+def _collect(value, found, others):
+    """The AssignableArrays in ``value`` into ``found`` (by id), its other arrays into
+    ``others`` (also inside tuples, lists and dicts)."""
     if isinstance(value, AssignableArray):
         found[id(value)] = value
+    elif isinstance(value, np.ndarray):
+        others.append(value)
     elif isinstance(value, (tuple, list)):
         for v in value:
-            _collect(v, found)
+            _collect(v, found, others)
     elif isinstance(value, dict):
         for v in value.values():
-            _collect(v, found)
+            _collect(v, found, others)
 
 
 def _graph_of(value):
@@ -386,12 +396,12 @@ def _has_assignable(value):
 
 def operands(args):
     """``args`` (a tuple) with each AssignableArray as what it holds, for gradc's own
-    dispatch (Tracer operators, ufuncs, NumPy functions meeting a Tracer first)."""
-    return _operands(args) if any(map(_has_assignable, args)) else args
-
-
-def operand(value):
-    return value._read() if isinstance(value, AssignableArray) else value
+    dispatch (Tracer operators, ufuncs, NumPy functions meeting a Tracer first). One call
+    and a loop where there is none (it runs for every NumPy call a trace meets)."""
+    for a in args:
+        if isinstance(a, (AssignableArray, tuple, list, dict)):
+            return _operands(args) if _has_assignable(args) else args
+    return args
 
 
 def plain(value):
@@ -515,7 +525,8 @@ class _Rebuild:
         found = self.functions.get(id(fn))
         if found is not None:
             return found[1]
-        if not _rebuildable(fn.__code__) or not isinstance(fn.__globals__, dict):
+        if not _rebuildable(fn.__code__) or not isinstance(fn.__globals__, dict) \
+                or _library(fn.__globals__):
             self.functions[id(fn)] = (fn, fn)
             return fn
         cells, fills = [], []
@@ -543,9 +554,23 @@ class _Rebuild:
         return rebuilt
 
     def namespace(self, module):
+        """The namespace ``module``'s rebuilt functions run in: a copy of it (and of the
+        builtins) with the stand-ins in place, so that a lookup costs what it costs in the
+        module itself; or, where a function of the module assigns globals (whose writes
+        the copy would hide from the others), :class:`_TracedGlobals`, which reads the
+        module at every lookup."""
         found = self.namespaces.get(id(module))
-        if found is None:
+        if found is not None:
+            return found
+        functions = [v for v in module.values()
+                     if type(v) is types.FunctionType and v.__globals__ is module]
+        if not all(_rebuildable(f.__code__) for f in functions):
             found = self.namespaces[id(module)] = _TracedGlobals(module, self)
+            return found
+        found = self.namespaces[id(module)] = dict(_builtins(module))
+        found.update(module)
+        for name, value in module.items():  # (registered first: the functions run in it)
+            found[name] = self.substitute(value, module)
         return found
 
     def _replaces(self, value, module):
@@ -583,16 +608,33 @@ class _TracedGlobals(dict):
         return self[name] if name in self._module else default
 
 
+def _library(module):
+    """gradc's and NumPy's own modules: their code runs as it is (gradc's wrappers of the
+    user's function, gradc.nn's steps), only the user's code sees the stand-ins."""
+    name = str(module.get("__name__", ""))
+    return name.partition(".")[0] in ("gradc", "numpy") and \
+        getattr(sys.modules.get(name), "__dict__", None) is module  # (not a doctest's copy)
+
+
+_GLOBAL_WRITES = (dis.opmap["STORE_GLOBAL"], dis.opmap["DELETE_GLOBAL"])
+
+
 def _rebuildable(code):
     """False for code (or code nested in it) that assigns or deletes module globals: run
     with a copy of the namespace, the module would not see those writes."""
     stack = [code]
     while stack:
         c = stack.pop()
-        if any(i.opname in ("STORE_GLOBAL", "DELETE_GLOBAL") for i in dis.get_instructions(c)):
+        opcodes = c.co_code[::2]  # wordcode: an opcode every two bytes (caches are opcode 0)
+        if any(op in opcodes for op in _GLOBAL_WRITES):
             return False
         stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
     return True
+
+
+def _builtins(module):
+    found = module.get("__builtins__", {})
+    return vars(found) if isinstance(found, types.ModuleType) else found
 
 
 class _Unwrapping:

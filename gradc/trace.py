@@ -108,7 +108,8 @@ class Tracer:
 
     # --- building -------------------------------------------------------------------
     def _lift(self, value):
-        value = constructors.operand(value)  # an array made by NumPy in the traced function
+        if isinstance(value, _AssignableArray):  # made by NumPy in the traced function
+            value = value._read()
         if isinstance(value, Tracer):
             if value.graph is not self.graph and _encloses(value.graph, self.graph):
                 return _capture(self.graph, value)  # a loop body using an outer value
@@ -135,7 +136,11 @@ class Tracer:
             "gradc traces functions of floats and float arrays.")
 
     def _apply(self, op, args, attrs=()):
-        args = _captured(constructors.operands(args))
+        for a in args:  # (inline: this runs for every op a trace records)
+            if isinstance(a, _HOLDERS):
+                args = constructors.operands(args)
+                break
+        args = _captured(args)
         for a in args:  # inside a loop body, the body's graph builds (outer values are captured)
             if isinstance(a, Tracer) and a.graph is not self.graph and _encloses(self.graph, a.graph):
                 return a._apply(op, args, attrs)
@@ -426,12 +431,14 @@ class ArrayTracer(Tracer):
                 "use numpy.where(mask, new, y) to replace elements where a condition holds.")
         if not self.shape:
             raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
-        _check_in_bounds(canon, self.shape)
         if isinstance(value, Tracer) and value._view is not None and value._view[0] is self \
                 and getattr(value._view[2], "index", None) == canon \
                 and value._view[1] == self._version:
             return  # y[1:] += v: the view's += has already written through into y
-        self._write(self._apply("setitem", (self, value), (canon,)).node)
+        try:
+            self._write(self._apply("setitem", (self, value), (canon,)).node)
+        except IndexError as exc:  # the index's shape rule: NumPy's IndexError, with the line
+            raise _out_of_bounds(exc, self.shape) from None
 
     def __len__(self):
         if not self.shape:
@@ -446,17 +453,16 @@ class ArrayTracer(Tracer):
                 "None and ... only (no arrays of indices or traced indices).")
         if not self.shape:
             raise errors.TracingError(f"{errors.where()}: a traced scalar cannot be indexed.")
-        _check_in_bounds(canon, self.shape)
-        return self._view_result(self._apply("getitem", (self,), (canon,)), _IndexView(canon))
+        try:
+            item = self._apply("getitem", (self,), (canon,))
+        except IndexError as exc:  # the index's shape rule: NumPy's IndexError, with the line
+            raise _out_of_bounds(exc, self.shape) from None
+        return self._view_result(item, _IndexView(canon))
 
 
-def _check_in_bounds(canon, shape):
-    """A ShapeError naming the line where NumPy would raise IndexError for this index."""
-    try:
-        np.broadcast_to(np.empty(()), shape)[_ops.python_index(canon)]
-    except IndexError as exc:
-        raise errors.ShapeError(f"{errors.where()}: {exc} (a traced array of shape "
-                                f"{shape}).") from None
+def _out_of_bounds(exc, shape):
+    """NumPy's IndexError for a traced array's index, as a ShapeError naming the line."""
+    return errors.ShapeError(f"{errors.where()}: {exc} (a traced array of shape {shape}).")
 
 
 class ScalarTracer(Tracer):
@@ -1525,5 +1531,9 @@ def _trace_outputs(graph, result, name, fn):
 from . import numpy_api  # noqa: E402
 # NumPy's constructors in traced code: arrays that can receive traced values (built on Tracer).
 from . import constructors  # noqa: E402
+
+_AssignableArray = constructors.AssignableArray
+#: What an argument holding an AssignableArray is: one, or a container of them.
+_HOLDERS = (constructors.AssignableArray, tuple, list, dict)
 
 _WHOLE_FUNCTIONS = numpy_api.RULES
