@@ -104,7 +104,18 @@ class AssignableArray(np.ndarray):
                 "(NumPy would change the array it views); write into that array itself, for "
                 "example y[...] = ... or y[i] = ....")
         if not self._holds_traced():
-            self._root._become_traced(graph)
+            root = self._root
+            if not root._plain().flags.writeable:  # NumPy refuses any assignment here
+                raise errors.TracingError(
+                    f"{errors.where()}: assignment destination is read-only (this array was "
+                    "set so with setflags(write=False)); write into a copy.")
+            if root.dtype != np.float64:  # (made by NumPy in a way gradc did not see)
+                raise errors.MathModuleError(
+                    f"{errors.where()}: this {root.dtype} NumPy array can hold numbers only "
+                    "(NumPy would round the value), and the value depends on a traced "
+                    "argument; make the array traced instead, for example "
+                    "y = numpy.zeros_like(x) or y = x.copy(), then assign into it.")
+            root._become_traced(graph)
         return self._read()
 
     def _become_traced(self, graph):
@@ -148,6 +159,13 @@ class AssignableArray(np.ndarray):
             self._plain()[index] = value  # numbers into numbers: NumPy
             return
         self._target(graph)[index] = value
+
+    def __iter__(self):
+        if self._holds_traced():
+            return iter(self._read())
+        if not self.ndim:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(self.shape[0]))  # rows are views, as in NumPy
 
     # Python's conversions and printing read the numbers (or the traced value).
     def __float__(self): return float(self._read())
@@ -207,6 +225,10 @@ _WRITING_METHODS = frozenset({"fill", "put", "itemset", "sort", "partition", "re
                               "setfield", "byteswap", "setflags"})
 
 
+#: ndarray methods that change the array object (its flags, its size), not only its memory.
+_OWN_METHODS = frozenset({"setflags", "resize"})
+
+
 def _method(name):
     def method(self, *args, **kwargs):
         graph = _graph_of((self, args, kwargs))
@@ -218,6 +240,8 @@ def _method(name):
             else:  # a method of constant numbers with traced arguments (c.dot(x))
                 subject = _held(graph, np.array(self._plain()))
             return getattr(subject, name)(*_operands(args), **_operands(kwargs))
+        if name in _OWN_METHODS:  # they change the array object itself, not its numbers
+            return getattr(np.ndarray, name)(self, *_operands(args), **_operands(kwargs))
         result = getattr(self._plain(), name)(*_operands(args), **_operands(kwargs))
         sources, others = {id(self): self}, []
         _collect((args, kwargs), sources, others)

@@ -382,3 +382,28 @@ def test_a_function_that_assigns_globals_runs_as_it_is_and_its_module_is_read_li
     # the other functions of that module fill arrays, and see the global set_scale rebinds
     assert gradc.grad(module.scaled, backend="python")(np.ones(2)).tolist() == [3.0, 0.0]
     assert module.SCALE == 3.0
+
+
+def test_iterating_over_assigned_arrays_and_their_rows():
+    def f(x):
+        rows = np.zeros((2, 2))
+        for row in rows:  # rows are views: writes into them reach the array
+            row[0] = x[0]
+        y = np.zeros(3)
+        y[0], y[1] = x[0], x[1]
+        return sum(v * v for v in y) + np.sum(rows)
+
+    np.testing.assert_array_equal(gradc.grad(f, backend="python")(np.array([1.0, 2.0, 3.0])),
+                                  [4.0, 4.0, 0.0])
+
+
+def test_a_read_only_array_refuses_a_traced_value_as_numpy_refuses_numbers():
+    def f(x):
+        y = np.zeros(3)
+        y.setflags(write=False)
+        y[0] = x[0]  # MARK-read-only
+        return np.sum(y)
+
+    with pytest.raises(gradc.TracingError, match="read-only") as info:
+        gradc.grad(f, backend="python")(np.ones(3))
+    assert f"{HERE}:{_line_of('MARK-read-only')}" in str(info.value)
