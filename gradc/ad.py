@@ -30,7 +30,7 @@ def J(a, b, c):
 """
 from __future__ import annotations
 
-from .ir import ArrayOut, Body
+from .ir import ArrayOut, Body, gc_paused
 from .ops import OPS, fit
 from .optimize import optimize
 from .trace import Tracer
@@ -55,6 +55,7 @@ def adjoint_name(graph, node):
     return None if name is None else "d" + name
 
 
+@gc_paused
 def _reverse(g, out, wrt, seed):
     """The reverse sweep over ``g`` (in place): node id -> adjoint node, seeded with ``seed``."""
     active = _active(g, out, {n.id for n in wrt})

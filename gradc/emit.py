@@ -21,7 +21,7 @@ import numpy as np
 
 from . import errors
 from .version import __version__
-from .ir import ArrayOut, Graph, leaves, structural_zero
+from .ir import ArrayOut, Graph, gc_paused, leaves, structural_zero
 from .ops import OPS
 from .trace import identifier_or_none
 
@@ -353,6 +353,7 @@ def module_header(kind, fn_name, origin=None, how=""):
             "# gradc rewrites this file from the traced function; edits here are not kept."]
 
 
+@gc_paused
 def emit_module(graph, fn_name, kind, origin=None, out_params=False):
     """The full module source: header comment, import, the fused function and its entry point.
 

@@ -20,6 +20,8 @@ def f(x, y):
 """
 from __future__ import annotations
 
+import functools
+import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +59,24 @@ def resolve(node):
     while node.op == "alias":
         node = node.args[0]
     return node
+
+
+def gc_paused(fn):
+    """``fn`` with Python's cycle collector paused while it runs (restored after, nesting
+    allowed). Graph passes build hundreds of thousands of acyclic objects (nodes, keys,
+    tuples), and each full collection walks every live one: measured on a 100,000-node
+    program, a third of the passes' time went to the collector. Reference counting still
+    frees everything as usual; cycles wait for the next collection after the pass."""
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+    return paused
 
 
 def _shape_of(spec, attrs, args):
@@ -253,6 +273,7 @@ class Graph:
         return self.names.get(node.id)
 
     # --- passes ---------------------------------------------------------------------
+    @gc_paused
     def rebuild(self, rule=None, keep=None):
         """A new graph made by replaying this one node by node.
 

@@ -67,7 +67,7 @@ import numpy as np
 
 from . import jit
 from .emit import literal
-from .ir import ArrayOut, leaves
+from .ir import ArrayOut, gc_paused, leaves
 
 #: Programs with at least this many nodes take the native path (see compile_graph).
 #: Measured (2 shared cores, cold cache): the native path compiled faster at every size
@@ -622,6 +622,7 @@ def _array_index(graph, leaf):
     return [a for a in leaves(graph.out_tree) if isinstance(a, ArrayOut)].index(leaf)
 
 
+@gc_paused
 def _module_text(graph, symbol, keys):
     """The whole module: the helpers the body calls, their declarations (once), the body."""
     declarations, definitions = {}, []

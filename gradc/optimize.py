@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .ir import Graph
+from .ir import Graph, gc_paused
 from .ops import OPS
 
 
@@ -200,6 +200,7 @@ def _live(graph):
     return live
 
 
+@gc_paused
 def optimize(graph, max_rounds=4):
     """fold, simplify and dce until nothing changes (a few rounds at most).
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import ArrayOut, Graph
+from .ir import ArrayOut, Graph, gc_paused
 from .ops import OPS, python_index
 
 
@@ -62,6 +62,7 @@ def can_unroll(graph):
     return not _without_scalar_form(graph)
 
 
+@gc_paused
 def unroll(graph):
     """``graph`` with every array traced whole unrolled into scalar nodes (see the module)."""
     bad = _without_scalar_form(graph)

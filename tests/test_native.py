@@ -366,7 +366,8 @@ def test_unrolled_sums_of_scatters_match_the_whole_array_program():
     assert all(same(a, b) for a, b in zip(got, want)), (got, want)
 
 
-@pytest.mark.filterwarnings("ignore::gradc.emit.CompileTimeWarning")  # the chain is unrolled on purpose
+# the chain is unrolled on purpose: no "use gradc.scan" hint
+@pytest.mark.filterwarnings("ignore::gradc.emit.CompileTimeWarning")
 def test_the_adjoint_of_many_reads_unrolls_without_dense_arrays(monkeypatch):
     """2,000 reads of p: the gradient's chain of 2,000 sums of scatters is built element by
     element; a dense array per link made unrolling quadratic (22 s at 100,000 nodes)."""
@@ -434,3 +435,32 @@ def test_shapes_of_replayed_nodes_follow_broadcasting():
     y = g.param("y", (4,), whole=True)
     with pytest.raises(ShapeError):
         g.add("add", (x, y))
+
+
+def test_graph_passes_pause_the_cycle_collector_and_restore_it():
+    """The passes run with Python's cycle collector off (its full collections walked every
+    node of large programs), and leave it as they found it, after an error too."""
+    import gc
+
+    from gradc.ir import gc_paused
+
+    seen = []
+    g = Graph("f")
+    x = g.input("x")
+    g.set_outputs([g.add("sin", (x,))], 0)
+    g.rebuild(lambda new, node, args: seen.append(gc.isenabled()))
+    assert seen == [False] and gc.isenabled()
+
+    @gc_paused
+    def fails():
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        fails()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        g.rebuild()
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
