@@ -460,6 +460,17 @@ def _keeps_float64(args, kwargs):
     return not rest and len(args) <= 1 and (dtype is None or np.dtype(dtype) == np.float64)
 
 
+def _full(shape, fill_value, dtype=None, order="C", **kwargs):
+    """numpy.full, also of a traced fill value: an array of zeros that then receives it
+    (NumPy's own full would copy it into a float array with numpy.copyto)."""
+    if _graph_of(fill_value) is None or kwargs or not _keeps_float64((dtype,), {}):
+        return numpy_call(np.full, (shape, fill_value),
+                          {"dtype": dtype, "order": order, **kwargs})
+    array = _root(np.zeros(shape, order=order))
+    array[...] = fill_value
+    return array
+
+
 def _stand_in(name):
     # np.empty's contents are undefined; a traced function gets zeros (deterministic: the
     # emitted code must not depend on whatever memory NumPy reused)
@@ -473,6 +484,8 @@ def _stand_in(name):
             # or a copy (array); NumPy's own conversion would read memory it no longer uses
             return args[0] if name != "array" or kwargs.get("copy") is False \
                 else args[0]._read().copy()
+        if name == "full":
+            return _full(*args, **kwargs)
         return numpy_call(func, args, kwargs)
 
     constructor._gradc_stands_in_for = getattr(np, name)

@@ -407,3 +407,13 @@ def test_a_read_only_array_refuses_a_traced_value_as_numpy_refuses_numbers():
     with pytest.raises(gradc.TracingError, match="read-only") as info:
         gradc.grad(f, backend="python")(np.ones(3))
     assert f"{HERE}:{_line_of('MARK-read-only')}" in str(info.value)
+
+
+def test_numpy_full_of_a_traced_value_is_an_array_that_receives_more():
+    def f(x):
+        y = np.full(3, x[0])
+        y[1] = x[1]
+        return np.sum(y * y) + np.sum(np.full((2,), 2.5))
+
+    value, grad = gradc.value_and_grad(f, backend="python")(np.array([1.0, 2.0, 3.0]))
+    assert value == 1.0 + 4.0 + 1.0 + 5.0 and grad.tolist() == [4.0, 4.0, 0.0]
