@@ -488,12 +488,17 @@ def _stand_in(name):
             return _full(*args, **kwargs)
         return numpy_call(func, args, kwargs)
 
-    constructor._gradc_stands_in_for = getattr(np, name)
     return constructor
 
 
 #: id(NumPy's constructor) -> (it, its stand-in).
 CONSTRUCTORS = {id(getattr(np, n)): (getattr(np, n), _stand_in(n)) for n in CONSTRUCTOR_NAMES}
+
+
+def _stand_in_for(value):
+    """The stand-in of NumPy's constructor ``value``, or None (it is none)."""
+    found = CONSTRUCTORS.get(id(value))
+    return found[1] if found is not None and found[0] is value else None
 
 
 class _StandInNumpy(types.ModuleType):
@@ -502,8 +507,8 @@ class _StandInNumpy(types.ModuleType):
 
     def __getattr__(self, name):
         value = getattr(np, name)
-        found = CONSTRUCTORS.get(id(value))
-        return found[1] if found is not None and found[0] is value else value
+        stand_in = _stand_in_for(value)
+        return value if stand_in is None else stand_in
 
     def __dir__(self):
         return dir(np)
@@ -529,7 +534,7 @@ class _Rebuild:
     def __init__(self, code):
         self.code = code
         self.functions = {}   # id(original) -> (original, rebuilt)
-        self.namespaces = {}  # id(module globals) -> _TracedGlobals
+        self.namespaces = {}  # id(module globals) -> the namespace its functions run in
 
     def callable(self, fn, depth):
         """A stand-in for the callable ``fn`` that runs ``self.code`` rebuilt, or None."""
@@ -610,19 +615,21 @@ class _Rebuild:
             found[name] = self.substitute(value, module)
         return found
 
-    def _replaces(self, value, module):
-        return self.substitute(value, module, build=False) is not value
+    @staticmethod
+    def _replaces(value, module):
+        """Whether traced code sees something else for ``value`` (see :meth:`substitute`)."""
+        return (value is np or _stand_in_for(value) is not None
+                or isinstance(value, types.FunctionType) and value.__globals__ is module)
 
-    def substitute(self, value, module, build=True):
-        """What traced code sees for ``value`` found in ``module``'s namespace."""
+    def substitute(self, value, module):
+        """What traced code sees for ``value`` found in ``module``'s namespace: the stand-in
+        numpy module, a stand-in constructor, a function of the module rebuilt, or it."""
         if value is np:
             return STAND_IN_NUMPY
-        found = CONSTRUCTORS.get(id(value))
-        if found is not None and found[0] is value:
-            return found[1]
+        stand_in = _stand_in_for(value)
+        if stand_in is not None:
+            return stand_in
         if isinstance(value, types.FunctionType) and value.__globals__ is module:
-            if not build:
-                return None  # (a marker: it would be replaced)
             return self.function(value)
         return value
 
