@@ -133,11 +133,11 @@ class AssignableArray(np.ndarray):
             if out is not None:
                 kwargs["out"] = tuple(o._target(graph) if isinstance(o, AssignableArray) else o
                                       for o in out)
-            result = getattr(ufunc, method)(*_operands(inputs), **kwargs)
+            result = getattr(ufunc, method)(*_operands(inputs, graph), **kwargs)
             return result if out is None else _written(out)
         if out is not None:
-            kwargs["out"] = _operands(out)
-        result = getattr(ufunc, method)(*_operands(inputs), **kwargs)
+            kwargs["out"] = _operands(out, None)
+        result = getattr(ufunc, method)(*_operands(inputs, None), **kwargs)
         return _written(out) if out is not None else _adopt(result, {}, None)
 
     def __array_function__(self, func, types, args, kwargs):
@@ -154,11 +154,11 @@ class AssignableArray(np.ndarray):
 
     def __setitem__(self, index, value):
         graph = _graph_of(value)
-        value = _operands(value)
         if graph is None and not self._holds_traced():
-            self._plain()[index] = value  # numbers into numbers: NumPy
+            self._plain()[index] = _operands(value, None)  # numbers into numbers: NumPy
             return
-        self._target(graph)[index] = value
+        target = self._target(graph)  # (the root holds traced values of its graph now)
+        target[index] = _operands(value, self._root._graph)
 
     def __iter__(self):
         if self._holds_traced():
@@ -201,7 +201,7 @@ class AssignableArray(np.ndarray):
 
 
 def _replay_index(parent, index):
-    return parent._read()[_operands(index)]
+    return parent._read()[index]
 
 
 def _replay_attribute(parent, name):
@@ -209,7 +209,8 @@ def _replay_attribute(parent, name):
 
 
 def _replay_method(parent, name, args, kwargs):
-    return getattr(parent._read(), name)(*_operands(args), **_operands(kwargs))
+    args, kwargs = _operands((args, kwargs), parent._root._graph)
+    return getattr(parent._read(), name)(*args, **kwargs)
 
 
 def _attribute(array, name):
@@ -239,10 +240,12 @@ def _method(name):
                 subject = self._read()
             else:  # a method of constant numbers with traced arguments (c.dot(x))
                 subject = _held(graph, np.array(self._plain()))
-            return getattr(subject, name)(*_operands(args), **_operands(kwargs))
+            args, kwargs = _operands((args, kwargs), graph)
+            return getattr(subject, name)(*args, **kwargs)
+        plain_args, plain_kwargs = _operands((args, kwargs), None)
         if name in _OWN_METHODS:  # they change the array object itself, not its numbers
-            return getattr(np.ndarray, name)(self, *_operands(args), **_operands(kwargs))
-        result = getattr(self._plain(), name)(*_operands(args), **_operands(kwargs))
+            return getattr(np.ndarray, name)(self, *plain_args, **plain_kwargs)
+        result = getattr(self._plain(), name)(*plain_args, **plain_kwargs)
         sources, others = {id(self): self}, []
         _collect((args, kwargs), sources, others)
         return _adopt(result, sources,
@@ -348,18 +351,22 @@ def _replay_item(replay, k):
 
 
 def _replay_call(func, args, kwargs):
-    return func(*_operands(args), **_operands(kwargs))
+    args, kwargs = _operands((args, kwargs))
+    return func(*args, **kwargs)
 
 
 def numpy_call(func, args, kwargs):
     """``func(*args, **kwargs)`` for a NumPy function meeting AssignableArrays (or a stand-in
     constructor): on the values they hold, traced where any of them is, else NumPy on the
     numbers with the results adopted (see :func:`_adopt`)."""
-    if _graph_of((args, kwargs)) is not None:
-        return func(*_operands(args), **_operands(kwargs))
+    graph = _graph_of((args, kwargs))
+    if graph is not None:
+        args, kwargs = _operands((args, kwargs), graph)
+        return func(*args, **kwargs)
     sources, others = {}, []
     _collect((args, kwargs), sources, others)
-    result = func(*_operands(args), **_operands(kwargs))
+    plain_args, plain_kwargs = _operands((args, kwargs), None)
+    result = func(*plain_args, **plain_kwargs)
     return _adopt(result, sources, functools.partial(_replay_call, func, args, kwargs), others)
 
 
@@ -396,15 +403,30 @@ def _graph_of(value):
     return None
 
 
-def _operands(value):
+_FIND = object()
+
+
+def _operands(value, graph=_FIND):
     """``value`` with every AssignableArray in it (also inside tuples, lists and dicts) as
-    what it holds: a traced value, or a plain ndarray of its numbers."""
+    what it holds: the traced value it holds; else, where ``value`` holds traced values
+    of ``graph`` (found in ``value`` by default), its numbers as a constant of that graph:
+    a copy, so that a later write into the array cannot change what this operation read
+    (gradc would otherwise take a plain array meeting a traced value for one read from
+    outside the function and pass it by reference); else a plain ndarray view of its
+    numbers (NumPy's own code, which may write into it)."""
+    if graph is _FIND:
+        graph = _graph_of(value)
     if isinstance(value, AssignableArray):
-        return value._read()
+        if value._holds_traced() or graph is None:
+            return value._read()
+        return _held(graph, np.array(value._plain()))
     if type(value) in (tuple, list):
-        return type(value)(map(_operands, value)) if any(map(_has_assignable, value)) else value
+        if not any(map(_has_assignable, value)):
+            return value
+        return type(value)(_operands(v, graph) for v in value)
     if type(value) is dict:
-        return {k: _operands(v) for k, v in value.items()} if _has_assignable(value) else value
+        return {k: _operands(v, graph) for k, v in value.items()} if _has_assignable(value) \
+            else value
     return value
 
 

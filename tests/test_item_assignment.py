@@ -432,3 +432,21 @@ def test_an_assigned_array_passed_to_a_gradc_function_inside_the_trace():
 
     value, grad = gradc.value_and_grad(f, backend="python")(np.array([2.0, 1.0, 0.0]))
     assert value == 5.0 and grad.tolist() == [4.0, 1.0, 0.0]
+
+
+def test_an_operation_reads_an_array_as_it_is_then_not_as_it_is_written_later():
+    def f(x):
+        y = np.zeros(3)
+        before = np.sum(y * x)  # y holds zeros here
+        y[1] = 5.0  # numbers, written after
+        z = np.ones(3)
+        scaled = x * z
+        z[0] = 7.0
+        y[0] = x[0]  # now y holds traced values
+        return before + np.sum(scaled) + y[1] * x[2]
+
+    x = np.ones(3)
+    assert f(x) == 0.0 + 3.0 + 5.0  # NumPy's answer
+    for backend in ("python", "numba"):
+        value, grad = gradc.value_and_grad(f, backend=backend)(x)
+        assert value == 8.0 and grad.tolist() == [1.0, 1.0, 6.0]
