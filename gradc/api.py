@@ -485,7 +485,7 @@ class GradcFunction:
                             pass  # a read-only or unaligned array: converted below
                         except CapturedArrayChanged:
                             self._forget()  # a captured name now holds another shape
-                elif self._out_by_shape:  # f(x, out=dx) compiled before (set if out= is ours)
+                else:  # f(x, out=dx) compiled before (the table is empty unless out= is ours)
                     out = kwargs.get("out")
                     if type(out) is _ndarray and len(kwargs) == 1:
                         shape = a.shape
