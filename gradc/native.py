@@ -78,7 +78,7 @@ MIN_NODES = 200
 
 #: Part of every wrapper's text (and so of its cache key): bump it whenever the IR this
 #: module writes for a graph changes, so that no cached machine code outlives it.
-LOWERING_VERSION = 2
+LOWERING_VERSION = 3
 
 _INTRINSIC_NAME = "_gradc_native_body"
 _CALL_NAME = "_gradc_native_call"
@@ -381,13 +381,15 @@ def _make_intrinsic(graph):
 # numba's calling convention: hypot, softplus) has no helper, and its graphs take route 1.
 
 #: LLVM codegen optimisation level of the body (numba's is 3): 1 up to
-#: :data:`FAST_CODEGEN_NODES` nodes, 0 above. Measured on the W3 chain (2 shared cores):
-#: level 1 runs as fast as numba's code (2.05 us a call at 427 nodes, 13.7 us at 4,177) but
-#: its instruction scheduling and register allocation grow faster than linearly (0.03 s at
-#: 427 nodes, 0.5 s at 4,177, 4.3 s at 16,677); level 0 takes 0.08 s at 4,177 and 0.55 s at
-#: 16,677 for code ~14% slower (15.6 us against 13.7).
+#: :data:`FAST_CODEGEN_NODES` nodes, 0 above. Measured on the W3 chain (shared 2-core
+#: machine; per call the minimum of 30 interleaved rounds, compile in CPU seconds), with
+#: the body in parts of CHUNK_NODES: per call the two levels are the same (427 nodes
+#: 2.21 / 2.21 us, 1,677 nodes 6.55 / 6.53 us, 3,337 nodes 11.51 / 11.50 us; numba's code
+#: of the emitted source 11.25 us), while level 1 compiles slower and faster than linearly
+#: (427 nodes 0.02 s against 0.01 s, 3,337 nodes 0.67 s against 0.08 s, 16,677 nodes 7.1 s
+#: against 0.5 s). Level 1 stays where it costs next to nothing.
 CODEGEN_OPT = 1
-FAST_CODEGEN_NODES = 3000
+FAST_CODEGEN_NODES = 1000
 
 #: Object files in the cache start with this line; the next line is the JSON header.
 _OBJECT_MAGIC = b"gradc native object 1\n"
@@ -537,27 +539,119 @@ def _float_text(value):
     return "0x%016X" % np.float64(value).view(np.uint64)
 
 
+#: The body is split into functions of this many nodes, called one after another: LLVM's
+#: code generation of one huge basic block grows faster than linearly (level 0 at 3,337
+#: nodes 0.03 s, at 16,677 nodes 1.7 s), of many blocks of this size linearly. Values one
+#: part defines and a later part uses pass through a stack buffer (exact: stored and loaded
+#: as they are).
+CHUNK_NODES = 1000
+
+_PARAMS = "i8** noalias %data, i64* noalias %strides, double* noalias %sout, double** noalias %aout"
+
+
 def _body_text(graph, symbol):
     """The body as LLVM IR text: ``void symbol(i8** data, i64* strides, double* sout,
     double** aout)``. ``data[p]`` points at parameter ``p`` (a double, or an array's first
     element), ``strides`` holds the arrays' strides in bytes one after another; scalar results
-    go to ``sout`` in out_tree order, array results to the C-order buffers ``aout[k]``."""
-    out = [f'define void @"{symbol}"(i8** noalias %data, i64* noalias %strides, '
-           "double* noalias %sout, double** noalias %aout) {", "entry:"]
+    go to ``sout`` in out_tree order, array results to the C-order buffers ``aout[k]``.
+    The nodes are computed by part functions of :data:`CHUNK_NODES` nodes each (see there),
+    which ``symbol`` calls in order with a buffer of the values that cross parts."""
+    parts = _parts(graph)
+    slots = _crossing_slots(graph, parts)
+    texts = [_part_text(graph, f"{symbol}.part{k}", part, slots, k == len(parts) - 1)
+             for k, part in enumerate(parts)]
+    size = max(8 * len(slots), 8)
+    body = [f'define void @"{symbol}"({_PARAMS}) {{', "entry:",
+            f"  %spill = alloca i8, i64 {size}, align 8"]
+    for k in range(len(parts)):
+        body.append(f'  call void @"{symbol}.part{k}"(i8** %data, i64* %strides, double* %sout, '
+                    "double** %aout, i8* %spill)")
+    body += ["  ret void", "}"]
+    return "\n\n".join(texts + ["\n".join(body)])
+
+
+def _parts(graph):
+    """The graph's nodes cut into lists of at most CHUNK_NODES computed nodes, in order
+    (constants and aliases compute nothing: they go with any part)."""
+    parts, current, counted = [], [], 0
+    for node in graph.nodes:
+        current.append(node)
+        if node.op not in ("const", "alias"):
+            counted += 1
+            if counted == CHUNK_NODES:
+                parts.append(current)
+                current, counted = [], 0
+    if current or not parts:
+        parts.append(current)
+    return parts
+
+
+def _source(node):
+    """The node whose instruction defines ``node``'s value (aliases are their argument)."""
+    while node.op == "alias":
+        node = node.args[0]
+    return node
+
+
+def _crossing_slots(graph, parts):
+    """node id -> byte offset in the buffer, for the values a later part (or the results,
+    stored by the last part) reads from an earlier one."""
+    part_of = {node.id: k for k, part in enumerate(parts) for node in part}
+    slots = {}
+
+    def need(value, in_part):
+        value = _source(value)
+        if value.op != "const" and part_of[value.id] < in_part and value.id not in slots:
+            slots[value.id] = 8 * len(slots)
+
+    for k, part in enumerate(parts):
+        for node in part:
+            for arg in node.args:
+                need(arg, k)
+    for out in graph.outputs:
+        need(out, len(parts) - 1)
+    return slots
+
+
+def _part_text(graph, name, part, slots, last):
+    """One part function: reads the crossing values it needs, computes its nodes, saves the
+    ones later parts need; the last part also stores the results."""
+    out = [f'define internal void @"{name}"({_PARAMS}, i8* noalias %spill) noinline {{',
+           "entry:"]
     emit = out.append
-    dims_at, offset = {}, 0
+    offset = 0
     for p, (_, shape) in enumerate(graph.params):
         emit(f"  %dp{p} = getelementptr i8*, i8** %data, i64 {p}")
         emit(f"  %d{p} = load i8*, i8** %dp{p}")
         if shape is not None:
-            dims_at[p] = offset
             for d in range(len(shape)):
                 emit(f"  %sp{p}.{d} = getelementptr i64, i64* %strides, i64 {offset + d}")
                 emit(f"  %s{p}.{d} = load i64, i64* %sp{p}.{d}")
             offset += len(shape)
+    here = {node.id for node in part}
     values = {}
-    for node in graph.nodes:
+
+    def value(node):
+        """The LLVM value of ``node`` in this part: computed here, a constant, or loaded from
+        the buffer (once)."""
+        node = _source(node)
+        if node.op == "const":
+            v = node.attrs[0]
+            return ("true" if v else "false") if isinstance(v, bool) else _float_text(v)
+        if node.id not in values:
+            if node.id in here:
+                raise AssertionError("a node used before it is computed")
+            ty = _llvm_type(node.result)
+            emit(f"  %x{node.id}.p = getelementptr i8, i8* %spill, i64 {slots[node.id]}")
+            emit(f"  %x{node.id}.q = bitcast i8* %x{node.id}.p to {ty}*")
+            emit(f"  %x{node.id} = load {ty}, {ty}* %x{node.id}.q")
+            values[node.id] = f"%x{node.id}"
+        return values[node.id]
+
+    for node in part:
         op, i = node.op, node.id
+        if op in ("const", "alias"):
+            continue
         if op == "input":
             _, _, p, index = node.attrs
             ptr = f"%d{p}"
@@ -574,16 +668,8 @@ def _body_text(graph, symbol):
                 ptr = f"%q{i}"
             emit(f"  %r{i} = bitcast i8* {ptr} to double*")
             emit(f"  %v{i} = load double, double* %r{i}")
-            values[i] = f"%v{i}"
-        elif op == "const":
-            value = node.attrs[0]
-            values[i] = ("true" if value else "false") if isinstance(value, bool) \
-                else _float_text(value)
-        elif op == "alias":
-            values[i] = values[node.args[0].id]
         else:
-            args = [values[a.id] for a in node.args]
-            values[i] = f"%v{i}"
+            args = [value(a) for a in node.args]
             if op in ("where", "not"):
                 cond = args[0]
                 if node.args[0].result != "bool":  # Python's truth of a float, as numba has it
@@ -599,8 +685,23 @@ def _body_text(graph, symbol):
             else:
                 key = _helper_key(node)
                 used = node.args[:1] if key[2] is not None else node.args
-                params = ", ".join(f"{_llvm_type(a.result)} {values[a.id]}" for a in used)
+                params = ", ".join(f"{_llvm_type(a.result)} {value(a)}" for a in used)
                 emit(f'  %v{i} = call {_llvm_type(node.result)} @"{_helper_name(key)}"({params})')
+        values[i] = f"%v{i}"
+        if i in slots:  # a later part reads it
+            ty = _llvm_type(node.result)
+            emit(f"  %y{i}.p = getelementptr i8, i8* %spill, i64 {slots[i]}")
+            emit(f"  %y{i}.q = bitcast i8* %y{i}.p to {ty}*")
+            emit(f"  store {ty} %v{i}, {ty}* %y{i}.q")
+    if last:
+        _store_results(graph, emit, value)
+    emit("  ret void")
+    emit("}")
+    return "\n".join(out)
+
+
+def _store_results(graph, emit, value):
+    """The results: scalars to ``sout`` in out_tree order, arrays to their buffers."""
     slot = 0
     for k, leaf in enumerate(leaves(graph.out_tree)):
         if isinstance(leaf, ArrayOut):
@@ -608,14 +709,11 @@ def _body_text(graph, symbol):
             emit(f"  %a{k} = load double*, double** %ap{k}")
             for flat, j in enumerate(leaf.indices):
                 emit(f"  %w{k}.{flat} = getelementptr double, double* %a{k}, i64 {flat}")
-                emit(f"  store double {values[graph.outputs[j].id]}, double* %w{k}.{flat}")
+                emit(f"  store double {value(graph.outputs[j])}, double* %w{k}.{flat}")
         else:
             emit(f"  %w{k} = getelementptr double, double* %sout, i64 {slot}")
-            emit(f"  store double {values[graph.outputs[leaf].id]}, double* %w{k}")
+            emit(f"  store double {value(graph.outputs[leaf])}, double* %w{k}")
             slot += 1
-    emit("  ret void")
-    emit("}")
-    return "\n".join(out)
 
 
 def _array_index(graph, leaf):
