@@ -286,9 +286,12 @@ def measure(family, tool, size, model_file, timeout):
 
 
 def _cell(r, key, fmt):
+    """One value of a cell; a cell that failed says why in its time column only."""
     if r and r.get(key) is not None:
         return fmt.format(r[key])
-    return "–" if not r else (r.get("error") or r.get("skipped") or "–").replace("|", "/")
+    if key != "first_result_s" or not r:
+        return "–"
+    return (r.get("error") or r.get("skipped") or "–").replace("|", "/")
 
 
 _SIZE_LABEL = {"chain": "~{} nodes", "pendulum": "n = {}", "hessian": "n = {}"}
@@ -382,6 +385,9 @@ def main(argv=None):
     ap.add_argument("--jax-max-nodes", type=int, default=20000,
                     help="JAX took 47.6 s and 4.9 GB at 20,000 nodes in issue 15")
     ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--update", action="store_true",
+                    help="measure only the cells asked for and replace those of the last run "
+                         "(results/compile_scale.json) with them")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the plot (CPU time) from results/compile_scale.json")
     ap.add_argument("--note", default="One run per cell on the shared 2-core machine, other "
@@ -408,11 +414,22 @@ def main(argv=None):
             r = measure(family, tool, size, model_file, args.timeout)
             rows.append(r)
             print(family, tool, size, json.dumps(r["cold"]), json.dumps(r["warm"]), flush=True)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    write_results(rows, os.path.join(HERE, "results", "compile_scale.md"), args.note)
-    with open(os.path.join(HERE, "results", "compile_scale.json"), "w") as fh:
+    os.makedirs(results, exist_ok=True)
+    if args.update:
+        rows = _merged(os.path.join(results, "compile_scale.json"), rows)
+    write_results(rows, os.path.join(results, "compile_scale.md"), args.note)
+    with open(os.path.join(results, "compile_scale.json"), "w") as fh:
         json.dump(rows, fh, indent=1)
-    plot(rows, os.path.join(HERE, "results", "compile_scale.png"))
+    plot(rows, os.path.join(results, "compile_scale.png"), "first_result_cpu_s")
+
+
+def _merged(path, new_rows):
+    """The rows of the last run at ``path``, those measured again replaced (in place)."""
+    with open(path) as fh:
+        old = json.load(fh)
+    fresh = {(r["family"], r["tool"], r["size"]): r for r in new_rows}
+    out = [fresh.pop((r["family"], r["tool"], r["size"]), r) for r in old]
+    return out + list(fresh.values())
 
 
 if __name__ == "__main__":
