@@ -16,7 +16,8 @@ LOOP_OPS = ["scan", "scan_bwd", "part"]  # gradc.scan and its reverse: tests/tes
 # The ops behind NumPy functions composed in gradc/numpy_api.py: tests/test_numpy_surface.py
 SURFACE_OPS = ["cumsum", "cumprod", "prod", "sort_order", "partition", "take_along", "put_along",
                "setitem", "inv", "solve", "det", "logabsdet", "signdet", "cholesky",
-               "eigh_values", "eigh_vectors"]
+               "eigh_values", "eigh_vectors",
+               "svd_values", "svd_u", "svd_vh", "qr_q", "qr_r", "lstsq"]  # tests/test_numpy_surface.py
 CUSTOM_OPS = ["custom"]  # gradc.custom_vjp / custom_jvp: tests/test_custom_rules.py
 ARRAY_OPS = [n for n, op in OPS.items()
              if op.shape is not None and n not in LOOP_OPS + SURFACE_OPS + CUSTOM_OPS]  # tests/test_array_ops.py
