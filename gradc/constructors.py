@@ -263,6 +263,14 @@ for _name in dir(np.ndarray):
         setattr(AssignableArray, _name, _method(_name))
 
 
+class Snapshot(np.ndarray):
+    """An AssignableArray's numbers as an operation on traced values read them: a copy, so
+    a later write into the array cannot change what that operation read. gradc's capture
+    of arrays read from outside the function (hidden parameters passed by reference)
+    takes plain ndarrays only, so it leaves a Snapshot a constant of the trace, as an
+    array made inside the function is."""
+
+
 def _shares(a, b):
     """Whether two arrays may share memory (on plain views: no dispatch back to them)."""
     return np.may_share_memory(np.ndarray.view(a, np.ndarray), np.ndarray.view(b, np.ndarray))
@@ -409,17 +417,14 @@ _FIND = object()
 def _operands(value, graph=_FIND):
     """``value`` with every AssignableArray in it (also inside tuples, lists and dicts) as
     what it holds: the traced value it holds; else, where ``value`` holds traced values
-    of ``graph`` (found in ``value`` by default), its numbers as a constant of that graph:
-    a copy, so that a later write into the array cannot change what this operation read
-    (gradc would otherwise take a plain array meeting a traced value for one read from
-    outside the function and pass it by reference); else a plain ndarray view of its
-    numbers (NumPy's own code, which may write into it)."""
+    (of ``graph``, found in ``value`` by default), a :class:`Snapshot` of its numbers; else
+    a plain ndarray view of them (NumPy's own code, which may write into it)."""
     if graph is _FIND:
         graph = _graph_of(value)
     if isinstance(value, AssignableArray):
         if value._holds_traced() or graph is None:
             return value._read()
-        return _held(graph, np.array(value._plain()))
+        return np.array(value._plain()).view(Snapshot)
     if type(value) in (tuple, list):
         if not any(map(_has_assignable, value)):
             return value
