@@ -13,9 +13,8 @@ from .api import GradcFunction, compile, grad, value_and_grad  # noqa: E402
 from .batch import vmap  # noqa: E402
 from .config import config  # noqa: E402  (the function; gradc/config.py is the module)
 from .errors import (  # noqa: E402
-    ArgumentError, CacheWarning, ControlFlowError, GradcError, MathModuleError, ShapeError,
-    TracingError,
-    UnsupportedFunctionError)
+    ArgumentError, CacheWarning, CompileWarning, ControlFlowError, GradcError, LinAlgError,
+    MathModuleError, ShapeError, TracingError, UnsupportedFunctionError)
 from .explain import explain  # noqa: E402
 from .draw import draw  # noqa: E402  (graphviz is imported when a picture is rendered)
 from .higher_api import hessian, hvp, jacobian, jvp, value_grad_hessian  # noqa: E402
@@ -29,7 +28,8 @@ __all__ = [
     "GradcFunction", "export", "BuildError", "config",
     "hessian", "value_grad_hessian", "hvp", "jvp", "jacobian",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
-    "UnsupportedFunctionError", "ArgumentError", "ShapeError", "CacheWarning", "__version__",
+    "UnsupportedFunctionError", "ArgumentError", "ShapeError", "LinAlgError", "CacheWarning", "CompileWarning",
+    "__version__",
 ]
 
 

@@ -58,6 +58,20 @@ _ndarray = np.ndarray
 _FLOAT64 = np.dtype(np.float64)  # the dtype object of native float64 arrays (compared by identity)
 #: Loop sources compiled in this process -> (numba dispatcher, cache file): one per source.
 _LOOP_FUNCTIONS: dict = {}
+#: Loop sources numba failed to compile in this process (a gradc bug, warned about once).
+_BROKEN_LOOPS: set = set()
+
+
+def _call_failures():
+    """What compiled code may raise that the full path answers (GradcFunction._after_failure):
+    numpy.linalg's refusals, and numba's errors once numba is loaded. Evaluated only when an
+    exception is raised, so numba is never imported for it."""
+    import sys
+
+    numba_errors = sys.modules.get("numba.core.errors")
+    if numba_errors is None:
+        return (np.linalg.LinAlgError,)
+    return (np.linalg.LinAlgError, numba_errors.NumbaError)
 
 
 def array_elements(shapes):
@@ -115,13 +129,17 @@ class _NeedsConversion(errors.ArgumentError):
 class _Spec:
     """One compiled specialisation: its graph, source, file and callable."""
 
-    __slots__ = ("graph", "source", "path", "call", "func_name", "entry", "plain", "runs")
+    __slots__ = ("graph", "source", "path", "call", "func_name", "entry", "plain", "runs",
+                 "numpy_level")
 
     def __init__(self, graph, source, path, call, func_name, entry=None, plain=None, runs=None):
         self.graph, self.source, self.path, self.call = graph, source, path, call
         self.func_name, self.entry = func_name, entry
         self.plain = plain  # arrays traced whole: a callable that takes the arrays as they are
         self.runs = runs    # what cache_info() reports, where it is not derived
+        # numba-compiled array code: a function building the same program's NumPy-level spec,
+        # which answers the calls numba's code refuses (see GradcFunction._after_failure)
+        self.numpy_level = None
 
 
 class GradcFunction:
@@ -383,18 +401,27 @@ class GradcFunction:
             else:
                 dispatcher._explain_matching_error = self._numba_mismatch
                 spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
-        if spec is None:
+
+        def wrapped(spec):
+            if graph.captured_arrays:
+                spec = _with_captured(spec, graph.captured_arrays)
+            return spec if regroup is None else _regrouped(spec, regroup)
+
+        def numpy_level():
             func, path = jit.load_python(source, func_name)
             scalar = np.float32 if dtype == "float32" else np.float64
             # NumPy-level code behaves exactly as NumPy (its warnings included); scalar code
             # runs under errstate(ignore) to match numba's silent error_model="numpy".
             call = _python_caller(func, scalar, quiet=not graph.whole_params)
             plain = call if graph.whole_params else None
-            spec = _Spec(graph, source, path, call, func_name, plain=plain)
-        if graph.captured_arrays:
-            spec = _with_captured(spec, graph.captured_arrays)
-        if regroup is not None:
-            spec = _regrouped(spec, regroup)
+            return wrapped(_Spec(graph, source, path, call, func_name, plain=plain))
+
+        if spec is None:
+            spec = numpy_level()
+        else:
+            spec = wrapped(spec)
+            if graph.whole_params:
+                spec.numpy_level = functools.cache(numpy_level)
         self._specs[key] = spec
         self._leave_numba()  # the dispatcher serves one float signature; now there are more
         if spec.plain is not None:
@@ -425,6 +452,8 @@ class GradcFunction:
                     f"{self._name}(): arrays='loops' cannot compile this function ({exc}); "
                     "use arrays='auto', which runs it as NumPy-level code.") from None
             return None
+        if source in _BROKEN_LOOPS:  # numba failed on it before (_after_failure)
+            return None
         found = _LOOP_FUNCTIONS.get(source)
         if found is None:
             found = _LOOP_FUNCTIONS[source] = jit.load_numba_lazy(source, func_name)
@@ -432,6 +461,42 @@ class GradcFunction:
         spec = _Spec(graph, source, path, dispatcher, func_name, plain=dispatcher, runs="loops")
         return _with_captured(spec, graph.captured_arrays) if out_params and \
             graph.captured_arrays else spec
+
+    def _after_failure(self, spec, values, exc, args, kwargs, rerun=None):
+        """Answer a call that ``spec``'s compiled code raised ``exc`` on (see _call_failures).
+
+        numba's LAPACK refuses what NumPy computes (NaN and inf entries: NumPy returns NaN),
+        so numba's refusal reruns the call as the same program's NumPy-level code; what NumPy
+        itself refuses (a singular matrix) is a gradc.LinAlgError naming the call. numba
+        failing to compile gradc's loop code is a gradc bug: under arrays="auto" the program
+        runs as NumPy-level code from then on, with a warning; arrays="loops" raises.
+        ``rerun``: the spec whose NumPy-level code answers (``spec`` itself unless ``spec``
+        is an out= kernel).
+        """
+        rerun = spec if rerun is None else rerun
+        if isinstance(exc, np.linalg.LinAlgError):
+            if rerun.numpy_level is not None:
+                try:
+                    return rerun.numpy_level().call(*values)
+                except np.linalg.LinAlgError as again:
+                    exc = again
+            raise errors.LinAlgError(
+                f"{errors.where()}: {self._name}(): numpy.linalg refused these arguments "
+                f"({exc}), as NumPy does when it runs the function itself. Check the matrix "
+                "(singular, not positive definite), or regularise it.") from None
+        message = (f"{self._name}(): numba could not compile gradc's loop code "
+                   f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). This is "
+                   "a gradc bug; please report it.")
+        if spec.runs != "loops" or self._arrays == "loops":
+            raise errors.GradcError(f"{errors.where()}: {message} backend='python' runs the "
+                                    "same program without numba.") from None
+        import warnings
+
+        warnings.warn(f"{message} NumPy-level code runs it instead.", errors.CompileWarning,
+                      stacklevel=3)
+        _BROKEN_LOOPS.add(spec.source)
+        self._forget()
+        return self._call_full(args, kwargs)
 
     def _numba_mismatch(self, *args, **kwargs):
         """numba's hook when no compiled signature takes a call's arguments as they are (and
@@ -485,6 +550,8 @@ class GradcFunction:
                             pass  # a read-only or unaligned array: converted below
                         except CapturedArrayChanged:
                             self._forget()  # a captured name now holds another shape
+                        except _call_failures():
+                            pass  # the full path answers it (_after_failure)
                 else:  # f(x, out=dx) compiled before (the table is empty unless out= is ours)
                     out = kwargs.get("out")
                     if type(out) is _ndarray and len(kwargs) == 1:
@@ -496,10 +563,13 @@ class GradcFunction:
                                 and out.flags.num & _BUFFER_FLAGS == _BUFFER_FLAGS
                                 and a.flags.num & _OWNDATA):
                             kernel, result = quick
-                            if result is _VALUE_AND_BUFFER:
-                                return kernel(a, out), out
-                            kernel(a, out)
-                            return out
+                            try:
+                                if result is _VALUE_AND_BUFFER:
+                                    return kernel(a, out), out
+                                kernel(a, out)
+                                return out
+                            except _call_failures():
+                                pass  # _call_out answers it (_after_failure)
         if kwargs and "out" in kwargs and self._takes_out:
             return self._call_out(args, kwargs)
         if not kwargs:  # the quick path: an already compiled shape, float64 arguments
@@ -518,6 +588,8 @@ class GradcFunction:
                         return plain(*args)
                     except CapturedArrayChanged:
                         self._forget()
+                    except _call_failures():
+                        pass  # the full path answers it (_after_failure)
         return self._call_full(args, kwargs)
 
     def _forget(self):
@@ -552,6 +624,8 @@ class GradcFunction:
         except CapturedArrayChanged:
             self._forget()
             return self._call_full(args, kwargs)
+        except _call_failures() as exc:
+            return self._after_failure(spec, values, exc, args, kwargs)
         except _NeedsConversion as exc:  # _bind's values are what numba takes: a gradc bug
             raise errors.GradcError(
                 f"{errors.where()}: {exc}, though gradc converted them. This is a gradc bug; "
@@ -690,6 +764,8 @@ class GradcFunction:
                     self._forget()
                 except _NotApart:
                     pass  # the full path checks exactly (and names what the buffer overlaps)
+                except _call_failures():
+                    pass  # the full path answers it (_after_failure)
         if self._has_aux:
             raise errors.ArgumentError(
                 f"{errors.where()}: out= together with has_aux=True is not supported; call "
@@ -707,7 +783,14 @@ class GradcFunction:
         loops = self._loops_out_spec(spec, shapes, dtype, len(buffers))
         if loops is not None:
             self._remember_out(args, out, buffers, loops)
-            return loops.call(*values, *buffers)
+            try:
+                return loops.call(*values, *buffers)
+            except _call_failures() as exc:
+                # numba's loops refused this call: the full path answers it, into the buffers
+                result = self._after_failure(loops, values, exc, args, {}, rerun=spec)
+                grads = result[1] if self._kind == "value_and_grad" else result
+                copied = _copy_into(grads, out)
+                return (result[0], copied) if self._kind == "value_and_grad" else copied
         if spec.entry is not None and not spec.graph.whole_params:
             key = (shapes, "out")
             out_spec = self._specs.get(key)

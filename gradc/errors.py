@@ -10,6 +10,8 @@ import linecache
 import os
 import sys
 
+import numpy as np
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Frames inside these trees are never "the user's line".
 _SKIP_PREFIXES = tuple(
@@ -41,6 +43,16 @@ class UnsupportedFunctionError(TracingError):
 
 class ArgumentError(GradcError, TypeError):
     """Wrong number or kind of arguments to a gradc function."""
+
+
+class LinAlgError(GradcError, np.linalg.LinAlgError):
+    """numpy.linalg refused the arguments of a call (a singular matrix, one that is not
+    positive definite) as NumPy refuses them in the same function; ``except
+    numpy.linalg.LinAlgError`` catches it too."""
+
+
+class CompileWarning(UserWarning):
+    """numba could not compile gradc's loop code for a call; NumPy-level code ran instead."""
 
 
 class CacheWarning(UserWarning):
