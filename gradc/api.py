@@ -34,7 +34,7 @@ import re
 
 import numpy as np
 
-from . import ad, custom, errors, jit, native, trees
+from . import ad, constructors, custom, errors, jit, native, trees
 from .emit import emit_module
 from .ir import ArrayOut, leaves as out_leaves, resolve
 from .lower import LoweringError, lower_module
@@ -606,6 +606,9 @@ class GradcFunction:
     def _call_full(self, args, kwargs):
         """Any call: bind and convert the arguments, compile their specialisation if it is
         new, run it. The same for every call, whatever calls came before."""
+        # inside a trace, an array NumPy made in the traced function may hold traced values
+        # (gradc/constructors.py); it is never a plain ndarray, so no quicker path took it
+        args, kwargs = constructors.plain(args), constructors.plain(kwargs)
         if self._needs_trees(args, kwargs):
             return self._call_tree(args, kwargs)
         if _any_traced(args) or _any_traced(kwargs.values()):

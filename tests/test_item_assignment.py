@@ -421,9 +421,6 @@ def test_numpy_full_of_a_traced_value_is_an_array_that_receives_more():
     assert value == 1.0 + 4.0 + 1.0 + 5.0 and grad.tolist() == [4.0, 4.0, 0.0]
 
 
-@pytest.mark.xfail(strict=True, reason="gradc.api's GradcFunction.__call__ reads the memory of "
-                   "an AssignableArray argument (NaN once it holds traced values) instead of "
-                   "what it holds: it needs gradc.constructors.plain(args) before its paths")
 def test_an_assigned_array_passed_to_a_gradc_function_inside_the_trace():
     inner = gradc.compile(lambda v: np.sum(v * v), backend="python")
 
