@@ -124,7 +124,9 @@ def assign_names(graph, result_name, namer=None):
             absorbed.add(node.id)
         else:
             names[node.id] = namer.fresh(node.attrs[0])
-    arrays = {leaf.name: namer.fresh(leaf.name) for leaf in leaves(graph.out_tree)
+    # keyed by the leaf itself: two array results may carry one name (an unrolled jvp's value
+    # and tangent are both "out"), and each needs its own variable
+    arrays = {id(leaf): namer.fresh(leaf.name) for leaf in leaves(graph.out_tree)
               if isinstance(leaf, ArrayOut)}
     for node in graph.nodes:
         if node.op not in ("const", "input") and node.id not in names:
@@ -182,7 +184,7 @@ def _return_text(tree, graph, names, np_alias):
         inner = ", ".join(_return_text(t, graph, names, np_alias) for t in tree)
         return f"({inner},)" if len(tree) == 1 else f"({inner})"
     if isinstance(tree, ArrayOut):
-        return names["arrays"][tree.name]
+        return names["arrays"][id(tree)]
     node = graph.outputs[tree]
     text = _arg_text(node, names, np_alias, False)
     return f"{np_alias}.array({text})" if _borrowed(node) else text
@@ -227,7 +229,7 @@ def _array_lines(graph, names, np_alias, out_params=False):
     lines = []
     for leaf in leaves(graph.out_tree):
         if isinstance(leaf, ArrayOut):
-            name = names["arrays"][leaf.name]
+            name = names["arrays"][id(leaf)]
             shape = leaf.shape[0] if len(leaf.shape) == 1 else leaf.shape
             groups = stores(graph, leaf)
             zeroed = sum(len(positions) for _, positions in groups) < len(leaf.indices)
@@ -328,7 +330,7 @@ def _emit(graph, func_name, result_name, out_params=False):
     names, absorbed, namer = assign_names(graph, result_name)
     np_alias = namer.fresh("np")
     if out_params:
-        names["params"] = names["params"] + [names["arrays"][a.name] for a in out_arrays(graph)]
+        names["params"] = names["params"] + [names["arrays"][id(a)] for a in out_arrays(graph)]
     params = ", ".join(names["params"])
     lines = [f"def {func_name}({params}):"]
     uses = graph.users()

@@ -387,11 +387,6 @@ def test_hessian_of_trees_under_numba():
     assert ours["b"]["b"] == pytest.approx(theirs["b"]["b"], rel=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gradc/emit.py names the arrays of the result by ArrayOut.name, and an unrolled jvp of "
-    "an array result has two ArrayOuts named 'out' (unroll._outputs): one variable holds "
-    "both, so the value reads as the tangent. Fix in emit.py (name each ArrayOut leaf on "
-    "its own), then drop this marker."))
 def test_jvp_of_an_unnamed_array_result_returns_the_value_and_the_tangent_apart():
     x, v = np.arange(3.0), np.ones(3)
     value, tangent = gradc.jvp(lambda x: x * 2.0, **PY)(x, v)
