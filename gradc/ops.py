@@ -24,6 +24,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import errors
+
 
 def _sp():
     import sympy
@@ -791,6 +793,11 @@ def _cumsum_vjp(g, out, x):
     return (flip(call("cumsum", (flip(g, axis),), (axis,)), axis),)
 
 
+#: The most partials the cumprod rule builds (8-byte floats: 32 MiB, a 2048-long axis); past it,
+#: a clear error instead of a graph that runs out of memory (10^4 elements would need 800 MB).
+CUMPROD_PARTIALS_MAX = 1 << 22
+
+
 def _cumprod_partials(x, axis):
     """``M[..., i, j] = d cumprod(x)[i] / d x[j]`` along ``axis`` (moved last): the product of
     ``x[k]`` for ``k <= i, k != j`` where ``j <= i``, else 0.
@@ -802,6 +809,13 @@ def _cumprod_partials(x, axis):
     xt = _along_last(x, axis)
     length = xt.shape[-1]
     square = xt.shape + (length,)
+    if int(np.prod(square)) > CUMPROD_PARTIALS_MAX:
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: the derivative of numpy.cumprod along an axis of {length} "
+            f"elements would hold {int(np.prod(square)):,} partials (gradc's rule is exact at "
+            f"zeros at the price of length**2 per row; at most {CUMPROD_PARTIALS_MAX:,}). For "
+            "positive x write numpy.exp(numpy.cumsum(numpy.log(x))); otherwise use "
+            "gradc.scan for the running product.")
     column = broadcast_to(reshape(xt, xt.shape + (1,)), square)  # [..., k, j] = x[k]
     ones_on_diagonal = where(np.eye(length, dtype=bool), 1.0, column)
     running = call("cumprod", (ones_on_diagonal,), (len(square) - 2,))

@@ -421,3 +421,17 @@ def test_gradients_agree_with_jax(name):
     ours = gradc.grad(lambda v: fn(np, v), arrays="numpy", backend="python")(x)
     theirs = np.asarray(jax.jit(jax.grad(lambda v: fn(jax.numpy, v)))(x))  # one compile, not per op
     np.testing.assert_allclose(ours, theirs, rtol=1e-10)
+
+
+def test_cumprods_derivative_past_its_memory_bound_is_a_clear_error_not_an_out_of_memory(
+        monkeypatch):
+    from gradc import ops
+
+    monkeypatch.setattr(ops, "CUMPROD_PARTIALS_MAX", 100 ** 2)  # the bound, made small
+    vg = gradc.value_and_grad(lambda x: np.sum(np.cumprod(x)), backend="python")
+    length = 101
+    with pytest.raises(gradc.UnsupportedFunctionError,
+                       match=r"test_numpy_surface\.py:\d+.*cumprod.*numpy\.exp\(numpy\.cumsum"):
+        vg(np.linspace(0.5, 1.0, length))
+    value, grad = vg(np.linspace(0.5, 1.0, length - 1))  # at the bound it still works
+    assert np.isfinite(value) and grad.shape == (length - 1,)
