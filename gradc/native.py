@@ -923,14 +923,22 @@ def _make_call_intrinsic(symbol, n_params):
 
 # --- the wrapper modules -------------------------------------------------------------------
 
-def _entry_text(graph, func_name, header, call):
+def _entry_text(graph, func_name, header, call, body):
     """A wrapper module: the header comment, and the entry point (no user text: every name in
-    it is gradc's own); ``call(params, buffers)`` is the line that computes the body."""
+    it is gradc's own); ``call(params, buffers)`` is the line that computes the body.
+
+    ``body`` (the body's symbol: this lowering and the emitted source's key) is written as
+    code, not only in the header: the cache key blanks leading comment lines (jit.key_text),
+    and two programs whose wrappers read alike (a function edited, same name and shapes) must
+    not share numba's compiled wrapper, which calls one body: the other one's crashed.
+    """
     entry = f"{func_name}__native"
     params = [f"p{k}" for k in range(len(graph.params))]
     defaults = "".join(f"{p}=None, " for p in params)
     lines = header + [
         "import numpy as _np",
+        "",
+        f"_BODY = {body!r}  # the cache key's part that says what the body computes",
         "",
         "",
         f"def {entry}({defaults}*extra):",
@@ -961,7 +969,7 @@ def _intrinsic_wrapper(graph, func_name, source):
                 if isinstance(leaf, ArrayOut)]
         return [f"    return {_INTRINSIC_NAME}({_packed(params + bufs)})"]
 
-    return _entry_text(graph, func_name, header, call)
+    return _entry_text(graph, func_name, header, call, _symbol(source))
 
 
 def _object_wrapper(graph, func_name, source, symbol):
@@ -989,7 +997,7 @@ def _object_wrapper(graph, func_name, source, symbol):
         lines.append(f"    return {tree(graph.out_tree)}")
         return lines
 
-    return _entry_text(graph, func_name, header, call)
+    return _entry_text(graph, func_name, header, call, symbol)
 
 
 def _signature(shapes):

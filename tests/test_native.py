@@ -484,3 +484,36 @@ def test_a_body_in_many_parts_computes_every_op_as_in_one(monkeypatch):
     wrong = [(name, x, y, a, b) for x, y in _points()[::7]
              for name, a, b in zip(names, compiled(x, y), ordinary(x, y)) if not same(a, b)]
     assert not wrong, wrong[:10]
+
+
+def _rosen_with(k):
+    """A function named ``rosen`` whose body has the constant ``k``: what a user gets by
+    editing the function between two runs (same name, same shapes, another program)."""
+    namespace = {"np": np}
+    exec(compile(textwrap.dedent(f"""
+        def rosen(x):
+            return np.sum({k!r} * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+        """), "<edited rosen>", "exec"), namespace)
+    return namespace["rosen"]
+
+
+@pytest.mark.parametrize("route", ["object", "intrinsic"])
+def test_an_edited_function_never_runs_the_body_compiled_before(route, monkeypatch):
+    # The wrappers of the two versions read alike (name, shapes); only the body differs. With
+    # the body's symbol only in the header comment, which the cache key blanks, the second
+    # version loaded the first one's compiled wrapper: a wrong value in one process, a crash
+    # (a call of a body never loaded) in the next.
+    if route == "intrinsic":
+        monkeypatch.setattr(native, "_helper_keys", lambda graph: None)
+    x = np.linspace(-1.0, 1.0, 16)
+    k1, k2 = (100.0, 50.0) if route == "object" else (99.0, 49.0)
+    results = []
+    for k in (k1, k2):
+        f = gradc.value_and_grad(_rosen_with(k), arrays="unroll")
+        value, grad = f(x)
+        assert "native" in open(f.path).readline()
+        expected = gradc.value_and_grad(_rosen_with(k), backend="python", arrays="unroll")(x)
+        assert value == pytest.approx(expected[0], rel=1e-14)
+        np.testing.assert_allclose(grad, expected[1], rtol=1e-13)
+        results.append(value)
+    assert results[0] != results[1]
