@@ -26,7 +26,7 @@ from . import nn  # noqa: E402  (gradc.nn: layers, losses, optimizers, fit)
 __all__ = [
     "value_and_grad", "grad", "compile", "jit", "vmap", "nn", "explain", "draw", "where", "scan", "math", "from_sympy", "to_sympy",
     "GradcFunction", "export", "BuildError", "config",
-    "hessian", "value_grad_hessian", "hvp", "jvp", "jacobian",
+    "hessian", "value_grad_hessian", "hvp", "jvp", "jacobian", "custom_vjp", "custom_jvp",
     "GradcError", "TracingError", "ControlFlowError", "MathModuleError",
     "UnsupportedFunctionError", "ArgumentError", "ShapeError", "LinAlgError", "CacheWarning", "CompileWarning",
     "__version__",

@@ -40,7 +40,7 @@ from .ir import ArrayOut, leaves as out_leaves, resolve
 from .lower import LoweringError, lower_module
 from .optimize import optimize
 from .trace import Tracer, identifier_or_none, trace
-from .unroll import UnrollError, can_unroll, size_of, unroll
+from .unroll import can_unroll, size_of, unroll
 
 BACKENDS = ("numba", "python")
 ARRAY_MODES = ("auto", "unroll", "numpy", "numba", "loops")
