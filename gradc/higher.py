@@ -6,7 +6,9 @@ sweep of :mod:`gradc.forward` run over the reverse-mode graph of :mod:`gradc.ad`
 subexpression of the value, the gradient and the Hessian exists once.
 
 - :func:`hessian`: one sweep per differentiated scalar ``s`` seeded with 1 at
-  ``s`` (sparse: only what depends on ``s`` gets a tangent). Column ``j`` gives
+  ``s`` (sparse: only what depends on ``s`` gets a tangent, and only that is visited:
+  the sweeps share one :class:`~gradc.forward.ForwardSweeps` plan, so their cost is
+  the size of what they build, not ``n`` times the graph's). Column ``j`` gives
   the entries ``H[i, j]`` for ``i <= j``; the lower triangle reuses them, so each
   symmetric pair is computed once. The Hessian is one :class:`~gradc.ir.ArrayOut`
   ``H``: shape ``s + s`` for a single differentiated array parameter of shape
@@ -57,7 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ad
-from .forward import node_name, tangents
+from .forward import ForwardSweeps, node_name, tangents
 from .ir import ArrayOut, Graph, structural_zero
 from .optimize import optimize
 
@@ -151,9 +153,10 @@ def hessian(graph, argnums, bare=False, with_value_grad=False):
     wrt = wrt_inputs(g, argnums)
     n, grads, value_grad_tree = len(wrt), g.outputs[1:], g.out_tree[1]
     outputs = list(g.outputs) if with_value_grad else []
-    upper = {}
+    # one plan for the n sweeps, each visiting only what it reaches of what the gradient uses
+    upper, sweeps = {}, ForwardSweeps(g, wanted=grads)
     for j, x in enumerate(wrt):
-        t = tangents(g, {x.id: g.const(1.0)}, _along(g, x))
+        t = sweeps.tangents({x.id: g.const(1.0)}, _along(g, x))
         for i in range(j + 1):
             upper[i, j] = len(outputs)
             outputs.append(_tangent_of(g, t, grads[i]))
@@ -188,8 +191,9 @@ def jacobian(graph, argnums, mode="auto"):
     outs, wrt = list(g.outputs), wrt_inputs(g, argnums)
     rows = [[None] * len(wrt) for _ in outs]
     if mode == "forward":
+        sweeps = ForwardSweeps(g)  # one plan for the sweeps: each visits what it reaches
         for j, x in enumerate(wrt):
-            t = tangents(g, {x.id: g.const(1.0)}, _along(g, x))
+            t = sweeps.tangents({x.id: g.const(1.0)}, _along(g, x))
             for k, o in enumerate(outs):
                 rows[k][j] = _tangent_of(g, t, o)
     elif mode == "reverse":
