@@ -806,7 +806,7 @@ class _Lowering:
         read inside a nest that is already in ``lines``."""
         name = self.namer.fresh("c")
         self.names[node.id] = name
-        self.constants.append(f"{name} = {literal(node.attrs[0], self.np)}")
+        self.constants.append(f"{name} = {_array_literal(node.attrs[0], self.np)}")
         return name
 
     # scheduling -------------------------------------------------------------------------------
@@ -1123,7 +1123,10 @@ class _Lowering:
             allocate = floor = self.where[node.id]
         for piece in pieces:
             low = max(floor, previous) if piece.ordered else floor
-            k, nest = self._nest_for(piece.space, max(self._deps_unit(piece.value), low))
+            # the loop comes after what it reads: the value and what its target indexes with
+            after = max([self._deps_unit(piece.value), low]
+                        + [self._deps_unit(r) for r in piece.reads])
+            k, nest = self._nest_for(piece.space, after)
             if isinstance(allocate, str):  # "zeros" or "empty", in the first piece's prelude
                 if not self._is_out(node):
                     nest.prelude.append(f"{name} = {self._alloc(forms, allocate == 'zeros')}")
@@ -1168,7 +1171,7 @@ class _Lowering:
             # the order argsort gives, over the whole shape, writes every element once
             full = order.op == "sort_order" and order.shape == node.shape
             return ("empty" if full else "zeros"), [
-                _Piece(g, self.shapes.forms[g.id], g.shape, target)]
+                _Piece(g, self.shapes.forms[g.id], g.shape, target, reads=(order,))]
         # setitem(x, v): x's elements, then v's (broadcast to the indexed part) where they go
         x, v = args
         index = node.attrs[0]
@@ -1197,8 +1200,14 @@ class _Lowering:
         src = resolve(node.args[0])
         if src.op == "const":
             arg = self.const_name(src)
-        elif src.op == "input" or src.id in self.materialised:
+        elif src.op == "input":
             arg = self.name(src)
+        elif src.id in self.materialised:
+            # numba's LAPACK calls return Fortran-ordered arrays, and numba 0.6x miscompiles
+            # reads of a reshape of one (the elements come out in another order, while the
+            # same array handed back to Python is right): reshape a C-ordered copy
+            # (no copy for the C-ordered arrays the loops write)
+            arg = f"{self.np}.ascontiguousarray({self.name(src)})"
         else:
             raise LoweringError("reshape of a value that is not in memory")
         self._array_stmt(node, f"{arg}.reshape({self._shape_text(self.shapes.forms[node.id])})")
@@ -1266,11 +1275,12 @@ def _attr_texts(spec, node):
 
 class _Piece:
     """A part of an assembled array: ``value`` (broadcast to ``shape``) written over ``space``
-    (Lin forms) at ``target(idx, nest)``; ``ordered``: after the piece before it."""
+    (Lin forms) at ``target(idx, nest)``; ``ordered``: after the piece before it; ``reads``:
+    the nodes ``target`` indexes with (put_along's order), whose statements the loop follows."""
 
-    def __init__(self, value, space, shape, target, ordered=False):
+    def __init__(self, value, space, shape, target, ordered=False, reads=()):
         self.value, self.space, self.shape = value, space, shape
-        self.target, self.ordered = target, ordered
+        self.target, self.ordered, self.reads = target, ordered, reads
 
 
 def _shifted(axis, offset):
@@ -1344,6 +1354,16 @@ def _view_base(node):
             node.op == "reshape" and _unit_reshape(node):
         node = resolve(node.args[0])
     return node
+
+
+def _array_literal(value, np_alias):
+    """A constant array as source numba types: ``np.array([...])``, except an array without
+    elements (``np.diff`` of one element), whose empty list literal numba cannot type: that
+    is ``np.zeros(shape)`` of its dtype."""
+    if value.size:
+        return literal(value, np_alias)
+    dtype = f", dtype={np_alias}.bool_" if value.dtype == bool else ""
+    return f"{np_alias}.zeros({tuple(value.shape)!r}{dtype})"
 
 
 def _memory_args(node):
