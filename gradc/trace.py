@@ -1452,11 +1452,16 @@ def _run_traced(graph, fn, tracers, code, captured, name, multiple):
             captured.update(frame.f_locals)
 
     previous = sys.getprofile()
-    sys.setprofile(profile if code is not None else previous)
+    # A profiler already running (cProfile, whose hook sys.setprofile cannot put back: its
+    # getprofile() object is not callable) is left alone; the nodes then go unnamed.
+    ours = code is not None and previous is None
+    if ours:
+        sys.setprofile(profile)
     try:
         result = constructors.run(fn, tracers, code)
     finally:
-        sys.setprofile(previous)
+        if ours:
+            sys.setprofile(None)
 
     for local, value in captured.items():
         if isinstance(value, Tracer) and value.graph is graph and identifier_or_none(local):

@@ -335,3 +335,26 @@ def test_assigning_a_traced_value_into_an_array_from_outside_says_what_to_write(
 
     grad = gradc.grad(traced_copy, backend="python")(np.arange(3.0))
     assert grad.tolist() == [0.0, 4.0, 0.0]  # y = (x1, x0, x1): d/dx = (2 x0, 4 x1, 0)
+
+
+def test_tracing_under_cprofile_works_and_leaves_the_profiler_running():
+    import cProfile
+    import pstats
+
+    def f(x):
+        u = x * x
+        return np.sum(np.sin(u))
+
+    def called_after_the_trace():
+        return 1.0
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        value, grad = gradc.value_and_grad(f, backend="python")(np.arange(3.0))
+        called_after_the_trace()
+    finally:
+        profiler.disable()
+    np.testing.assert_allclose(grad, 2 * np.arange(3.0) * np.cos(np.arange(3.0) ** 2))
+    names = {func[2] for func in pstats.Stats(profiler).stats}
+    assert {"f", "called_after_the_trace"} <= names  # profiled during and after the trace
