@@ -71,6 +71,10 @@ def pin_threads(n=1):
         from threadpoolctl import threadpool_limits
     except ImportError:
         return "threadpoolctl not installed: BLAS threads not pinned"
+    try:  # numba's np.dot calls SciPy's BLAS: load it now, since threadpoolctl limits only
+        import scipy.linalg.cython_blas  # noqa: F401  (the libraries loaded when it is called)
+    except ImportError:
+        pass
     pin_threads._keep = threadpool_limits(limits=n)   # keep the context alive for the whole run
     return f"BLAS/OpenMP pools pinned to {n} thread(s) with threadpoolctl"
 

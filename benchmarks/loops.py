@@ -27,6 +27,8 @@ import timeit
 
 import numpy as np
 
+from .harness import pin_threads
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -188,11 +190,7 @@ def main(argv=None):
                         help="Rosenbrock sizes, comma-separated (default 16,100,1e3,1e4,1e6)")
     opts = parser.parse_args(argv)
     os.environ["GRADC_CACHE_DIR"] = tempfile.mkdtemp(prefix="gradc-bench-loops-")
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(1)
-    except ImportError:
-        pass
+    pin_threads(1)  # numba's products (SciPy's BLAS) too: unpinned, they oversubscribed
     import gradc
 
     budget = 0.05 if opts.quick else 0.2
