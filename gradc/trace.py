@@ -296,10 +296,15 @@ class Tracer:
     __hash__ = object.__hash__
 
     def __bool__(self):
+        found = re.search(r"(?<![\w.])(max|min)\s*\(", errors.source_line())
+        builtin = "" if found is None else (
+            f"Python's builtin {found.group(1)}() compares its arguments with bool(): write "
+            f"numpy.{found.group(1)}imum(x, y) for two values (numpy.{found.group(1)} for the "
+            "elements of an array). ")
         raise errors.ControlFlowError(
             f"{errors.where()}: Python `if`, `while`, `and`/`or` and bool() need a concrete "
-            "truth value, but this one depends on a traced argument. Write the choice as "
-            "gradc.where(condition, value_if_true, value_if_false) (or numpy.where); "
+            f"truth value, but this one depends on a traced argument. {builtin}Write the "
+            "choice as gradc.where(condition, value_if_true, value_if_false) (or numpy.where); "
             "loops whose trip count does not depend on traced values are fine.")
 
     def _no_number(self, *_):

@@ -358,3 +358,13 @@ def test_tracing_under_cprofile_works_and_leaves_the_profiler_running():
     np.testing.assert_allclose(grad, 2 * np.arange(3.0) * np.cos(np.arange(3.0) ** 2))
     names = {func[2] for func in pstats.Stats(profiler).stats}
     assert {"f", "called_after_the_trace"} <= names  # profiled during and after the trace
+
+
+def test_builtin_max_and_min_of_traced_values_name_numpys_maximum_and_minimum():
+    with pytest.raises(gradc.ControlFlowError, match=r"builtin max\(\).*numpy\.maximum"):
+        gradc.grad(lambda x: max(x, 1.0), backend="python")(2.0)
+    with pytest.raises(gradc.ControlFlowError, match=r"builtin min\(\).*numpy\.minimum"):
+        gradc.grad(lambda x: min(x * x, x), backend="python")(2.0)
+    with pytest.raises(gradc.ControlFlowError) as info:  # an `if` is not a builtin max
+        gradc.grad(lambda x: x if x > 0 else -x, backend="python")(2.0)
+    assert "builtin" not in str(info.value)
