@@ -59,7 +59,7 @@ class Op:
             if self.shape is None:
                 return np.broadcast_shapes(*shapes) if shapes else ()
             return tuple(self.shape(attrs, *shapes))
-        except ValueError as exc:
+        except (ValueError, IndexError) as exc:  # an axis or an index out of range: IndexError
             from .errors import ShapeError, where
 
             raise ShapeError(

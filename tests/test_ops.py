@@ -257,3 +257,12 @@ def test_positive_integral_exponents_stay_ints_for_numba():
     # numba computes x ** 2 by multiplication; a float exponent would call pow (~10x slower)
     src = gradc.compile(lambda x: x ** 2 + x ** 3.0 + x ** -2, backend="python").source
     assert "x ** 2" in src and "x ** 3" in src and "x ** (-2.0)" in src
+
+
+def test_a_shape_rule_raising_index_error_is_a_shape_error():
+    # getitem's shape rule indexes the shape: an index past the end raises IndexError there,
+    # which reached users raw when trace.py did not check the index first
+    from gradc.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="getitem cannot combine shapes"):
+        OPS["getitem"].shape_of(((("i", 5),),), [(3,)])
