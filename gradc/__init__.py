@@ -21,6 +21,7 @@ from .higher_api import hessian, hvp, jacobian, jvp, value_grad_hessian  # noqa:
 from .custom import custom_jvp, custom_vjp  # noqa: E402  (user-defined derivative rules)
 from .symbolic import from_sympy, to_sympy  # noqa: E402
 from .trace import scan, where  # noqa: E402
+from . import constructors, numpy_api, surface  # noqa: E402,F401  (they install into gradc.trace)
 from . import nn  # noqa: E402  (gradc.nn: layers, losses, optimizers, fit)
 
 __all__ = [

@@ -745,3 +745,8 @@ def _calling(wrapper, overrides):
         return None
     view._gradc_overrides = overrides
     return view
+
+
+from . import trace as _trace  # noqa: E402  (the tracer takes these from here)
+
+_trace.install_constructors(AssignableArray, operands, run)

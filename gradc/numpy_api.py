@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import numbers
+import sys
 
 import numpy as np
 
@@ -1418,3 +1419,8 @@ RULES = {
     np.linalg.tensorinv: tensorinv,
     np.gradient: gradient, np.linspace: linspace, np.logspace: logspace,
 }
+
+
+from . import trace as _trace  # noqa: E402  (the tracer takes these rules from here)
+
+_trace.install_numpy_rules(sys.modules[__name__])

@@ -336,3 +336,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+trace.install_surface(sys.modules[__name__])  # the tracer's refusal messages quote this module

@@ -138,7 +138,7 @@ class Tracer:
     def _apply(self, op, args, attrs=()):
         for a in args:  # (inline: this runs for every op a trace records)
             if isinstance(a, _HOLDERS):
-                args = constructors.operands(args)
+                args = _operands(args)
                 break
         args = _captured(args)
         for a in args:  # inside a loop body, the body's graph builds (outer values are captured)
@@ -593,7 +593,7 @@ def scan(f, init, xs):
     values of the enclosing function. On plain numbers it simply runs the loop.
     """
     multiple = isinstance(xs, (tuple, list))
-    init, xs = constructors.operands((init, xs))
+    init, xs = _operands((init, xs))
     xs_t = tuple(xs) if multiple else (xs,)
     for x in (init, *xs_t):
         if isinstance(x, np.ndarray) and x.dtype == object:
@@ -828,7 +828,7 @@ class TracedArray(np.ndarray):
 
     def __setitem__(self, index, value):
         _check_index(index)
-        np.ndarray.__setitem__(self, index, constructors.operands((value,))[0])
+        np.ndarray.__setitem__(self, index, _operands((value,))[0])
 
     def __bool__(self):
         raise errors.ControlFlowError(
@@ -981,16 +981,14 @@ TRACED_UFUNCS = frozenset(UFUNCS) | _EXTRA_UFUNCS | {"matmul", "divmod"}
 def _unsupported_message(qualname):
     """``file:line: numpy.<name> is not supported by gradc[: why | ; use ...]. Supported NumPy
     functions, by kind: ...`` for a NumPy function or ufunc gradc refuses."""
-    from . import surface
-
+    surface = _surface
     hint = surface.refusal_hint(qualname.partition(".")[2])
     return (f"{errors.where()}: {qualname} is not supported by gradc{hint}. "
             f"Supported NumPy functions, by kind: {surface.listing()}.")
 
 
 def _unsupported_method_message(name):
-    from . import surface
-
+    surface = _surface
     return (f"{errors.where()}: .{name} of a NumPy array is not supported on traced values"
             f"{surface.refusal_hint(name, methods=True)}. Traced values have: "
             f"{surface.method_listing()}; and NumPy functions, by kind: {surface.listing()}.")
@@ -1011,7 +1009,7 @@ def _qualname(func):
 def _ufunc(ufunc, method, inputs, kwargs):
     """A NumPy ufunc on traced values (scalars, arrays traced whole, or unrolled arrays)."""
     name = ufunc.__name__
-    inputs = _captured(constructors.operands(inputs))
+    inputs = _captured(_operands(inputs))
     out = kwargs.pop("out", None)
     if method != "__call__":
         raise errors.UnsupportedFunctionError(
@@ -1043,7 +1041,7 @@ def _store(out, result, name):
     """``out=`` of a ufunc (``x += 1`` passes it): write into an object array; a NumPy float
     array can hold numbers only."""
     target = out[0] if isinstance(out, tuple) and len(out) == 1 else out
-    if isinstance(target, constructors.AssignableArray):
+    if isinstance(target, _AssignableArray):
         target[...] = result  # it holds traced values from now on
         return target
     if isinstance(target, Tracer) and target.shape:
@@ -1072,7 +1070,7 @@ def _matmul(a, b):
     """``a @ b``: one op for arrays traced whole (batched N-D operands: see numpy_api.matmul),
     NumPy's object loop (sums of products of the Tracers) for unrolled ones."""
     if _whole(a, b):
-        return numpy_api.matmul(a, b)
+        return _numpy_rules.matmul(a, b)
     return _numpy_on_unrolled(np.matmul, _box(a), _box(b))
 
 
@@ -1088,8 +1086,8 @@ def _box(value):
 # --- NumPy functions --------------------------------------------------------------------------
 def _function(func, args, kwargs):
     """A NumPy function called on traced values: run by its rule, or refused by name."""
-    args = _captured(constructors.operands(args))
-    kwargs = dict(zip(kwargs, constructors.operands(tuple(kwargs.values()))))
+    args = _captured(_operands(args))
+    kwargs = dict(zip(kwargs, _operands(tuple(kwargs.values()))))
     rule = _FUNCTIONS.get(func)
     if rule is not None:
         return rule(**_arguments(func, args, kwargs, rule))
@@ -1247,7 +1245,7 @@ def _dot(a, b):
     if isinstance(a, Tracer) and not a.shape or isinstance(b, Tracer) and not b.shape:
         return a * b
     if _whole(a, b):
-        return numpy_api.dot(a, b)
+        return _numpy_rules.dot(a, b)
     return _numpy_on_unrolled(np.dot, a, b)
 
 
@@ -1315,7 +1313,7 @@ def apply(op_name, *args):
     through the op itself: NumPy's own object loops would rebuild ``sigmoid`` from
     ``exp`` (a bigger gradient) or compare elements for ``relu`` (untraceable).
     """
-    args = constructors.operands(args)
+    args = _operands(args)
     t = _any_tracer(args)
     if t is not None:
         return t._apply(op_name, args)
@@ -1329,7 +1327,7 @@ def where(cond, a, b):
     """``a if cond else b``, traceable: the condition may depend on traced values.
 
     Element by element on unrolled arrays (and on a constant array of conditions)."""
-    cond, a, b = constructors.operands((cond, a, b))
+    cond, a, b = _operands((cond, a, b))
     if not _whole(cond, a, b) and any(isinstance(v, np.ndarray) and v.ndim > 0 for v in (cond, a, b)) \
             and any(isinstance(v, Tracer) or _is_unrolled(v) for v in (cond, a, b)):
         return _wrap(np.frompyfunc(where, 3, 1)(*(_plain(_box(v)) for v in (cond, a, b))))
@@ -1463,7 +1461,7 @@ def _run_traced(graph, fn, tracers, code, captured, name, multiple):
     if ours:
         sys.setprofile(profile)
     try:
-        result = constructors.run(fn, tracers, code)
+        result = _run_with_constructors(fn, tracers, code)
     finally:
         if ours:
             sys.setprofile(None)
@@ -1536,14 +1534,43 @@ def _trace_outputs(graph, result, name, fn):
     return graph
 
 
-# NumPy functions composed from table ops on arrays traced whole (imported last: it builds on
-# the Tracer defined above).
-from . import numpy_api  # noqa: E402
-# NumPy's constructors in traced code: arrays that can receive traced values (built on Tracer).
-from . import constructors  # noqa: E402
+# --- what the modules built on Tracer install ----------------------------------------------
+# gradc.numpy_api (NumPy functions composed from table ops on arrays traced whole) and
+# gradc.constructors (arrays NumPy makes in traced code, able to receive traced values) build
+# on Tracer, so they import this module, never the other way round: when they are imported
+# (gradc/__init__.py imports both) they hand their rules over through these two functions.
+# Until then no NumPy function has a whole-array rule and no array is assignable.
+_WHOLE_FUNCTIONS: dict = {}
+_numpy_rules = None       # gradc.numpy_api: matmul and dot of arrays traced whole
+_surface = None           # gradc.surface: what refusal messages say is supported, and why not
+_AssignableArray = ()     # an isinstance target that matches nothing
+_HOLDERS = (tuple, list, dict)
 
-_AssignableArray = constructors.AssignableArray
-#: What an argument holding an AssignableArray is: one, or a container of them.
-_HOLDERS = (constructors.AssignableArray, tuple, list, dict)
 
-_WHOLE_FUNCTIONS = numpy_api.RULES
+def _operands(args):
+    return args
+
+
+def _run_with_constructors(fn, tracers, code):
+    return fn(*tracers)
+
+
+def install_numpy_rules(module):
+    """gradc.numpy_api's rules: ``module.RULES`` (NumPy function -> rule), ``matmul``, ``dot``."""
+    global _WHOLE_FUNCTIONS, _numpy_rules
+    _WHOLE_FUNCTIONS, _numpy_rules = module.RULES, module
+
+
+def install_surface(module):
+    """gradc.surface, which refusal messages quote (``refusal_hint``, ``listing``,
+    ``method_listing``); it reads this module's rules, so it is installed, not imported."""
+    global _surface
+    _surface = module
+
+
+def install_constructors(assignable, operands, run):
+    """gradc.constructors' arrays: the AssignableArray class, ``operands(args)`` (each one as
+    what it holds) and ``run(fn, tracers, code)`` (the traced call, with stand-in constructors)."""
+    global _AssignableArray, _HOLDERS, _operands, _run_with_constructors
+    _AssignableArray, _HOLDERS = assignable, (assignable, tuple, list, dict)
+    _operands, _run_with_constructors = operands, run
