@@ -791,9 +791,7 @@ class GradcFunction:
             except _call_failures() as exc:
                 # numba's loops refused this call: the full path answers it, into the buffers
                 result = self._after_failure(loops, values, exc, args, {}, rerun=spec)
-                grads = result[1] if self._kind == "value_and_grad" else result
-                copied = _copy_into(grads, out)
-                return (result[0], copied) if self._kind == "value_and_grad" else copied
+                return self._copied_into(result, out)
         if spec.entry is not None and not spec.graph.whole_params:
             key = (shapes, "out")
             out_spec = self._specs.get(key)
@@ -809,7 +807,10 @@ class GradcFunction:
                 self._specs[key] = out_spec
             self._remember_out(args, out, buffers, out_spec)
             return out_spec.entry(*values, *buffers)
-        result = spec.call(*values)
+        return self._copied_into(spec.call(*values), out)
+
+    def _copied_into(self, result, out):
+        """A result computed without ``out=``, its gradient copied into the caller's buffers."""
         grads = result[1] if self._kind == "value_and_grad" else result
         copied = _copy_into(grads, out)
         return (result[0], copied) if self._kind == "value_and_grad" else copied
