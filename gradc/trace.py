@@ -981,17 +981,15 @@ TRACED_UFUNCS = frozenset(UFUNCS) | _EXTRA_UFUNCS | {"matmul", "divmod"}
 def _unsupported_message(qualname):
     """``file:line: numpy.<name> is not supported by gradc[: why | ; use ...]. Supported NumPy
     functions, by kind: ...`` for a NumPy function or ufunc gradc refuses."""
-    surface = _surface
-    hint = surface.refusal_hint(qualname.partition(".")[2])
+    hint = _surface.refusal_hint(qualname.partition(".")[2])
     return (f"{errors.where()}: {qualname} is not supported by gradc{hint}. "
-            f"Supported NumPy functions, by kind: {surface.listing()}.")
+            f"Supported NumPy functions, by kind: {_surface.listing()}.")
 
 
 def _unsupported_method_message(name):
-    surface = _surface
     return (f"{errors.where()}: .{name} of a NumPy array is not supported on traced values"
-            f"{surface.refusal_hint(name, methods=True)}. Traced values have: "
-            f"{surface.method_listing()}; and NumPy functions, by kind: {surface.listing()}.")
+            f"{_surface.refusal_hint(name, methods=True)}. Traced values have: "
+            f"{_surface.method_listing()}; and NumPy functions, by kind: {_surface.listing()}.")
 
 
 def _unsupported_ufunc_message(name):
