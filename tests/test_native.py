@@ -517,3 +517,96 @@ def test_an_edited_function_never_runs_the_body_compiled_before(route, monkeypat
         np.testing.assert_allclose(grad, expected[1], rtol=1e-13)
         results.append(value)
     assert results[0] != results[1]
+
+
+# --- the generated helper table and the host target, without numba (issue 15) -----------------
+
+def every_helper_graph():
+    """A graph of x, y that calls every helper the generated table holds (each op with each
+    kind of argument it has a helper for, every tabled int exponent, a float's truth), each
+    one output (a condition through ``where``): its helper keys are the table's."""
+    table = native._helper_table() or {}
+    g = Graph("every_helper")
+    x, y = g.input("x"), g.input("y")
+    by_kind = {"f": (x, y), "b": (g.add("lt", (x, y)), g.add("gt", (y, g.const(0.5))))}
+    outs = []
+    for (op, kinds, k), helper in sorted(table.items(), key=repr):
+        if helper is None or op == "truth":
+            continue
+        args = [by_kind[kind][i] for i, kind in enumerate(kinds)]
+        if k is not None:
+            args = [args[0], g.const(float(k))]
+        node = g.add(op, tuple(args))
+        outs.append(g.add("where", (node, x, y)) if node.result == "bool" else node)
+    outs.append(g.add("where", (x, x, y)))  # the truth of a float
+    g.set_outputs(outs, tuple(range(len(outs))))
+    return g
+
+
+def test_the_helper_table_is_what_the_installed_numba_generates():
+    """gradc/native_helpers.py is regenerated here and compared with the file: a recipe
+    changed in native.py, or another numba, without regenerating fails this test."""
+    from gradc import native_helpers
+
+    if native_helpers.STAMP != native._installed_stamp():
+        # another numba or llvmlite than the table's: it must not be used, numba builds
+        assert native._helper_table() is None
+        assert native._helper(("exp", "f", None)) == native._build_helper(("exp", "f", None))
+        return
+    with open(native_helpers.__file__, encoding="utf-8") as fh:
+        assert fh.read() == native.helper_table_text()
+    assert native._helper_table() is native_helpers.HELPERS
+
+
+def test_the_helper_table_holds_every_key_a_program_can_need():
+    graph = every_helper_graph()
+    table = native._helper_table()
+    assert table is not None
+    keys = set(native._helper_keys(graph))
+    assert keys == {key for key, helper in table.items() if helper is not None}
+    assert keys >= set(native._helper_keys(_all_ops_graph(route=2)[0]))
+    assert ("pow", "f", native.MAX_TABLE_EXPONENT) in keys and ("truth", "f", None) in keys
+
+
+def test_a_helper_table_of_other_versions_is_never_used(monkeypatch):
+    """A stamp that is not the installed packages' (an upgraded numba): every helper is built
+    with numba, and a program compiles and computes as before."""
+    from gradc import native_helpers
+
+    monkeypatch.setattr(native_helpers, "STAMP", dict(native_helpers.STAMP, numba="0.0.1"))
+    monkeypatch.setattr(native, "_table", None)
+    monkeypatch.setattr(native, "_helper_cache", {})
+    built = []
+    monkeypatch.setattr(native, "_build_helper",
+                        lambda key, build=native._build_helper: built.append(key) or build(key))
+    assert native._helper_table() is None
+    graph = _random_program(300, seed=3, binary=("add", "mul", "div", "maximum"))
+    text = native._module_text(graph, "gradc_body_stale_table", native._helper_keys(graph))
+    assert built and set(built) == set(native._helper_keys(graph))
+    assert 'define internal double @"gradc.div.ff"' in text
+
+
+def test_an_exponent_past_the_table_is_built_with_numba(monkeypatch):
+    key = ("pow", "f", native.MAX_TABLE_EXPONENT + 1)
+    assert key not in native._helper_table()
+    monkeypatch.setattr(native, "_helper_cache", {})
+    assert native._helper(key) == native._build_helper(key) is not None
+
+
+def test_the_host_target_is_the_one_numba_compiles_for(monkeypatch):
+    """The target machine native.py makes with llvmlite alone (numba not loaded: the default
+    configuration reproduced) has the CPU name and features numba's JIT codegen uses."""
+    from numba.core.registry import cpu_target
+
+    codegen = cpu_target.target_context.codegen()
+    with_numba = native._host_target()
+    monkeypatch.setattr(native, "_host", None)
+    monkeypatch.setattr(native, "_numba_config", lambda: None)  # as in a process without numba
+    alone = native._host_target()
+    for host in (with_numba, alone):
+        assert host["cpu"] == codegen._get_host_cpu_name()
+        assert host["features"] == codegen._tm_features
+    assert str(native._machine(1).target_data) == str(codegen._tm.target_data)
+    identity = native._machine_identity(1)
+    assert identity["cpu"] == alone["cpu"] and identity["features"] == alone["features"]
+
