@@ -176,6 +176,19 @@ _WEIGHT = {name: 8 for name in ("exp", "log", "log1p", "expm1", "sin", "cos", "t
                                 "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "hypot",
                                 "pow", "sigmoid", "softplus", "sqrt", "div")}
 
+# Unary ops whose NumPy loops are SIMD (AVX-512 on the machine measured) and 2-13x faster per
+# element than the scalar libm call numba makes for them, in a loop or for np.tanh(array)
+# alike (`python -m benchmarks.profile_kernels --ufuncs`; at 4,096 float64 elements: exp 3.7x,
+# tanh 5.3x, log1p 3.7x; float32 tanh 13x). An array of one of them is one call of NumPy's
+# loop on its argument in memory, reached through numba's object mode, which costs ~1.7 us to
+# enter: below _VECTOR_MIN elements (where the two measured even: exp ~500, tanh ~200,
+# log ~600) the helper runs the scalar loop instead. Not here: sin and cos (NumPy's float64
+# loops call libm too: 0.8-1.0x), sqrt (one instruction, which LLVM vectorises itself).
+_VECTOR = ("exp", "log", "log1p", "expm1", "tanh", "sinh", "cosh", "tan", "arcsin", "arctan",
+           "arctanh", "arcsinh", "log2", "log10", "exp2", "cbrt")
+_VECTOR_MIN = 512
+assert all(OPS[name].template == "{np}.%s({0})" % name for name in _VECTOR)
+
 # --- what each op of the table lowers to (tests/test_loops_surface.py checks every op is here) --
 # Reductions: an accumulator in the loop over their operand (initial value, update).
 _REDUCTIONS = {"sum": "0.0", "prod": "1.0", "max": "-{np}.inf", "min": "{np}.inf"}
@@ -230,6 +243,8 @@ RULES = {
     "input": "an argument", "const": "a number, an index comparison or an array literal",
     "alias": "the name of its argument",
     **dict.fromkeys(_ELEMENTWISE, "elementwise: one statement in the body of a loop nest"),
+    **dict.fromkeys(_VECTOR, f"elementwise; an array is NumPy's SIMD loop on its argument in "
+                             f"memory from {_VECTOR_MIN} elements, a loop of scalar calls below"),
     "getitem": "index arithmetic", "broadcast_to": "index mapping", "fill": "index mapping",
     "transpose": "index permutation",
     "reshape": "index mapping (unit axes), else a view of an array in memory",
@@ -544,6 +559,7 @@ class _Lowering:
         self.namer.taken.update(v for k, v in self.names.items() if isinstance(k, int))
         self.namer.taken.update(names["params"])
         self.np = self.namer.fresh("np")
+        self.numba = self.namer.fresh("numba")
         self._consts = {}
         self._dim_names = {}
         self.shapes = Shapes(graph, self._dim_symbol)
@@ -554,6 +570,8 @@ class _Lowering:
         self.where = {}             # node id -> unit index where its value is complete
         self.loop_names = {}
         self.used_symbols = set()
+        self.vectors = set()        # node ids computed by NumPy's SIMD loop (see _vector)
+        self.helpers = {}           # op -> name of the helper that calls its loop (_helpers)
         self.materialised = self._decide()
         self.buffers = {}           # accumulation root id -> buffer name
         self.leaf_root = self._accumulations()
@@ -613,7 +631,9 @@ class _Lowering:
         node = resolve(node)
         if node.id in memo:
             return memo[node.id]
-        if node.op in _ELEMENTWISE:
+        if _vectorised(node):
+            total = 0  # an array in memory (see _vector): reading it costs a load
+        elif node.op in _ELEMENTWISE:
             memo[node.id] = 0  # shared subtrees are counted once
             total = _weight(node) + sum(self._cost(a, memo) for a in node.args)
         elif node.op in _VIEWS:
@@ -637,6 +657,10 @@ class _Lowering:
                                or node.op in _CALLS or node.op in _RUNNING
                                or node.op in _ASSEMBLED):
                 keep.add(node.id)
+            if _vectorised(node) and self.const_value(node) is None:
+                self.vectors.add(node.id)  # one call of NumPy's loop on its argument (_vector)
+                keep.add(node.id)
+                keep.add(_view_base(node.args[0]).id)
         for node in self.g.nodes:
             if node.op in _ELEMENTWISE and node.shape:
                 cost = self._cost(node, {})
@@ -865,6 +889,8 @@ class _Lowering:
                 self._matmul(node)
             elif node.op in _CALLS:
                 self._call(node)
+            elif node.id in self.vectors:
+                self._vector(node)
             elif node.op in _RUNNING:
                 self._running(node)
             elif node.op in _ASSEMBLED:
@@ -1058,6 +1084,50 @@ class _Lowering:
         template = call.template or spec.template
         text = template.format(*args, np=self.np, **_attr_texts(spec, node))
         self._array_stmt(node, text)
+
+    def _vector(self, node):
+        """An array of a _VECTOR op: one call of a helper that runs NumPy's SIMD loop on the
+        argument, which is in memory (see _helpers), into the node's own buffer, or into the
+        argument's where nothing else reads the argument (no second buffer)."""
+        arg = resolve(node.args[0])
+        source = self._array_arg(arg)
+        name = self.name(node)
+        if self._is_out(node):
+            pass  # the caller's buffer
+        elif self._owns_buffer(arg):
+            self._stmt(node, f"{name} = {source}")
+            source = name  # computed in place
+        else:
+            self._stmt(node, f"{name} = {self._alloc(self.shapes.forms[node.id], zero=False)}")
+        if node.op not in self.helpers:
+            self.helpers[node.op] = self.namer.fresh(f"vector_{node.op}")
+        self._stmt(node, f"{self.helpers[node.op]}({source}, {name})")
+
+    def _helpers(self):
+        """The helpers _vector calls, one per op, as source before the function. numba
+        compiles each into its caller (register_jitable); object mode is entered in a
+        function of its own because numba 0.68 miscompiles two object-mode blocks under
+        branches of one function ("Instruction does not dominate all uses")."""
+        if not self.helpers:
+            return []
+        lines = []
+        nb, np_ = self.numba, self.np
+        for op, name in self.helpers.items():
+            lines += [
+                f"@{nb}.extending.register_jitable",
+                f"def {name}(a, out):",
+                f"    # out = {np_}.{op}(a): a libm call per element below {_VECTOR_MIN} "
+                "elements, NumPy's SIMD loop from there",
+                f"    if a.size < {_VECTOR_MIN}:",
+                "        for i in range(a.size):",
+                f"            out.flat[i] = {np_}.{op}(a.flat[i])",
+                "    else:",
+                f"        with {nb}.objmode():",
+                f"            {np_}.{op}(a, out=out)",
+                "",
+                "",
+            ]
+        return lines
 
     def _lane_call(self, node, call, args):
         """``out[i, :] = CALL(x[i, :])``: a loop nest over the axes but the op's own."""
@@ -1262,7 +1332,7 @@ class _Lowering:
         for symbol, p, axis in self.shapes.bindings:
             if symbol in self.used_symbols:
                 binds.append(f"{symbol} = {self.names['params'][p]}.shape[{axis}]")
-        lines = [f"def {self.func_name}({', '.join(params)}):"]
+        lines = self._helpers() + [f"def {self.func_name}({', '.join(params)}):"]
         lines += ["    " + b for b in binds + body]
         lines.append(f"    return {ret}")
         return "\n".join(lines) + "\n"
@@ -1340,9 +1410,14 @@ def _broadcast_index(src_shape, out_shape, idx):
                  for k, n in enumerate(src_shape))
 
 
+def _vectorised(node):
+    """True for an array of a _VECTOR op: computed by NumPy's loop (_Lowering._vector)."""
+    return node.op in _VECTOR and bool(node.shape)
+
+
 def _inline_op(node):
     """True for ops the lowering computes at an index inside a loop (no statement of their own)."""
-    return node.op in _ELEMENTWISE or node.op == "take_along" or node.op in _VIEWS and (
+    return not _vectorised(node) and node.op in _ELEMENTWISE or node.op == "take_along" or node.op in _VIEWS and (
         node.op != "reshape" or _unit_reshape(node))
 
 
@@ -1385,6 +1460,10 @@ def _unit_reshape(node):
     return [n for n in src if n != 1] == [n for n in node.shape if n != 1]
 
 
+def _import_line(module, alias):
+    return f"import {module}" if module == alias else f"import {module} as {alias}"
+
+
 def lower_function(graph, func_name, out_params=False):
     """The ``def`` of ``graph`` as fused loop nests (see the module docstring)."""
     return _Lowering(graph, func_name, out_params).run()
@@ -1401,7 +1480,8 @@ def lower_module(graph, fn_name, kind, origin=None, out_params=False):
     body = lowering.run()
     src = [
         *module_header(kind, fn_name, origin, ", as loops"),
-        f"import numpy as {lowering.np}",
+        _import_line("numpy", lowering.np),
+        *([_import_line("numba", lowering.numba)] if lowering.helpers else []),
         "",
         "",
         body.rstrip("\n"),

@@ -9,6 +9,7 @@ direction against central differences.
 """
 import os
 
+import numba
 import numpy as np
 import pytest
 
@@ -215,7 +216,7 @@ def test_constant_arrays_are_bound_before_the_loops_that_read_them():
         return np.sum(np.sort(x) * np.arange(7.0))  # no capture: the weights are a constant
 
     graph = optimize(ad.value_and_grad(trace(fn, [("x", (7,), True)], "fn"), (0,), bare=True))
-    namespace = {"np": np}
+    namespace = {"np": np, "numba": numba}
     exec(lower_function(graph, "lowered"), namespace)
     x = np.random.default_rng(1).random(7)
     value, grad = namespace["lowered"](x)
@@ -225,7 +226,7 @@ def test_constant_arrays_are_bound_before_the_loops_that_read_them():
 
 # --- the same rules on more shapes, run as Python (no numba: the lowering itself) -----------
 def _run_lowered(graph, args):
-    namespace = {"np": np}
+    namespace = {"np": np, "numba": numba}
     exec(lower_function(graph, "lowered"), namespace)
     return namespace["lowered"](*args)
 
@@ -253,3 +254,35 @@ def test_running_values_sorts_and_pieces_along_any_axis_match_the_graph():
     values = evaluate(graph, args)
     want = [np.asarray(values[o.id], dtype=float) for o in graph.outputs]
     _close(tuple(got), tuple(want))
+
+
+# --- transcendentals of whole arrays: NumPy's SIMD loop ------------------------------------------
+def test_large_arrays_of_transcendentals_call_numpys_loop_and_equal_the_numpy_level_code():
+    # tanh, exp and log1p of 512 elements and more are NumPy's SIMD loops, entered through
+    # numba's object mode; below, a loop of scalar calls. Either way, one compiled source
+    # serves every length, and the values are NumPy's.
+    def loss(x):
+        return np.sum(np.log1p(np.exp(-x * x))) + np.sum(np.tanh(x) * np.sin(x))
+
+    f = check_loss(loss, lambda rng, n: [rng.uniform(-2, 2, n)], [7, 511, 512, 10**4])
+    source = next(iter(f._specs.values())).source
+    # one helper per op of the table's list (exp, log1p, tanh); sin's NumPy loop is no faster
+    assert source.count("objmode()") == 3 and "np.sin(x[i])" in source
+
+
+def test_a_transcendental_result_is_written_into_the_callers_buffer():
+    f = gradc.grad(lambda x: np.sum(np.exp(x)), arrays="loops")  # the gradient is exp(x)
+    x = np.random.default_rng(2).uniform(-1, 1, 2000)
+    buffer = np.zeros(2000)
+    result = f(x, out=buffer)
+    np.testing.assert_array_equal(buffer, np.exp(x))  # NumPy's own loop: bitwise its values
+    assert result is buffer or np.shares_memory(result, buffer)
+
+
+def test_float32_transcendentals_stay_float32():
+    f = gradc.value_and_grad(lambda x: np.sum(np.tanh(x) ** 2), arrays="loops")
+    x = np.random.default_rng(3).uniform(-1, 1, 4096).astype(np.float32)
+    value, grad = f(x)
+    assert grad.dtype == np.float32
+    t = np.tanh(x)  # float32, as NumPy computes it
+    np.testing.assert_allclose(grad, 2 * t * (1 - t * t), rtol=1e-5)

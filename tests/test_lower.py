@@ -6,6 +6,7 @@ against the graph's interpreter (``ir.evaluate``) without numba, at every size
 """
 import os
 
+import numba
 import numpy as np
 import pytest
 
@@ -34,7 +35,7 @@ def gradient_graph(fn, shapes, argnums=None, name=None):
 
 
 def run_lowered(graph, args):
-    namespace = {"np": np}
+    namespace = {"np": np, "numba": numba}
     exec(lower_function(graph, "lowered"), namespace)
     with np.errstate(all="ignore"):
         return namespace["lowered"](*args)
