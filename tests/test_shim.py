@@ -562,3 +562,25 @@ def test_building_and_calling_an_entry_never_imports_numba():
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+def test_an_entry_compiled_at_codegen_level_0_answers_the_same():
+    address, engine = body(SUM_BODY)
+    spec = shim.EntrySpec(params=(1, None), results=(("s", 0), ("a", 0)), n_scalars=1,
+                          n_arrays=1, out=(0,), pass_shapes=True)
+    fast_build = shim.make_entry(spec, address, "f0", keep=(engine,), opt=0)
+    fast_build.allow(((5,),), ((5,),))
+    x = np.random.default_rng(1).standard_normal(5)
+    value, grad = fast_build.function(x, 0.5)
+    assert value == sequential_sum(x, 0.5) and np.array_equal(grad, 2.0 * x)
+
+
+@pytest.mark.parametrize("field, offset, what", [
+    ("_ARRAY_DESCR", 48, "numpy.ndarray"), ("_FLOAT_VALUE", 8, "PyFloatObject"),
+    ("_DESCR_BYTEORDER", 25, "PyArray_Descr"), ("_PYARRAY_TYPE_INDEX", 4, "C-API table")])
+def test_a_layout_other_than_the_verified_one_builds_no_entry(monkeypatch, field, offset, what):
+    """The probes can fail: with one offset (or the C-API table's index of PyArray_Type)
+    wrong, no code is made (and PyArray_New is never called)."""
+    monkeypatch.setattr(shim, field, offset)
+    with pytest.raises(shim.ShimUnavailable, match=what):
+        shim._collect_facts()
