@@ -65,6 +65,8 @@ def rosen__value_and_grad(x):
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .emit import _Namer, assign_names, literal, module_header
@@ -571,6 +573,7 @@ class _Lowering:
         self.loop_names = {}
         self.used_symbols = set()
         self.vectors = set()        # node ids computed by NumPy's SIMD loop (see _vector)
+        self.written = {}           # node id -> _Written, for arrays _materialise writes
         self.helpers = {}           # op -> name of the helper that calls its loop (_helpers)
         self.materialised = self._decide()
         self.buffers = {}           # accumulation root id -> buffer name
@@ -733,6 +736,9 @@ class _Lowering:
                 return _mask_text(mask, idx), False
             return self._element(self.const_name(node), idx), False
         if node.op == "input" or node.id in self.materialised:
+            found = self.written.get(node.id)
+            if found is not None and found.nest is nest and idx == self._identity(nest):
+                return found.local, False  # written in this loop at this index (_deps_unit)
             return self._element(self.name(node), idx), False
         op = node.op
         if op == "take_along":
@@ -834,14 +840,31 @@ class _Lowering:
         return name
 
     # scheduling -------------------------------------------------------------------------------
-    def _deps_unit(self, node, seen=None):
-        """The latest unit that ``node``'s inline closure depends on (-1: only arguments)."""
+    def _deps_unit(self, node, space=None):
+        """The latest unit that ``node``'s inline closure depends on (-1: only arguments).
+
+        ``space``: the reader loops over ``space`` and reads ``node`` at the loop's own
+        index. An array that a nest over that space writes at its own index (_materialise)
+        is then readable inside that nest, after its write: it counts as the unit before, so
+        the reader joins that loop (``r[i] = ...; acc += r[i] ** 2`` is one loop, not two).
+        Views and broadcasts read other indices, so below them the units count in full."""
         node = resolve(node)
         if node.op in ("input", "const"):
             return -1
         if node.id in self.materialised or not node.shape:
-            return self.where.get(node.id, -1)
-        return max((self._deps_unit(a) for a in node.args), default=-1)
+            unit = self.where.get(node.id, -1)
+            if space is not None and node.id in self.written and \
+                    self.shapes.forms[node.id] == space:
+                return unit - 1
+            return unit
+        return max((self._deps_unit(a, self._same_index(node, a, space)) for a in node.args),
+                   default=-1)
+
+    def _same_index(self, node, arg, space):
+        """``space`` where elementwise ``node`` reads ``arg`` at its own index, else None."""
+        if space is None or node.op not in _ELEMENTWISE and node.op != "alias":
+            return None
+        return space if resolve(arg).shape == node.shape else None
 
     def _nest_for(self, space, after):
         """The first nest over ``space`` that starts after unit ``after``, or a new one."""
@@ -968,15 +991,21 @@ class _Lowering:
 
     def _materialise(self, node):
         space = self.shapes.forms[node.id]
-        after = max((self._deps_unit(a) for a in node.args), default=-1)
+        after = max((self._deps_unit(a, self._same_index(node, a, space)) for a in node.args),
+                    default=-1)
         k, nest = self._nest_for(space, after)
         name = self.name(node)
+        alloc = None
         if not self._is_out(node):
-            nest.prelude.append(f"{name} = {self._alloc(space, zero=False)}")
+            alloc = f"{name} = {self._alloc(space, zero=False)}"
+            nest.prelude.append(alloc)
         idx = self._identity(nest)
         text, _ = self._compute(node, idx, nest)
-        nest.body.append(f"{self._element(name, idx)} = {text}")
+        store = f"{self._element(name, idx)} = {text}"
+        nest.body.append(store)
         self.where[node.id] = k
+        if text.isidentifier():  # later readers in this loop, at this index, read the local
+            self.written[node.id] = _Written(nest, text, alloc, store)
 
     def _compute(self, node, idx, nest):
         """``node``'s element computed from its arguments, even if the node is kept in memory."""
@@ -994,7 +1023,7 @@ class _Lowering:
         axis, keepdims = node.attrs
         axes = range(len(src_r.shape)) if axis is None else axis
         space = self.shapes.forms[src_r.id]
-        after = self._deps_unit(src)
+        after = self._deps_unit(src, space)
         k, nest = self._nest_for(space, after)
         name = self.name(node)
         op = node.op
@@ -1032,7 +1061,7 @@ class _Lowering:
         else:
             value_node, index = node, None
             space = self.shapes.forms[node.id]
-        after = self._deps_unit(value_node)
+        after = self._deps_unit(value_node, space)
         if buf is not None:
             after = max(after, self.where[root.id] - 1)
         k, nest = self._nest_for(space, after)
@@ -1154,7 +1183,7 @@ class _Lowering:
         the element the previous step along the axis wrote (``out[i - 1, j]``)."""
         x, axis = node.args[0], node.attrs[0]
         space = self.shapes.forms[node.id]
-        k, nest = self._nest_for(space, self._deps_unit(x))
+        k, nest = self._nest_for(space, self._deps_unit(x, space))
         name = self.name(node)
         if not self._is_out(node):
             nest.prelude.append(f"{name} = {self._alloc(space, zero=False)}")
@@ -1304,10 +1333,28 @@ class _Lowering:
             ret = ret[1:-1].rstrip(",") if len(self.g.out_tree) > 1 else ret
         return ret
 
+    def _drop_unread(self, params, ret):
+        """Arrays _materialise wrote whose every reader joined the loop that writes them and
+        read the element's local (see _deps_unit): their allocation and stores go, since no
+        line reads them from memory."""
+        texts = [*params, ret, *self.constants]
+        for kind, item in self.lines:
+            texts += [item] if kind == "stmt" else \
+                [*item.prelude, *item.hoisted, *item.lane, *item.body]
+        for nid, w in self.written.items():
+            if w.alloc is None or nid in self.outputs:
+                continue
+            word = re.compile(rf"\b{re.escape(self.name(self._node(nid)))}\b")
+            if sum(len(word.findall(t)) for t in texts) == 2:  # the allocation and the store
+                w.nest.prelude.remove(w.alloc)
+                w.nest.body.remove(w.store)
+
     def _source(self):
         params = list(self.names["params"])
         if self.out_params:
             params += [self.out_names[k] for k in self.out_names]
+        ret = self._return()
+        self._drop_unread(params, ret)
         body = list(self.constants)
         for kind, item in self.lines:
             if kind == "stmt":
@@ -1327,7 +1374,6 @@ class _Lowering:
             if not looped:
                 body.extend(item.lane)
             body.extend(indent + line for line in item.body)
-        ret = self._return()
         binds = []
         for symbol, p, axis in self.shapes.bindings:
             if symbol in self.used_symbols:
@@ -1341,6 +1387,14 @@ class _Lowering:
 def _attr_texts(spec, node):
     """The op's attributes as source text, as the op table prints them."""
     return {name: attr_text(name, value) for name, value in zip(spec.attrs, node.attrs)}
+
+
+class _Written:
+    """An array a loop writes at its own index: the loop, the local holding the element, and
+    the allocation and store lines (dropped where nothing reads the array from memory)."""
+
+    def __init__(self, nest, local, alloc, store):
+        self.nest, self.local, self.alloc, self.store = nest, local, alloc, store
 
 
 class _Piece:

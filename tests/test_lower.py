@@ -163,3 +163,41 @@ def test_a_mean_is_divided_by_a_count_of_the_argument_shapes_so_lengths_share_a_
         np.testing.assert_allclose(grad, 2.0 / m * (X @ w - y) @ X, rtol=1e-12)
     sources = {spec.source for spec in f._specs.values()}
     assert len(sources) == 1 and "float(m)" in sources.pop()
+
+
+def shared_ratio(x):
+    y = x / (x + 1.0)  # a division, read four times: worth keeping, were its readers apart
+    return np.sum(y * y) + np.sum(np.sin(y))
+
+
+def test_readers_of_an_array_join_the_loop_that_writes_it_and_its_buffer_goes():
+    # value, both sums and the gradient read y at the loop's own index: one loop, reading the
+    # local, and no buffer but the gradient's
+    source = lower_function(gradient_graph(shared_ratio, [(300,)]), "f")
+    assert source.count("for i in range(n):") == 1
+    assert source.count("np.empty") == 1 and "dx = np.empty((n,))" in source
+    for n in SIZES:
+        x = np.random.default_rng(n).uniform(0.5, 1.5, n)
+        assert_matches_graph(gradient_graph(shared_ratio, [(n,)]), [x])
+
+
+def test_a_residual_a_product_reads_is_summed_in_the_loop_that_writes_it():
+    source = lower_function(gradient_graph(least_squares, [(20, 5), (5,), (20,)], (1,)), "f")
+    assert source.count("for i in range(") == 1  # r = A @ x - b and sum(r ** 2): one loop
+    assert source.count("np.empty") == 1 and "dx = np.dot(" in source  # r: memory, for dot
+    rng = np.random.default_rng(3)
+    args = [rng.standard_normal((20, 5)), rng.standard_normal(5), rng.standard_normal(20)]
+    assert_matches_graph(gradient_graph(least_squares, [(20, 5), (5,), (20,)], (1,)), args)
+
+
+def shifted_reads(x):
+    y = x / (x + 1.0)
+    return np.sum(y[1:] * y[:-1]) + np.sum(y * y)  # y[i + 1] is not written yet at i
+
+
+def test_a_reader_at_another_index_does_not_join_the_loop_that_writes():
+    source = lower_function(gradient_graph(shifted_reads, [(300,)]), "f")
+    assert "y[i + 1]" in source  # read from memory, in a later loop
+    for n in SIZES[1:]:
+        x = np.random.default_rng(n).uniform(0.5, 1.5, n)
+        assert_matches_graph(gradient_graph(shifted_reads, [(n,)]), [x])
