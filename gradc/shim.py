@@ -58,11 +58,13 @@ integers only and is never stored. The objects those addresses name (the fallbac
 ``"out"`` string, protected arrays, the shape table, the LLVM engine) are held by the
 entry's anchor, which is the builtin's ``self``: they live as long as the function.
 
-Thread-safety: the entry runs holding the GIL from start to end (it is a builtin, and
-calls nothing that releases it except the fallback, after its last read of the table).
-The shape table has a fixed capacity (:data:`CAPACITY` rows, never reallocated); a row
-is written whole before the row count that publishes it. Past the capacity ``allow``
-returns False and those shapes stay with the fallback.
+Thread-safety: the entry holds the GIL (it is a builtin); Python code can still run
+inside a call (the fallback; a finalizer during an allocation), and may call ``allow``
+or ``set_fallback`` then. So the shape table is append-only with a fixed capacity
+(:data:`CAPACITY` rows, never reallocated, a published row never rewritten): a row is
+written whole before the row count that publishes it, and a row the entry matched stays
+valid to the call's end. Past the capacity ``allow`` returns False and those shapes stay
+with the fallback. The fallback is held (a new reference) for the length of its call.
 
 A tiny body (value = x[0] + x[1] + y, gradient = 2 * x) and its entry:
 
@@ -315,19 +317,24 @@ def _verify_layouts():
            "PyTupleObject")
     probe = np.zeros((3, 4))[:, ::2]
     base = id(probe)
-    dims = _read(base + _ARRAY_DIMS, ctypes.c_void_p)
-    strides = _read(base + _ARRAY_STRIDES, ctypes.c_void_p)
+    # The fields read in place first; the dims and strides pointers are followed only
+    # once those say this is PyArrayObject_fields.
     _check(_read(base + _ARRAY_DATA, ctypes.c_void_p) == probe.__array_interface__["data"][0]
            and _read(base + _ARRAY_ND, ctypes.c_int) == 2
-           and [_read(dims + 8 * i, ctypes.c_ssize_t) for i in range(2)] == [3, 2]
-           and [_read(strides + 8 * i, ctypes.c_ssize_t) for i in range(2)] == [32, 16]
            and _read(base + _ARRAY_DESCR, ctypes.c_void_p) == id(probe.dtype)
            and _read(base + _ARRAY_FLAGS, ctypes.c_int) == probe.flags.num,
            "numpy.ndarray")
+    dims = _read(base + _ARRAY_DIMS, ctypes.c_void_p)
+    strides = _read(base + _ARRAY_STRIDES, ctypes.c_void_p)
+    _check(dims and strides
+           and [_read(dims + 8 * i, ctypes.c_ssize_t) for i in range(2)] == [3, 2]
+           and [_read(strides + 8 * i, ctypes.c_ssize_t) for i in range(2)] == [32, 16],
+           "numpy.ndarray")
     full = np.zeros(3)
     flags = _read(id(full) + _ARRAY_FLAGS, ctypes.c_int)
-    _check(flags & (_C_CONTIGUOUS | _ALIGNED | _WRITEABLE) == (_C_CONTIGUOUS | _ALIGNED | _WRITEABLE)
-           and not probe.flags.num & _C_CONTIGUOUS, "numpy array flags")
+    expected = _C_CONTIGUOUS | _ALIGNED | _WRITEABLE
+    _check(flags & expected == expected and not probe.flags.num & _C_CONTIGUOUS,
+           "numpy array flags")
     for dtype, order in ((np.dtype(np.float64), b"="),
                          (np.dtype(np.float64).newbyteorder(), b">")):
         _check(_read(id(dtype) + _DESCR_TYPE_NUM, ctypes.c_int) == _NPY_DOUBLE
@@ -351,7 +358,7 @@ def _verify_array_new(address):
 
 def _process():
     """This process's verified facts (once): the C functions' and objects' addresses, the
-    target machine. Raises ShimUnavailable where a layout differs or llvmlite is missing."""
+    host's target. Raises ShimUnavailable where a layout differs or llvmlite is missing."""
     with _lock:
         if "facts" in _state:
             return _state["facts"]
