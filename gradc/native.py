@@ -3,15 +3,21 @@
 numba's cost for gradc's emitted source is its per-statement front end (bytecode
 analysis, type inference and lowering of every line: ~1 ms per node), not LLVM. For
 a scalar program (every node a float or bool operation) this module writes the
-body's LLVM IR itself, straight from the graph, and numba types and lowers only a
-small wrapper around it. Two routes:
+body's LLVM IR itself, straight from the graph. Three routes:
 
-- **Route 2, object code** (every op with a *helper*, see below; the usual case). The
-  body is one LLVM function written as text, run through a few IR passes and compiled
-  by this module's own target machine (numba's host CPU and features; codegen level 1,
-  0 past :data:`FAST_CODEGEN_NODES` nodes), its object code kept in gradc's verified
-  cache next to numba's files, linked into the process and registered by symbol. The
-  numba wrapper allocates the results and calls that symbol::
+- **Route 3, object code behind a C entry** (every op with a *helper*, see below, and
+  ``compile_graph(..., c_entry=True)``; no numba import at all). The body is one LLVM
+  function written as text, run through a few IR passes and compiled by this module's
+  own target machine (numba's host CPU and features, computed with llvmlite; codegen
+  level 1, 0 past :data:`FAST_CODEGEN_NODES` nodes), its object code kept in gradc's
+  verified cache, linked into the process, and called by a CPython builtin that
+  :mod:`gradc.shim` writes in LLVM IR (it checks the arguments, allocates the results,
+  calls the body, builds the result tree; the calls it does not take go to the
+  fallback the caller sets). numba's import and target refresh (~0.9 s) are what
+  made a 500-node program's first result take 0.7 s.
+- **Route 2, object code behind numba's wrapper** (the same body; where route 3 is not
+  asked for or the shim cannot build an entry). A numba wrapper allocates the results
+  and calls the body's symbol::
 
       def f__value_and_grad__native(p0=None, *extra):
           _s = _np.empty(1)
@@ -23,33 +29,40 @@ small wrapper around it. Two routes:
   not self-contained): the body is lowered inside one numba ``@intrinsic``, with numba's
   LLVM pipeline, and the wrapper returns what it computes.
 
-numba stays in charge of the dispatcher (the same entry signature and hooks as the
-ordinary path, so :mod:`gradc.api` treats the result as it treats
+Routes 1 and 2 leave numba in charge of the dispatcher (the same entry signature and
+hooks as the ordinary path, so :mod:`gradc.api` treats the result as it treats
 :func:`gradc.jit.load_numba`'s) and of the wrapper's on-disk cache (the wrapper is a
 real cache file whose text names the emitted source's key hash); a second process
-loads the body's object code and numba's wrapper without lowering anything.
+loads the body's object code (and numba's wrapper) without lowering anything.
 
 Exactness by construction: every op is lowered by **numba's own implementation** of
 the expression the op's template prints (``np.exp(x)``, ``x ** 2``, ``np.sign(x) +
 0.0``...), looked up through numba's typing and target contexts exactly as numba's
-lowering of the emitted source looks it up (route 2 wraps each in a helper function
-that is inlined). Only the conditional templates (``where``, ``and``/``or``/``not``)
-are written here as ``select``s and logic, which give the same values as numba's
-branches. No fast-math flag is ever set. An op outside the scalar table (arrays
-traced whole, loops) makes :func:`compile_graph` return None: the caller uses the
-ordinary path, never a guess.
+lowering of the emitted source looks it up (routes 2 and 3 wrap each in a helper
+function that is inlined). The helpers' text comes from gradc/native_helpers.py, a
+table generated with numba (:func:`write_helper_table`) and used only where its stamp
+names the installed numba and llvmlite; other versions, and keys the table lacks,
+build helpers with numba. Only the conditional templates (``where``,
+``and``/``or``/``not``) are written here as ``select``s and logic, which give the same
+values as numba's branches. No fast-math flag is ever set. An op outside the scalar
+table (arrays traced whole, loops) makes :func:`compile_graph` return None: the caller
+uses the ordinary path, never a guess.
 
 Object code is code: it is read only from gradc's verified cache directory (see
 :mod:`gradc.jit`), only as a regular file, and only when its header names this
-machine, this lowering and the body's symbol and its sha256 matches.
+machine, this lowering, numba's version and the body's symbol and its sha256 matches.
 
 >>> import gradc, gradc.native as native
 >>> J = gradc.value_and_grad(lambda a, b, c: 3 * (a + b * c), backend="python")
 >>> graph, source, func_name, _ = J.lower((None, None, None))
 >>> native.supports(graph)
 True
+>>> entry, path = native.compile_graph(graph, func_name, source, (None, None, None),
+...                                    min_nodes=0, c_entry=True)
+>>> entry.function(5.0, 3.0, 2.0)
+(33.0, (3.0, 6.0, 9.0))
 >>> dispatcher, path = native.compile_graph(graph, func_name, source, (None, None, None),
-...                                          min_nodes=0)
+...                                         min_nodes=0)
 >>> dispatcher(5.0, 3.0, 2.0)
 (33.0, (3.0, 6.0, 9.0))
 """
@@ -840,17 +853,23 @@ def _codegen_opt(graph):
 
 
 def _machine(opt=CODEGEN_OPT):
-    """This module's LLVM target machine at codegen level ``opt``: numba's JIT settings (host
-    CPU and features, its relocation model, JIT code model), made with llvmlite alone."""
+    """This module's LLVM target machine at codegen level ``opt``, which compiles every body
+    (kept: never given to an execution engine, see _new_machine)."""
     if opt not in _target_machines:
-        import llvmlite.binding as llvm
-
-        host = _host_target()
-        target = llvm.Target.from_triple(llvm.get_process_triple())
-        _target_machines[opt] = target.create_target_machine(
-            cpu=host["cpu"], features=host["features"], opt=opt, reloc=host["reloc"],
-            codemodel="jitdefault", jit=True)
+        _target_machines[opt] = _new_machine(opt)
     return _target_machines[opt]
+
+
+def _new_machine(opt):
+    """A new target machine with numba's JIT settings (host CPU and features, its relocation
+    model, JIT code model), made with llvmlite alone. An execution engine owns the machine it
+    is given and deletes it with itself: each engine gets a new one, never a shared one."""
+    import llvmlite.binding as llvm
+
+    host = _host_target()
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(cpu=host["cpu"], features=host["features"], opt=opt,
+                                        reloc=host["reloc"], codemodel="jitdefault", jit=True)
 
 
 def _machine_identity(opt):
@@ -998,7 +1017,7 @@ def _load_object(data, symbol):
 
     if symbol in _loaded:
         return _loaded[symbol]
-    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _machine())
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _new_machine(CODEGEN_OPT))
     engine.add_object_file(llvm.ObjectFileRef.from_data(data))
     engine.finalize_object()
     address = engine.get_function_address(symbol)
@@ -1017,12 +1036,14 @@ def _load_object(data, symbol):
 # machine, this lowering and the symbol asked for and its sha256 matches the bytes: a
 # truncated or foreign file is deleted and rebuilt, never run.
 
-def _object_path(entry):
-    """Where the object code of the wrapper cache entry ``entry`` lives (None: nowhere):
-    beside numba's files of the same entry, so that ``gradc cache clear`` removes it."""
-    if entry.directory is None:
+def _object_path(directory, symbol):
+    """Where the object code of the body ``symbol`` lives in the verified cache ``directory``
+    (None: nowhere): in its __pycache__, named as gradc's cache files are, so that ``gradc
+    cache clear`` removes it. Routes 2 and 3 share it: the same body, the same symbol."""
+    if directory is None:
         return None
-    return os.path.join(entry.pycache, f"{entry.name}.body.o")
+    digest = hashlib.sha256(symbol.encode("ascii")).hexdigest()[:24]
+    return os.path.join(directory, "__pycache__", f"gradc_{digest}.body.o")
 
 
 def _read_object(path, symbol, directory, opt):
@@ -1055,17 +1076,22 @@ def _write_object(path, symbol, payload, opt):
         jit._warn_write_failed(os.path.dirname(os.path.dirname(path)), exc)
 
 
-def _ensure_body(graph, symbol, keys, entry):
-    """Load the body's object code into this process: from the cache, else compiled now."""
-    if symbol in _loaded:
-        return
-    path, opt = _object_path(entry), _codegen_opt(graph)
-    payload = _read_object(path, symbol, entry.directory, opt)
-    if payload is None:
-        payload = _compile_object(_module_text(graph, symbol, keys), opt)
-        if path is not None:
-            _write_object(path, symbol, payload, opt)
-    _load_object(payload, symbol)
+def _ensure_body(graph, symbol, keys, directory):
+    """``(address, path)``: the body loaded into this process (from the cache in the
+    verified ``directory``, else compiled now and saved there) and its object file's path
+    (None without a cache directory)."""
+    path = _object_path(directory, symbol)
+    if symbol not in _loaded:
+        opt = _codegen_opt(graph)
+        payload = _read_object(path, symbol, directory, opt)
+        if payload is None:
+            payload = _compile_object(_module_text(graph, symbol, keys), opt)
+            if path is not None:
+                _write_object(path, symbol, payload, opt)
+        else:
+            jit._mark_used(path)  # its age is the time since a process last loaded it
+        _load_object(payload, symbol)
+    return _loaded[symbol], path
 
 
 def _make_call_intrinsic(symbol, n_params):
@@ -1203,16 +1229,22 @@ def _signature(shapes):
                  for s in shapes) + (types.StarArgTuple(()),)
 
 
-def compile_graph(graph, func_name, source, shapes, min_nodes=None):
-    """The numba dispatcher of ``graph`` with its body lowered here, and its cache file;
-    None when this module does not lower the graph, or it has fewer than ``min_nodes``
-    nodes (default :data:`MIN_NODES`): then use :func:`gradc.jit.load_numba`.
+def compile_graph(graph, func_name, source, shapes, min_nodes=None, c_entry=False):
+    """``(compiled, path)``: ``graph`` compiled with its body lowered here, and its cache
+    file; None when this module does not lower the graph, or it has fewer than
+    ``min_nodes`` nodes (default :data:`MIN_NODES`): then use :func:`gradc.jit.load_numba`.
 
     ``func_name`` and ``source`` are :func:`gradc.emit.emit_module`'s (the source's key text
     keys the cache); ``shapes`` has one entry per parameter (None: a float), as for
-    ``load_numba``. The dispatcher is compiled for ``(float64 | array(float64, k, "A"),
-    ..., StarArgTuple(()))``, the ordinary entry point's signature. Route 2 (object code)
-    where every op has a helper, else route 1 (the body inside numba's compile).
+    ``load_numba``. Where every op has a helper the body is object code, and with
+    ``c_entry`` it is called by route 3: ``compiled`` is a :class:`gradc.shim.Entry` (call
+    its ``function``; numba is not imported), allowed at ``shapes``, without a fallback (the
+    caller sets one: calls the entry does not take are refused until then), and ``path`` is
+    the object file. Otherwise, and where the shim cannot build the entry, ``compiled`` is a
+    numba dispatcher compiled for ``(float64 | array(float64, k, "A"), ...,
+    StarArgTuple(()))``, the ordinary entry point's signature, and ``path`` its wrapper's
+    source: route 2 (numba's wrapper calls the object code) or, where an op has no helper,
+    route 1 (the body inside numba's compile).
     """
     if len(graph.nodes) < (MIN_NODES if min_nodes is None else min_nodes):
         return None
@@ -1221,11 +1253,71 @@ def compile_graph(graph, func_name, source, shapes, min_nodes=None):
     keys = _helper_keys(graph)
     if keys is not None:
         try:
-            return _compile_object_route(graph, func_name, source, shapes, keys)
+            found = c_entry and _compile_entry_route(graph, func_name, source, shapes, keys)
+            return found or _compile_object_route(graph, func_name, source, shapes, keys)
         except RuntimeError as exc:  # LLVM refused the text: a bug here; route 1 still works
             _log.warning("gradc.native: object route failed for %s (%s); using numba's "
                          "lowering", func_name, exc)
     return _compile_intrinsic_route(graph, func_name, source, shapes)
+
+
+# --- route 3: the object code behind a C entry (gradc/shim.py), without numba -------------------
+
+def _entry_spec(graph, shapes):
+    """The :class:`gradc.shim.EntrySpec` of the body's ABI for ``graph``, or None where the
+    shim does not take it (parameters or results it has no place for). The body reads the
+    arrays' strides, so any layout is taken; scalars go to ``sout`` in out_tree order and
+    array results to ``aout`` in the order of their leaves (_store_results)."""
+    from . import shim
+
+    ranks = tuple(None if shape is None else len(shape) for _, shape in graph.params)
+    if ranks != tuple(None if shape is None else len(shape) for shape in shapes):
+        return None  # the caller's shapes are not the traced ones: not this module's to guess
+    arrays = [leaf for leaf in leaves(graph.out_tree) if isinstance(leaf, ArrayOut)]
+    slots = iter(range(len(graph.outputs)))
+
+    def tree(t):
+        if isinstance(t, tuple):
+            return tuple(tree(item) for item in t)
+        if isinstance(t, ArrayOut):
+            return ("a", arrays.index(t))
+        return ("s", next(slots))
+
+    results = tree(graph.out_tree)
+    n_scalars = sum(not isinstance(leaf, ArrayOut) for leaf in leaves(graph.out_tree))
+    try:
+        return shim.EntrySpec(params=ranks, results=results, n_scalars=n_scalars,
+                              n_arrays=len(arrays))
+    except ValueError as exc:  # e.g. an array of more dimensions than the shim lays out
+        _log.debug("gradc.native: no C entry for this graph (%s)", exc)
+        return None
+
+
+def _compile_entry_route(graph, func_name, source, shapes, keys):
+    """Route 3: ``(entry, object file path)``, or None where the shim does not take the graph
+    or cannot build its entry here (logged: routes 2 and 1 still work)."""
+    try:
+        spec = _entry_spec(graph, shapes)
+    except ImportError as exc:  # a tree without gradc/shim.py, or llvmlite without MCJIT
+        _log.warning("gradc.native: no C entry (%s); numba's wrapper calls the body", exc)
+        return None
+    if spec is None:
+        return None
+    symbol = _symbol(source)
+    address, path = _ensure_body(graph, symbol, keys, jit.cache_dir())
+    try:
+        from . import shim
+
+        # codegen level 0 for the entry: built ~3x faster than at 2 (~4 ms against 13),
+        # for ~6 ns a call (gradc/shim.py), which a body of 200 nodes or more does not feel
+        entry = shim.make_entry(spec, address, func_name, opt=0)
+        arrays = [leaf for leaf in leaves(graph.out_tree) if isinstance(leaf, ArrayOut)]
+        entry.allow(tuple(shapes), tuple(tuple(leaf.shape) for leaf in arrays))
+    except Exception as exc:  # the shim refused this process (ShimUnavailable) or the spec
+        _log.warning("gradc.native: no C entry for %s (%s: %s); numba's wrapper calls the "
+                     "body", func_name, type(exc).__name__, exc)
+        return None
+    return entry, path or f"<in memory: {symbol}.body.o>"
 
 
 def _symbol(source):
@@ -1237,7 +1329,7 @@ def _symbol(source):
 def _compile_object_route(graph, func_name, source, shapes, keys):
     symbol = _symbol(source)
     wrapper, entry = _object_wrapper(graph, func_name, source, symbol)
-    _ensure_body(graph, symbol, keys, jit._entry(wrapper))
+    _ensure_body(graph, symbol, keys, jit.cache_dir())
     call = _make_call_intrinsic(symbol, len(graph.params))
 
     def build(module):

@@ -4,9 +4,12 @@ One program holds every scalar op of the table (and the forms the emitter gives 
 int and float exponents, conditions inside ``where``, ``and``/``or``/``not``); it is
 compiled three ways, natively, by numba from the emitted source, and run by the
 Python backend, and the three are compared at special values (signed zeros,
-infinities, NaN) and ordinary ones: bitwise, NaN equal to NaN. A random program of
-5,000 nodes is compared with the Python backend; a second process must find the
-native code in the disk cache; graphs the native path does not lower are refused.
+infinities, NaN) and ordinary ones: bitwise, NaN equal to NaN. Each route is held to
+this: 1 (the body inside numba), 2 (object code behind numba's wrapper) and 3 (object
+code behind gradc.shim's C entry). A random program of 5,000 nodes is compared with
+the Python backend; a second process must find the native code in the disk cache;
+graphs the native path does not lower are refused. (What runs without numba, in a
+fresh process, is in test_native_numba_free.py.)
 """
 import itertools
 import os
@@ -77,26 +80,45 @@ def _all_ops_graph(route=1):
 
 
 def route_of(path):
-    """Which route compiled the wrapper cache file ``path`` (its header says)."""
-    with open(path) as fh:
-        return 2 if "native object body" in fh.readline() else 1
+    """Which route compiled what ``path`` names: route 3 returns the object file, routes 1
+    and 2 numba's wrapper source (its header says which)."""
+    with open(path, "rb") as fh:
+        first = fh.readline()
+    if first == native._OBJECT_MAGIC:
+        return 3
+    return 2 if b"native object body" in first else 1
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["route1-intrinsic", "route2-object"])
+def native_compile(graph, func_name, source, shapes, route, **kwargs):
+    """``(callable, path)`` of ``graph`` through compile_graph, on ``route`` (1 or 2: the
+    dispatcher, 3: the C entry's function)."""
+    compiled, path = native.compile_graph(graph, func_name, source, shapes,
+                                          c_entry=route == 3, **kwargs)
+    assert route_of(path) == route, path
+    return (compiled.function if route == 3 else compiled), path
+
+
+ROUTES = pytest.mark.parametrize("route", [1, 2, 3],
+                                 ids=["route1-intrinsic", "route2-object", "route3-c-entry"])
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3],
+                ids=["route1-intrinsic", "route2-object", "route3-c-entry"])
 def three_ways(request):
     """The all-ops program natively (each route), through numba's ordinary path, in Python."""
-    graph, names = _all_ops_graph(request.param)
+    graph, names = _all_ops_graph(min(request.param, 2))
     source, func_name, entry = emit_module(graph, "ops", "value")
-    compiled = native.compile_graph(graph, func_name, source, (None, None), min_nodes=0)
-    assert compiled is not None and route_of(compiled[1]) == request.param
+    compiled, _ = native_compile(graph, func_name, source, (None, None), request.param,
+                                 min_nodes=0)
     ordinary, _ = jit.load_numba(source, func_name, entry, (None, None))
     python, _ = jit.load_python(source, func_name)
-    return names, compiled[0], ordinary, python
+    return names, compiled, ordinary, python
 
 
 def _points():
     rng = np.random.default_rng(1)
-    ordinary = [tuple(p) for p in rng.uniform(-3.0, 3.0, (40, 2))]
+    ordinary = [tuple(map(float, p)) for p in rng.uniform(-3.0, 3.0, (40, 2))]  # floats: what
+    # the C entry takes itself (it gives NumPy scalars to its fallback)
     return list(itertools.product(SPECIAL, repeat=2)) + ordinary
 
 
@@ -162,14 +184,13 @@ def _random_program(n_nodes, seed=0, binary=("add", "sub", "mul", "div", "maximu
     return g
 
 
-@pytest.mark.parametrize("route", [1, 2])
+@ROUTES
 def test_native_matches_python_on_a_random_5000_node_program(route):
     binary = ("add", "sub", "mul", "div", "maximum", "minimum") + (("hypot",) * (route == 1))
     graph = _random_program(5000, binary=binary)
     assert len(graph.nodes) >= 5000
     source, func_name, _ = emit_module(graph, "rand", "value")
-    compiled, path = native.compile_graph(graph, func_name, source, (None,) * 4)
-    assert route_of(path) == route
+    compiled, path = native_compile(graph, func_name, source, (None,) * 4, route)
     python, _ = jit.load_python(source, func_name)
     for point in [(0.5, -1.25, 2.0, 0.75), (-0.0, np.inf, 1.0, np.nan), (3.0, 1e-300, -7.5, 2.0)]:
         with np.errstate(all="ignore"):
@@ -179,7 +200,8 @@ def test_native_matches_python_on_a_random_5000_node_program(route):
         assert all(same(a, b) for a, b in zip(flat(got), flat(expected))), point
 
 
-def test_array_arguments_and_gradients_match_the_ordinary_path():
+@pytest.mark.parametrize("route", [2, 3])
+def test_array_arguments_and_gradients_match_the_ordinary_path(route):
     def chain(p):
         h = 0.3
         for i in range(6):
@@ -189,7 +211,7 @@ def test_array_arguments_and_gradients_match_the_ordinary_path():
     shapes = ((12,),)
     graph, source, func_name, entry = gradc.value_and_grad(
         chain, arrays="unroll", backend="python").lower(shapes)
-    compiled, _ = native.compile_graph(graph, func_name, source, shapes, min_nodes=0)
+    compiled, _ = native_compile(graph, func_name, source, shapes, route, min_nodes=0)
     ordinary, _ = jit.load_numba(source, func_name, entry, shapes)
     p = np.linspace(-1.0, 1.5, 24)[::2]  # a strided view: the "A" layout reads strides
     (v1, g1), (v2, g2) = compiled(p), ordinary(p)
@@ -197,24 +219,20 @@ def test_array_arguments_and_gradients_match_the_ordinary_path():
     assert np.array_equal(g1, g2) and np.array_equal(np.signbit(g1), np.signbit(g2))
 
 
-def test_matrix_views_and_matrix_results_match_the_ordinary_path():
+@pytest.mark.parametrize("route", [2, 3])
+def test_matrix_views_and_matrix_results_match_the_ordinary_path(route):
     def f(m):
         return np.sum(np.sin(m) * m[::-1])
 
     shapes = ((3, 2),)
     J = gradc.value_and_grad(f, arrays="unroll", backend="python")
     graph, source, func_name, entry = J.lower(shapes)
-    compiled, path = native.compile_graph(graph, func_name, source, shapes, min_nodes=0)
-    assert route_of(path) == 2
+    compiled, path = native_compile(graph, func_name, source, shapes, route, min_nodes=0)
     ordinary, _ = jit.load_numba(source, func_name, entry, shapes)
     m = np.arange(1.0, 25.0).reshape(4, 6)[::-1, ::2][:3, :2]  # strides of both signs
     assert m.shape == (3, 2) and not m.flags.c_contiguous
     (v1, g1), (v2, g2) = compiled(m), ordinary(m)
     assert same(v1, v2) and g1.shape == (3, 2) and np.array_equal(g1, g2)
-
-
-def _object_files(cache):
-    return sorted(p for p in (cache / "__pycache__").glob("*.body.o")) if cache.exists() else []
 
 
 def _compile_small(cache, monkeypatch):
@@ -226,19 +244,17 @@ def _compile_small(cache, monkeypatch):
 
 
 def _plant(cache, graph, source, func_name, payload=None, **header):
-    """Write an object file where route 2 looks for this program's body; by default the object
-    code of another program (returning 42.0 everywhere) under this program's symbol."""
+    """Write an object file where routes 2 and 3 look for this program's body; by default the
+    object code of another program (returning 42.0 everywhere) under this program's symbol."""
     symbol = native._symbol(source)
-    wrapper, _ = native._object_wrapper(graph, func_name, source, symbol)
-    entry = jit._Entry(wrapper, str(cache))
     if payload is None:
         g = Graph("evil")
         g.input("a"), g.input("b")
         c = g.const(42.0)
         g.set_outputs([c, c, c], (0, (1, 2)))
         payload = native._compile_object(native._module_text(g, symbol, []), 1)
-    os.makedirs(entry.pycache, exist_ok=True)
-    path = native._object_path(entry)
+    os.makedirs(cache / "__pycache__", exist_ok=True)
+    path = native._object_path(str(cache), symbol)
     native._write_object(path, symbol, payload, native._codegen_opt(graph))
     if header:
         with open(path, "rb") as fh:
@@ -248,31 +264,33 @@ def _plant(cache, graph, source, func_name, payload=None, **header):
     return path
 
 
-def test_object_code_from_a_directory_others_can_write_is_never_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("route", [2, 3])
+def test_object_code_from_a_directory_others_can_write_is_never_run(tmp_path, monkeypatch,
+                                                                      route):
     cache = tmp_path / "shared"
     graph, source, func_name = _compile_small(cache, monkeypatch)
     jit.cache_dir()  # makes it, private
     _plant(cache, graph, source, func_name)
     symbol = native._symbol(source)
     native._loaded.pop(symbol, None)
-    payload = native._read_object(native._object_path(jit._Entry(
-        native._object_wrapper(graph, func_name, source, symbol)[0], str(cache))), symbol,
-        str(cache), native._codegen_opt(graph))
+    payload = native._read_object(native._object_path(str(cache), symbol), symbol,
+                                  str(cache), native._codegen_opt(graph))
     assert payload is not None  # the planted file passes every check but the directory's
     os.chmod(cache, 0o777)  # now anyone could have planted that file
     with pytest.warns(gradc.CacheWarning):
-        d, path = native.compile_graph(graph, func_name, source, (None, None), min_nodes=0)
+        d, path = native_compile(graph, func_name, source, (None, None), route, min_nodes=0)
     assert not path.startswith(str(cache))
     assert d(2.0, 3.0)[0] == 2.0 * 3.0 + 8.0 - 1.5  # not the planted 42.0
 
 
-def test_a_tampered_object_file_is_deleted_and_rebuilt(tmp_path, monkeypatch):
+@pytest.mark.parametrize("route", [2, 3])
+def test_a_tampered_object_file_is_deleted_and_rebuilt(tmp_path, monkeypatch, route):
     cache = tmp_path / "cache"
     graph, source, func_name = _compile_small(cache, monkeypatch)
     jit.cache_dir()
     path = _plant(cache, graph, source, func_name, replace=(b"ELF", b"ELG"))  # hash now wrong
     native._loaded.pop(native._symbol(source), None)
-    d, _ = native.compile_graph(graph, func_name, source, (None, None), min_nodes=0)
+    d, _ = native_compile(graph, func_name, source, (None, None), route, min_nodes=0)
     assert d(2.0, 3.0)[0] == 2.0 * 3.0 + 8.0 - 1.5
     with open(path, "rb") as fh:  # rewritten with the real body
         assert native._OBJECT_MAGIC in fh.read(100)
@@ -478,8 +496,7 @@ def test_a_body_in_many_parts_computes_every_op_as_in_one(monkeypatch):
     computed = sum(n.op not in ("const", "alias") for n in graph.nodes)
     assert text.count('define internal void @"gradc_body_parts_test.part') == -(-computed // 3)
     source, func_name, entry = emit_module(graph, "ops_in_parts", "value")
-    compiled, path = native.compile_graph(graph, func_name, source, (None, None), min_nodes=0)
-    assert route_of(path) == 2
+    compiled, path = native_compile(graph, func_name, source, (None, None), 2, min_nodes=0)
     ordinary, _ = jit.load_numba(source, func_name, entry, (None, None))
     wrong = [(name, x, y, a, b) for x, y in _points()[::7]
              for name, a, b in zip(names, compiled(x, y), ordinary(x, y)) if not same(a, b)]
@@ -610,3 +627,35 @@ def test_the_host_target_is_the_one_numba_compiles_for(monkeypatch):
     identity = native._machine_identity(1)
     assert identity["cpu"] == alone["cpu"] and identity["features"] == alone["features"]
 
+
+
+def test_a_c_entry_the_shim_cannot_build_leaves_numbas_wrapper_in_charge(monkeypatch, caplog):
+    """The shim refusing this process (its layout probes failed) is logged, and the same
+    body is called through numba's wrapper (route 2): never a crash, never a wrong value."""
+    from gradc import shim
+
+    def refuse(*args, **kwargs):
+        raise shim.ShimUnavailable("a layout this test pretends not to know")
+
+    monkeypatch.setattr(shim, "make_entry", refuse)
+    J = gradc.value_and_grad(lambda a, b: a * b - b / a + a ** 5, backend="python")
+    graph, source, func_name, _ = J.lower((None, None))
+    with caplog.at_level("WARNING", logger="gradc"):
+        compiled, path = native.compile_graph(graph, func_name, source, (None, None),
+                                              min_nodes=0, c_entry=True)
+    assert route_of(path) == 2 and "no C entry" in caplog.text
+    assert compiled(2.0, 3.0) == (2.0 * 3.0 - 1.5 + 32.0, (3.0 + 0.75 + 80.0, 2.0 - 0.5))
+
+
+def test_an_edited_program_never_runs_the_c_entry_of_the_one_before():
+    """Two programs of one name and signature (a function edited between two compiles):
+    each C entry calls its own body (the symbol keys on the emitted source)."""
+    results = []
+    for k in (3.0, 4.0):
+        g = Graph("edited")
+        x, y = g.input("x"), g.input("y")
+        g.set_outputs([g.add("mul", (g.add("add", (x, y)), g.const(k)))], 0)
+        source, func_name, _ = emit_module(g, "edited", "value")
+        f, _ = native_compile(g, func_name, source, (None, None), 3, min_nodes=0)
+        results.append(f(1.0, 2.0))
+    assert results == [9.0, 12.0]
