@@ -2,24 +2,33 @@
 
 What it provides: :func:`make_entry` turns the address of a native *body* and an
 :class:`EntrySpec` (what the body takes and returns) into an :class:`Entry`, whose
-``function`` is a real CPython builtin (``METH_FASTCALL | METH_KEYWORDS``) written here
-as LLVM IR and compiled by llvmlite's MCJIT. Called like the Python function it stands
-for, it checks its arguments, lays their pointers out as the body expects, calls the
-body and builds the result. Any call it does not take goes, untouched, to a *fallback*
-callable (:meth:`Entry.set_fallback`): the entry only ever takes the calls it can answer
-exactly, and the fallback (gradc's ordinary path) answers, converts or refuses the rest.
+``function`` is a real CPython builtin (``METH_FASTCALL | METH_KEYWORDS``). Called like
+the Python function it stands for, it checks its arguments, lays their pointers out as
+the body expects, calls the body and builds the result. Any call it does not take goes,
+untouched, to a *fallback* callable (:meth:`Entry.set_fallback`): the entry only ever
+takes the calls it can answer exactly, and the fallback (gradc's ordinary path) answers,
+converts or refuses the rest.
+
+How: one entry function, written here in LLVM IR and compiled by llvmlite's MCJIT once
+per process (the first make_entry), serves every entry; an entry is *data* (int64
+cells: the spec's parameter kinds, the result tree as a small post-order program, the
+shape table, the fallback) that the function reads through its ``self``. So building
+an entry compiles nothing, and a spec of 500 floats is a table of 500 cells, not 500
+checks. (An entry compiled per spec, this module's first version, took ~13 ms each and
+seconds for a 500-float result tree; its calls were ~15 ns faster.)
 
 Why it exists (measured on this project's 2 shared cores): numba's import and target
 refresh cost ~0.9 s per process, so a process that only needs to *call* compiled code
 cannot start fast through numba's dispatcher; and numba's boxing of a returned array
 (~0.33 us) and of keywords (~0.2 us) made ``f(x, out=dx)`` at n = 16 2.4-4.6x a hand
-numba kernel. This module imports llvmlite only (never numba). Measured (2 shared,
-loaded cores, medians; noisy): llvmlite's import 35 ms, the first entry 9 ms, each next
-one ~13 ms (``opt=0``: ~4 ms); on gradc/native.py's body of ``sum(x * x)`` and its
-gradient at n = 16, numba's dispatcher 1.29 us a call, this entry 0.20 us (a fresh
-gradient array: PyArray_New is most of it) and 0.12 us with ``out=dx``; a bare builtin
-(``len(x)``) 0.03 us. An entry of two floats returning a 2-tuple costs what ``divmod(7,
-2)`` costs (~50 ns).
+numba kernel. This module imports llvmlite only (never numba). Measured (2 shared cores
+under other jobs' load: noisy, best of repeats): llvmlite's import 35-70 ms, the entry
+function's compile 50-100 ms once, each entry ~0.1 ms; on gradc/native.py's body of
+``sum(x * x)`` and its gradient at n = 16, numba's dispatcher ~1.2 us a call, the entry
+~0.16 us with a fresh gradient array (PyArray_New is most of it) and ~0.1 us with
+``out=dx``, a bare builtin (``len(x)``) ~0.02 us; an entry of two floats returning a
+2-tuple ~60 ns where ``divmod(7, 2)`` takes ~40 ns; 500 floats in and a 501-float tree
+out, 6.4 us (``tuple(map(float, args))`` of the same: 11 us).
 
 The body ABI (the same as gradc/native.py's object bodies)::
 
@@ -53,10 +62,12 @@ raises :class:`ShimUnavailable` and the caller keeps its ordinary path, never a 
 Every CPython and NumPy function and object the machine code uses is an address baked
 into the IR as a constant (``ctypes.pythonapi``; NumPy's C-API table for
 ``PyArray_New``), so nothing depends on how MCJIT resolves symbols, and nothing of a
-user, a file or a cache directory ever becomes code: the IR is written from the spec's
-integers only and is never stored. The objects those addresses name (the fallback, the
-``"out"`` string, protected arrays, the shape table, the LLVM engine) are held by the
-entry's anchor, which is the builtin's ``self``: they live as long as the function.
+user, a file or a cache directory ever becomes code: the IR is written from this
+module's constants only and is never stored; a spec is only ever data (checked ints).
+The builtin's ``self`` is the tuple ``(anchor, blob)``: the anchor holds everything the
+entry's cells point at (the config, the shape table, the fallback, protected arrays,
+what the caller asked to keep), so they live as long as the function; the entry
+function itself lives as long as the process.
 
 Thread-safety: the entry holds the GIL (it is a builtin); Python code can still run
 inside a call (the fallback; a finalizer during an allocation), and may call ``allow``
@@ -116,6 +127,7 @@ True
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 import threading
@@ -141,6 +153,7 @@ _OB_TYPE = 8
 _OB_SIZE = 16          # PyVarObject.ob_size (a tuple's length)
 _FLOAT_VALUE = 16      # PyFloatObject.ob_fval
 _TUPLE_ITEMS = 24      # PyTupleObject.ob_item
+_BYTES_DATA = 32       # PyBytesObject.ob_sval
 _ARRAY_DATA = 16       # PyArrayObject_fields.data
 _ARRAY_ND = 24         # .nd (int)
 _ARRAY_DIMS = 32       # .dimensions
@@ -311,6 +324,8 @@ def _verify_layouts():
     value = float("1.25")  # a fresh float object
     _check(_read(id(value) + _OB_TYPE, ctypes.c_void_p) == id(float), "PyObject.ob_type")
     _check(_read(id(value) + _FLOAT_VALUE, ctypes.c_double) == 1.25, "PyFloatObject")
+    blob = bytes(range(1, 9))
+    _check(ctypes.string_at(id(blob) + _BYTES_DATA, 8) == blob, "PyBytesObject")
     pair = (value, None)
     _check(_read(id(pair) + _OB_SIZE, ctypes.c_ssize_t) == 2
            and _read(id(pair) + _TUPLE_ITEMS + 8, ctypes.c_void_p) == id(None),
@@ -416,13 +431,48 @@ def target_machine(opt=2):
 
 
 # --- the IR ---------------------------------------------------------------------------------
-# The entry is written as text from the spec's integers and this process's verified
-# addresses only. Every value is SSA; the only memory the entry writes is its own stack
-# (the ABI's arrays and the slots of the objects it owns) and the results it builds.
+# One entry function serves every entry of the process: it is compiled once (the first
+# make_entry), and an entry is data, a "config" of int64 cells that the function reads
+# through its ``self``. So building an entry costs no compile, and the function's size
+# does not grow with a spec (a program of 500 floats is a table of 500 cells, not 500
+# checks). The IR is written from this module's constants and this process's verified
+# addresses only, never from anything of a user's, and it is never stored.
+#
+# ``self`` is the tuple ``(anchor, blob)``: ``blob`` is a bytes object whose 8 bytes are
+# the address of the entry's config (held by the anchor, which the tuple holds).
+
+# The config's cells (int64; "ptr" cells hold addresses of int64 cells).
+_CFG_BODY = 0          # the body's address
+_CFG_N_PARAMS = 1
+_CFG_PARAMS = 2        # ptr: per parameter -1 (a float) or its ndim
+_CFG_N_DIMS = 3        # the array parameters' dims, all together
+_CFG_N_APARAMS = 4     # how many array parameters
+_CFG_CONTIGUOUS = 5    # 0 / 1
+_CFG_PASS_SHAPES = 6   # 0 / 1
+_CFG_N_SCALARS = 7
+_CFG_N_ARRAYS = 8
+_CFG_TABLE = 9         # ptr: the shape table's rows (see _Layout)
+_CFG_COUNT = 10        # the published row count
+_CFG_WIDTH = 11        # cells per row (0: no table, every call matches)
+_CFG_FALLBACK = 12     # the fallback's address (a reference the anchor holds)
+_CFG_HAS_OUT = 13      # 0 / 1
+_CFG_OUT_LEN = 14
+_CFG_OUT = 15          # ptr: per place of out=, the aout index it replaces or -1 (None)
+_CFG_N_PROTECT = 16
+_CFG_PROTECT = 17      # ptr: [lo, hi) byte ranges out= may not touch
+_CFG_PROGRAM = 18      # ptr: the result tree as (op, arg) pairs, in post-order
+_CFG_PROGRAM_LEN = 19
+_CFG_STACK = 20        # the deepest the program's value stack gets
+_CFG_CELLS = 21
+
+# The result program's ops: push a float of sout[arg]; push (a new reference to) aout
+# array arg; pop arg items into a new tuple and push it.
+_OP_FLOAT, _OP_ARRAY, _OP_TUPLE = 0, 1, 2
 
 _OBJ = "i8*"
-_ARRAY_NEW_ARGS = ("i8*", "i32", "i64*", "i32", "i64*", "i8*", "i32", "i32", "i8*")
 _SYMBOL = "gradc_shim_entry"
+_ARRAY_NEW_ARGS = ("i8*", "i32", "i64*", "i32", "i64*", "i8*", "i32", "i32", "i8*")
+
 
 # dims_equal(a, b, n): whether the n dims at a and b are equal (an out= buffer's dims
 # against a row's, whose rank the row holds).
@@ -453,12 +503,13 @@ no:
 
 
 class _Writer:
-    """Writes one function as LLVM IR text: numbered values and labels, the block being
-    written (for phis), and the few instruction patterns the entry is made of."""
+    """Writes one function as LLVM IR text: numbered values and labels; a prologue (the
+    entry block: the stack slots and what is loaded once); structured loops and ifs over
+    stack-slot variables. Every block is left open for the next instruction: a branch
+    that ends a block opens a new (possibly unreachable) one."""
 
     def __init__(self):
-        self.lines = []
-        self.block = None
+        self.prologue, self.lines = [], []
         self._n = 0
 
     def emit(self, line):
@@ -466,7 +517,6 @@ class _Writer:
 
     def label(self, name):
         self.lines.append(f"{name}:")
-        self.block = name
 
     def new(self, stem="v"):
         self._n += 1
@@ -482,35 +532,81 @@ class _Writer:
         self.emit(f"{v} = {text}")
         return v
 
-    def const_ptr(self, address, ty=_OBJ):
-        return self.op(f"inttoptr i64 {int(address)} to {ty}")
+    def pre(self, text):
+        """``%v = text`` in the prologue (it dominates every block)."""
+        v = self.new()
+        self.prologue.append(f"  {v} = {text}")
+        return v
 
-    def field(self, obj, offset, ty):
-        """The ``ty`` value at byte ``offset`` of the object pointer ``obj``."""
-        at = self.op(f"getelementptr i8, i8* {obj}, i64 {offset}")
-        typed = self.op(f"bitcast i8* {at} to {ty}*")
-        return self.op(f"load {ty}, {ty}* {typed}")
+    def goto(self, label):
+        self.emit(f"br label %{label}")
+        self.label(self.new_label("dead"))
 
-    def item(self, base, ty, index):
-        """``base[index]`` for a ``ty*`` base."""
-        at = self.op(f"getelementptr {ty}, {ty}* {base}, i64 {index}")
-        return self.op(f"load {ty}, {ty}* {at}")
-
-    def store_item(self, value, base, ty, index):
-        at = self.op(f"getelementptr {ty}, {ty}* {base}, i64 {index}")
-        self.emit(f"store {ty} {value}, {ty}* {at}")
-
-    def require(self, cond, fail):
+    def require(self, cond, fail="fallback"):
         """Continue only where the i1 ``cond`` holds; else branch to label ``fail``."""
         ok = self.new_label("ok")
         self.emit(f"br i1 {cond}, label %{ok}, label %{fail}")
         self.label(ok)
 
-    def all_of(self, conds):
-        acc = "true"
-        for c in conds:
-            acc = c if acc == "true" else self.op(f"and i1 {acc}, {c}")
-        return acc
+    def cmp(self, pred, ty, a, b):
+        return self.op(f"icmp {pred} {ty} {a}, {b}")
+
+    def const_ptr(self, address, ty=_OBJ):
+        return self.op(f"inttoptr i64 {int(address)} to {ty}")
+
+    def at(self, base, ty, index):
+        """The address of ``base[index]`` (``base`` a ``ty*``)."""
+        return self.op(f"getelementptr {ty}, {ty}* {base}, i64 {index}")
+
+    def load(self, base, ty, index=0):
+        return self.op(f"load {ty}, {ty}* {self.at(base, ty, index)}")
+
+    def store(self, value, base, ty, index=0):
+        self.emit(f"store {ty} {value}, {ty}* {self.at(base, ty, index)}")
+
+    def field(self, obj, offset, ty):
+        """The ``ty`` value at byte ``offset`` of the object pointer ``obj``."""
+        typed = self.op(f"bitcast i8* {self.at(obj, 'i8', offset)} to {ty}*")
+        return self.op(f"load {ty}, {ty}* {typed}")
+
+    def var(self, ty, init):
+        """A mutable local (a stack slot in the prologue), set to ``init`` here."""
+        slot = self.pre(f"alloca {ty}")
+        self.emit(f"store {ty} {init}, {ty}* {slot}")
+        return slot
+
+    def get(self, slot, ty):
+        return self.op(f"load {ty}, {ty}* {slot}")
+
+    def set(self, slot, ty, value):
+        self.emit(f"store {ty} {value}, {ty}* {slot}")
+
+    @contextlib.contextmanager
+    def loop(self, count):
+        """``for i in range(count)``: yields (i, the label that continues the loop)."""
+        slot = self.var("i64", 0)
+        head, body, latch, done = (self.new_label(s) for s in ("head", "body", "latch", "done"))
+        self.emit(f"br label %{head}")
+        self.label(head)
+        i = self.get(slot, "i64")
+        self.emit(f"br i1 {self.cmp('slt', 'i64', i, count)}, label %{body}, label %{done}")
+        self.label(body)
+        yield i, latch
+        self.emit(f"br label %{latch}")
+        self.label(latch)
+        self.set(slot, "i64", self.op(f"add i64 {i}, 1"))
+        self.emit(f"br label %{head}")
+        self.label(done)
+
+    @contextlib.contextmanager
+    def when(self, cond):
+        """``if cond:`` (an i1)."""
+        then, after = self.new_label("then"), self.new_label("after")
+        self.emit(f"br i1 {cond}, label %{then}, label %{after}")
+        self.label(then)
+        yield
+        self.emit(f"br label %{after}")
+        self.label(after)
 
     def call(self, ret, address, argtypes, args):
         """A call of the C function at ``address`` (a constant: no symbol is resolved)."""
@@ -521,325 +617,385 @@ class _Writer:
             return None
         return self.op(f"call {ret} {fn}({text})")
 
-
-class _Array:
-    """An array (parameter or out= buffer) in the entry: its object, data pointer and the
-    byte range [lo, hi) it may touch (i64 values)."""
-
-    def __init__(self, obj, data, lo, hi):
-        self.obj, self.data, self.lo, self.hi = obj, data, lo, hi
+    def text(self, header):
+        return "\n".join([header, "entry:"] + self.prologue + ["  br label %start", "start:"]
+                         + self.lines + ["}"]) + "\n"
 
 
-class _Layout:
-    """Where things are in the entry's shape table: a row is the array parameters' dims
-    (``n_dims`` i64s, in parameter order) then, per array result k, its ``ndim``, the
-    address of its dims and its size in bytes."""
+class _Frame:
+    """The entry's values that every part reads: the config's cells (loaded once, in the
+    prologue) and the call's scratch arrays (stack, sized by the config)."""
 
-    def __init__(self, spec):
-        self.n_dims = sum(nd for nd in spec.params if nd is not None)
-        self.width = self.n_dims + 3 * spec.n_arrays
+    def __init__(self, w):
+        self.w = w
+        blob = w.pre(f"getelementptr i8, i8* %self, i64 {_TUPLE_ITEMS + 8}")
+        blob = w.pre(f"load i8*, i8** {w.pre(f'bitcast i8* {blob} to i8**')}")
+        cfg = w.pre(f"getelementptr i8, i8* {blob}, i64 {_BYTES_DATA}")
+        cfg = w.pre(f"load i64, i64* {w.pre(f'bitcast i8* {cfg} to i64*')}")
+        self.cfg = w.pre(f"inttoptr i64 {cfg} to i64*")
+        self._cells = {}
+        self.n_params, self.n_dims = self.cell(_CFG_N_PARAMS), self.cell(_CFG_N_DIMS)
+        self.n_aparams, self.n_scalars = self.cell(_CFG_N_APARAMS), self.cell(_CFG_N_SCALARS)
+        self.n_arrays, self.out_len = self.cell(_CFG_N_ARRAYS), self.cell(_CFG_OUT_LEN)
+        self.stack_size = self.cell(_CFG_STACK)
+        scratch = [("data", _OBJ, self.n_params), ("strides", "i64", self.n_dims),
+                   ("dims", "i64", self.n_dims), ("sout", "double", self.n_scalars),
+                   ("aout", "double*", self.n_arrays), ("objs", _OBJ, self.n_arrays),
+                   ("fresh", _OBJ, self.n_arrays), ("replaced", _OBJ, self.n_arrays),
+                   ("aobj", _OBJ, self.n_aparams), ("alo", "i64", self.n_aparams),
+                   ("ahi", "i64", self.n_aparams), ("bobj", _OBJ, self.out_len),
+                   ("blo", "i64", self.out_len), ("bhi", "i64", self.out_len),
+                   ("stack", _OBJ, self.stack_size)]
+        # One stack allocation, cut into the arrays (each a multiple of 8 bytes): one
+        # dynamic alloca costs about what fifteen cost each.
+        total = "0"
+        offsets = []
+        for _, _, count in scratch:
+            offsets.append(total)
+            total = w.pre(f"add i64 {total}, {count}")
+        base = w.pre(f"alloca i64, i64 {total}")
+        for (name, ty, _), offset in zip(scratch, offsets):
+            at = w.pre(f"getelementptr i64, i64* {base}, i64 {offset}")
+            setattr(self, name, w.pre(f"bitcast i64* {at} to {ty}*"))
 
-    def result(self, k):
-        return self.n_dims + 3 * k
+    def cell(self, index):
+        """The config's cell ``index`` (an i64), loaded in the prologue."""
+        if index not in self._cells:
+            w = self.w
+            at = w.pre(f"getelementptr i64, i64* {self.cfg}, i64 {index}")
+            self._cells[index] = w.pre(f"load i64, i64* {at}")
+        return self._cells[index]
+
+    def pointer(self, index, ty="i64"):
+        """The config's "ptr" cell ``index`` as a ``ty*``."""
+        return self.w.op(f"inttoptr i64 {self.cell(index)} to {ty}*")
 
 
-def _entry_ir(spec, body_address, facts, table_address, count_address, protect):
-    """The LLVM module text of the entry of ``spec`` (see the module docstring)."""
+def _entry_ir(f):
+    """The LLVM module text of the process's entry function (see the module docstring);
+    ``f``: this process's facts."""
     w = _Writer()
-    layout = _Layout(spec)
-    n_params, n_strides = len(spec.params), layout.n_dims
-    w.lines.append(f'define i8* @"{_SYMBOL}"(i8* %self, i8** %args, i64 %nargs, '
-                   'i8* %kwnames) {')
-    w.label("entry")
-    w.emit(f"%data = alloca i8*, i64 {max(n_params, 1)}")
-    w.emit(f"%strides = alloca i64, i64 {max(n_strides, 1)}")
-    w.emit(f"%sout = alloca double, i64 {max(spec.n_scalars, 1)}")
-    w.emit(f"%aout = alloca double*, i64 {max(spec.n_arrays, 1)}")
-    w.emit(f"%owned = alloca i8*, i64 {max(_slot_count(spec), 1)}")
-    w.require(w.op(f"icmp eq i64 %nargs, {n_params}"), "fallback")
-    out_obj = _keyword_check(w, spec, facts)
-    arrays, dims = _parameter_checks(w, spec, facts)
-    row = None
-    if layout.width:
-        row = _row_lookup(w, layout, dims, table_address, count_address)
-    ctx = (spec, facts, layout, body_address, row)
-    if spec.out is None:
-        _compute(w, ctx, {}, "plain")
-    else:
-        plain, with_out = w.new_label("plain"), w.new_label("with_out")
-        w.emit(f"br i1 {w.op(f'icmp eq i8* {out_obj}, null')}, label %{plain}, "
-               f"label %{with_out}")
-        w.label(plain)
-        _compute(w, ctx, {}, "plain")
-        w.label(with_out)
-        buffers = _out_checks(w, ctx, arrays, out_obj, protect)
-        _compute(w, ctx, buffers, "out")
-    _fallback_block(w, facts)
-    w.lines.append("}")
-    return "\n".join(w.lines) + "\n" + _DIMS_EQUAL
+    fr = _Frame(w)
+    w.require(w.cmp("eq", "i64", "%nargs", fr.n_params))
+    out_obj = _keyword_check(w, fr, f)
+    _parameter_checks(w, fr, f)
+    row = _row_lookup(w, fr)
+    sp = w.var("i64", 0)  # the result program's stack: what the fail path releases
+    with w.loop(fr.n_arrays) as (k, _):
+        for name in ("fresh", "replaced"):
+            w.store("null", getattr(fr, name), _OBJ, k)
+    value = w.get(out_obj, _OBJ)
+    with w.when(w.cmp("ne", _OBJ, value, "null")):
+        _out_checks(w, fr, f, row, value)
+    _allocate(w, fr, f, row)
+    _call_body(w, fr, row)
+    _build_results(w, fr, f, sp)
+    root = w.load(fr.stack, _OBJ, 0)
+    _release_fresh(w, fr, f)
+    w.emit(f"ret i8* {root}")
+    w.label("fail")  # an allocation failed (its exception is set): release what was made
+    with w.loop(w.get(sp, "i64")) as (i, _):
+        w.call("void", f["Py_DecRef"], [_OBJ], [w.load(fr.stack, _OBJ, i)])
+    _release_fresh(w, fr, f)
+    w.emit("ret i8* null")
+    _fallback_block(w, fr, f)
+    return w.text(f'define i8* @"{_SYMBOL}"(i8* %self, i8** %args, i64 %nargs, '
+                  'i8* %kwnames) {') + _DIMS_EQUAL
 
 
-def _keyword_check(w, spec, facts):
-    """No keyword at all, or (where the spec has out) exactly ``out``: the i8* value of
-    out= (null where the call has none)."""
-    if spec.out is None:
-        w.require(w.op("icmp eq i8* %kwnames, null"), "fallback")
-        return "null"
-    start, has, done = w.block, w.new_label("kw"), w.new_label("kw_done")
-    w.emit(f"br i1 {w.op('icmp ne i8* %kwnames, null')}, label %{has}, label %{done}")
-    w.label(has)
-    w.require(w.op(f"icmp eq i64 {w.field('%kwnames', _OB_SIZE, 'i64')}, 1"), "fallback")
-    name = w.field("%kwnames", _TUPLE_ITEMS, _OBJ)
-    # The compiler interns keyword names: an equal string that is another object (one
-    # built at run time) goes to the fallback, which reads it as out= all the same.
-    w.require(w.op(f"icmp eq i8* {name}, {w.const_ptr(facts['out'])}"), "fallback")
-    value = w.item("%args", _OBJ, len(spec.params))
-    tail = w.block
-    w.emit(f"br label %{done}")
-    w.label(done)
-    return w.op(f"phi i8* [null, %{start}], [{value}, %{tail}]")
+def _keyword_check(w, fr, f):
+    """No keyword at all, or (where the entry has out) exactly ``out``: a slot holding its
+    value (null where the call has none)."""
+    out = w.var(_OBJ, "null")
+    with w.when(w.cmp("ne", _OBJ, "%kwnames", "null")):
+        w.require(w.cmp("ne", "i64", fr.cell(_CFG_HAS_OUT), 0))
+        w.require(w.cmp("eq", "i64", w.field("%kwnames", _OB_SIZE, "i64"), 1))
+        # The compiler interns keyword names: an equal string that is another object (one
+        # built at run time) goes to the fallback, which reads it as out= all the same.
+        name = w.field("%kwnames", _TUPLE_ITEMS, _OBJ)
+        w.require(w.cmp("eq", _OBJ, name, w.const_ptr(f["out"])))
+        w.set(out, _OBJ, w.load("%args", _OBJ, "%nargs"))
+    return out
 
 
-def _dtype_checks(w, obj, facts, flags_mask):
-    """An exact ndarray of native float64 whose flags hold all of ``flags_mask``."""
-    w.require(w.op(f"icmp eq i8* {w.field(obj, _OB_TYPE, _OBJ)}, "
-                   f"{w.const_ptr(facts['ndarray'])}"), "fallback")
+def _dtype_checks(w, obj, f, mask):
+    """An exact ndarray of native float64 whose flags hold all of ``mask`` (an i32)."""
+    w.require(w.cmp("eq", _OBJ, w.field(obj, _OB_TYPE, _OBJ), w.const_ptr(f["ndarray"])))
     descr = w.field(obj, _ARRAY_DESCR, _OBJ)
-    w.require(w.op(f"icmp eq i32 {w.field(descr, _DESCR_TYPE_NUM, 'i32')}, {_NPY_DOUBLE}"),
-              "fallback")
-    w.require(w.op(f"icmp eq i8 {w.field(descr, _DESCR_BYTEORDER, 'i8')}, {ord('=')}"),
-              "fallback")
-    flags = w.op(f"and i32 {w.field(obj, _ARRAY_FLAGS, 'i32')}, {flags_mask}")
-    w.require(w.op(f"icmp eq i32 {flags}, {flags_mask}"), "fallback")
+    w.require(w.cmp("eq", "i32", w.field(descr, _DESCR_TYPE_NUM, "i32"), _NPY_DOUBLE))
+    w.require(w.cmp("eq", "i8", w.field(descr, _DESCR_BYTEORDER, "i8"), ord("=")))
+    flags = w.op(f"and i32 {w.field(obj, _ARRAY_FLAGS, 'i32')}, {mask}")
+    w.require(w.cmp("eq", "i32", flags, mask))
 
 
-def _parameter_checks(w, spec, facts):
-    """Check each parameter, store its data pointer (and strides): the array parameters
-    as _Array (with the byte range they span) and all their dims (i64 values), in order."""
-    mask = _ALIGNED | (_C_CONTIGUOUS if spec.contiguous else 0)
-    arrays, all_dims, at = [], [], 0
-    for p, nd in enumerate(spec.params):
-        obj = w.item("%args", _OBJ, p)
-        if nd is None:
-            w.require(w.op(f"icmp eq i8* {w.field(obj, _OB_TYPE, _OBJ)}, "
-                           f"{w.const_ptr(facts['float'])}"), "fallback")
+def _parameter_checks(w, fr, f):
+    """Check each parameter and store its data pointer; of each array parameter its dims
+    and strides (one after another), the object and the byte range it spans."""
+    contiguous = w.cmp("ne", "i64", fr.cell(_CFG_CONTIGUOUS), 0)
+    mask = w.op(f"select i1 {contiguous}, i32 {_ALIGNED | _C_CONTIGUOUS}, i32 {_ALIGNED}")
+    kinds = fr.pointer(_CFG_PARAMS)
+    at, q = w.var("i64", 0), w.var("i64", 0)
+    with w.loop(fr.n_params) as (p, next_param):
+        obj = w.load("%args", _OBJ, p)
+        kind = w.load(kinds, "i64", p)
+        with w.when(w.cmp("slt", "i64", kind, 0)):
+            w.require(w.cmp("eq", _OBJ, w.field(obj, _OB_TYPE, _OBJ), w.const_ptr(f["float"])))
             # A float is immutable: the body reads its value where it lies.
-            w.store_item(w.op(f"getelementptr i8, i8* {obj}, i64 {_FLOAT_VALUE}"),
-                         "%data", _OBJ, p)
-            continue
-        _dtype_checks(w, obj, facts, mask)
-        w.require(w.op(f"icmp eq i32 {w.field(obj, _ARRAY_ND, 'i32')}, {nd}"), "fallback")
+            w.store(w.at(obj, "i8", _FLOAT_VALUE), fr.data, _OBJ, p)
+            w.goto(next_param)
+        _dtype_checks(w, obj, f, mask)
+        nd = w.op(f"sext i32 {w.field(obj, _ARRAY_ND, 'i32')} to i64")
+        w.require(w.cmp("eq", "i64", nd, kind))
         data = w.field(obj, _ARRAY_DATA, _OBJ)
-        w.store_item(data, "%data", _OBJ, p)
-        dims_ptr, strides_ptr = w.field(obj, _ARRAY_DIMS, "i64*"), \
-            w.field(obj, _ARRAY_STRIDES, "i64*")
-        dims = [w.item(dims_ptr, "i64", i) for i in range(nd)]
-        strides = [w.item(strides_ptr, "i64", i) for i in range(nd)]
-        for i, s in enumerate(strides):
-            w.store_item(s, "%strides", "i64", at + i)
-        at += nd
-        lo, hi = _span(w, data, dims, strides)
-        arrays.append(_Array(obj, data, lo, hi))
-        all_dims += dims
-    return arrays, all_dims
+        w.store(data, fr.data, _OBJ, p)
+        dims, strides = w.field(obj, _ARRAY_DIMS, "i64*"), w.field(obj, _ARRAY_STRIDES, "i64*")
+        first = w.get(at, "i64")
+        # The byte range: from the first element each axis reaches (dim - 1) * stride bytes
+        # up or down; empty where a dim is 0.
+        low, high, empty = w.var("i64", 0), w.var("i64", 8), w.var("i1", "false")
+        with w.loop(kind) as (i, _):
+            d, s = w.load(dims, "i64", i), w.load(strides, "i64", i)
+            to = w.op(f"add i64 {first}, {i}")
+            w.store(d, fr.dims, "i64", to)
+            w.store(s, fr.strides, "i64", to)
+            reach = w.op(f"mul i64 {w.op(f'sub i64 {d}, 1')}, {s}")
+            up = w.cmp("sgt", "i64", reach, 0)
+            w.set(high, "i64", w.op(f"add i64 {w.get(high, 'i64')}, "
+                                    f"{w.op(f'select i1 {up}, i64 {reach}, i64 0')}"))
+            w.set(low, "i64", w.op(f"add i64 {w.get(low, 'i64')}, "
+                                   f"{w.op(f'select i1 {up}, i64 0, i64 {reach}')}"))
+            w.set(empty, "i1", w.op(f"or i1 {w.get(empty, 'i1')}, "
+                                    f"{w.cmp('eq', 'i64', d, 0)}"))
+        base = w.op(f"ptrtoint i8* {data} to i64")
+        lo = w.op(f"add i64 {base}, {w.get(low, 'i64')}")
+        top = w.op(f"add i64 {base}, {w.get(high, 'i64')}")
+        hi = w.op(f"select i1 {w.get(empty, 'i1')}, i64 {lo}, i64 {top}")
+        index = w.get(q, "i64")
+        w.store(obj, fr.aobj, _OBJ, index)
+        w.store(lo, fr.alo, "i64", index)
+        w.store(hi, fr.ahi, "i64", index)
+        w.set(q, "i64", w.op(f"add i64 {index}, 1"))
+        w.set(at, "i64", w.op(f"add i64 {first}, {kind}"))
 
 
-def _span(w, data, dims, strides):
-    """The byte range [lo, hi) an array's elements lie in (empty where a dim is 0): from
-    its first element, each axis reaches (dim - 1) * stride bytes up or down."""
-    base = w.op(f"ptrtoint i8* {data} to i64")
-    lo, hi = base, w.op(f"add i64 {base}, 8")
-    nonempty = []
-    for d, s in zip(dims, strides):
-        reach = w.op(f"mul i64 {w.op(f'sub i64 {d}, 1')}, {s}")
-        up = w.op(f"icmp sgt i64 {reach}, 0")
-        hi = w.op(f"add i64 {hi}, {w.op(f'select i1 {up}, i64 {reach}, i64 0')}")
-        lo = w.op(f"add i64 {lo}, {w.op(f'select i1 {up}, i64 0, i64 {reach}')}")
-        nonempty.append(w.op(f"icmp sgt i64 {d}, 0"))
-    if nonempty:
-        hi = w.op(f"select i1 {w.all_of(nonempty)}, i64 {hi}, i64 {lo}")
-    return lo, hi
-
-
-def _row_lookup(w, layout, dims, table_address, count_address):
-    """The first published row whose parameter dims are ``dims`` (an i64* to it); no row:
-    the fallback. The count is read once: rows below it are complete and never change."""
-    count = w.op(f"load i64, i64* {w.const_ptr(count_address, 'i64*')}")
-    table = w.const_ptr(table_address, "i64*")
-    pre, loop, test, step, found = (w.block, w.new_label("rows"), w.new_label("row"),
-                                    w.new_label("row_next"), w.new_label("row_found"))
-    index, following = w.new("r"), w.new("r_next")
-    w.emit(f"br label %{loop}")
-    w.label(loop)
-    w.emit(f"{index} = phi i64 [0, %{pre}], [{following}, %{step}]")
-    w.emit(f"br i1 {w.op(f'icmp ult i64 {index}, {count}')}, label %{test}, label %fallback")
-    w.label(test)
-    row = w.op(f"getelementptr i64, i64* {table}, i64 {w.op(f'mul i64 {index}, {layout.width}')}")
-    same = [w.op(f"icmp eq i64 {d}, {w.item(row, 'i64', i)}") for i, d in enumerate(dims)]
-    w.emit(f"br i1 {w.all_of(same)}, label %{found}, label %{step}")
-    w.label(step)
-    w.emit(f"{following} = add i64 {index}, 1")
-    w.emit(f"br label %{loop}")
-    w.label(found)
+def _row_lookup(w, fr):
+    """A slot holding the first published row whose parameter dims are the call's (an
+    i64*; null where the entry has no table). No such row: the fallback. The count is
+    read once: rows below it are whole and never change."""
+    row = w.var("i64*", "null")
+    width = fr.cell(_CFG_WIDTH)
+    with w.when(w.cmp("ne", "i64", width, 0)):
+        found = w.new_label("row_found")
+        table = fr.pointer(_CFG_TABLE)
+        with w.loop(fr.cell(_CFG_COUNT)) as (r, next_row):
+            start = w.at(table, "i64", w.op(f"mul i64 {r}, {width}"))
+            with w.loop(fr.n_dims) as (i, _):
+                same = w.cmp("eq", "i64", w.load(fr.dims, "i64", i), w.load(start, "i64", i))
+                w.require(same, next_row)
+            w.set(row, "i64*", start)
+            w.goto(found)
+        w.emit("br label %fallback")  # no row matched
+        w.label(found)
     return row
 
 
-def _row_result(w, layout, row, k):
-    """(ndim as i64, dims as i64*, size in bytes) of array result k in the row."""
-    at = layout.result(k)
-    nd = w.item(row, "i64", at)
-    dims = w.op(f"inttoptr i64 {w.item(row, 'i64', at + 1)} to i64*")
-    return nd, dims, w.item(row, "i64", at + 2)
+def _row_result(w, fr, row, k):
+    """(ndim, dims as an i64*, size in bytes) of array result ``k`` in the matched row."""
+    start = w.get(row, "i64*")
+    at = w.op(f"add i64 {fr.n_dims}, {w.op(f'mul i64 {k}, 3')}")
+    nd = w.load(start, "i64", at)
+    dims = w.op(f"inttoptr i64 {w.load(start, 'i64', w.op(f'add i64 {at}, 1'))} to i64*")
+    return nd, dims, w.load(start, "i64", w.op(f"add i64 {at}, 2"))
 
 
-def _apart(w, a, b):
-    """Require that the arrays ``a`` and ``b`` are other objects sharing no byte."""
-    w.require(w.op(f"icmp ne i8* {a.obj}, {b.obj}"), "fallback")
-    overlap = w.op(f"and i1 {w.op(f'icmp ult i64 {a.lo}, {b.hi}')}, "
-                   f"{w.op(f'icmp ult i64 {b.lo}, {a.hi}')}")
-    w.require(w.op(f"xor i1 {overlap}, true"), "fallback")
+def _apart(w, obj, lo, hi, other, other_lo, other_hi):
+    """Require another object than ``other``, sharing no byte with [other_lo, other_hi)."""
+    w.require(w.cmp("ne", _OBJ, obj, other))
+    overlap = w.op(f"and i1 {w.cmp('ult', 'i64', lo, other_hi)}, "
+                   f"{w.cmp('ult', 'i64', other_lo, hi)}")
+    w.require(w.op(f"xor i1 {overlap}, true"))
 
 
-def _out_checks(w, ctx, arrays, out_obj, protect):
-    """Check the out= buffers; returns {aout index: _Array} of those they replace."""
-    spec, facts, layout, _, row = ctx
-    places = spec.out
-    if len(places) == 1:
-        objs = [out_obj]
-    else:
-        w.require(w.op(f"icmp eq i8* {w.field(out_obj, _OB_TYPE, _OBJ)}, "
-                       f"{w.const_ptr(facts['tuple'])}"), "fallback")
-        w.require(w.op(f"icmp eq i64 {w.field(out_obj, _OB_SIZE, 'i64')}, {len(places)}"),
-                  "fallback")
-        objs = [w.field(out_obj, _TUPLE_ITEMS + 8 * j, _OBJ) for j in range(len(places))]
-    buffers = {}
-    guarded = [_Array(None, None, str(lo), str(hi)) for lo, hi in protect]
-    for obj, k in zip(objs, places):
-        if k is None:
-            w.require(w.op(f"icmp eq i8* {obj}, {w.const_ptr(facts['None'])}"), "fallback")
-            continue
-        _dtype_checks(w, obj, facts, _C_CONTIGUOUS | _ALIGNED | _WRITEABLE)
-        nd, dims, nbytes = _row_result(w, layout, row, k)
-        rank = w.op(f"sext i32 {w.field(obj, _ARRAY_ND, 'i32')} to i64")
-        w.require(w.op(f"icmp eq i64 {rank}, {nd}"), "fallback")
-        same = w.op(f"call i1 @dims_equal(i64* {w.field(obj, _ARRAY_DIMS, 'i64*')}, "
-                    f"i64* {dims}, i64 {nd})")
-        w.require(same, "fallback")
-        data = w.field(obj, _ARRAY_DATA, _OBJ)
-        lo = w.op(f"ptrtoint i8* {data} to i64")
-        buf = _Array(obj, data, lo, w.op(f"add i64 {lo}, {nbytes}"))
-        for other in arrays + list(buffers.values()):
-            _apart(w, buf, other)
-        for zone in guarded:
-            overlap = w.op(f"and i1 {w.op(f'icmp ult i64 {buf.lo}, {zone.hi}')}, "
-                           f"{w.op(f'icmp ult i64 {zone.lo}, {buf.hi}')}")
-            w.require(w.op(f"xor i1 {overlap}, true"), "fallback")
-        buffers[k] = buf
-    return buffers
+def _out_checks(w, fr, f, row, value):
+    """Check the out= buffers (``value`` is out='s object); record, per aout index a
+    buffer replaces, the buffer in ``replaced``."""
+    places = fr.pointer(_CFG_OUT)
+    with w.when(w.cmp("eq", "i64", fr.out_len, 1)):
+        w.store(value, fr.bobj, _OBJ, 0)
+    with w.when(w.cmp("ne", "i64", fr.out_len, 1)):
+        w.require(w.cmp("eq", _OBJ, w.field(value, _OB_TYPE, _OBJ), w.const_ptr(f["tuple"])))
+        w.require(w.cmp("eq", "i64", w.field(value, _OB_SIZE, "i64"), fr.out_len))
+        items = w.op(f"bitcast i8* {w.at(value, 'i8', _TUPLE_ITEMS)} to i8**")
+        with w.loop(fr.out_len) as (j, _):
+            w.store(w.load(items, _OBJ, j), fr.bobj, _OBJ, j)
+    protect = fr.pointer(_CFG_PROTECT)
+    with w.loop(fr.out_len) as (j, next_place):
+        obj, k = w.load(fr.bobj, _OBJ, j), w.load(places, "i64", j)
+        with w.when(w.cmp("slt", "i64", k, 0)):  # a float's place: None, an empty range
+            w.require(w.cmp("eq", _OBJ, obj, w.const_ptr(f["None"])))
+            w.store(0, fr.blo, "i64", j)
+            w.store(0, fr.bhi, "i64", j)
+            w.goto(next_place)
+        _dtype_checks(w, obj, f, _C_CONTIGUOUS | _ALIGNED | _WRITEABLE)
+        nd, dims, nbytes = _row_result(w, fr, row, k)
+        w.require(w.cmp("eq", "i64", w.op(f"sext i32 {w.field(obj, _ARRAY_ND, 'i32')} to i64"),
+                        nd))
+        w.require(w.op(f"call i1 @dims_equal(i64* {w.field(obj, _ARRAY_DIMS, 'i64*')}, "
+                       f"i64* {dims}, i64 {nd})"))
+        lo = w.op(f"ptrtoint i8* {w.field(obj, _ARRAY_DATA, _OBJ)} to i64")
+        hi = w.op(f"add i64 {lo}, {nbytes}")
+        with w.loop(fr.n_aparams) as (a, _):
+            _apart(w, obj, lo, hi, w.load(fr.aobj, _OBJ, a), w.load(fr.alo, "i64", a),
+                   w.load(fr.ahi, "i64", a))
+        with w.loop(j) as (b, _):
+            _apart(w, obj, lo, hi, w.load(fr.bobj, _OBJ, b), w.load(fr.blo, "i64", b),
+                   w.load(fr.bhi, "i64", b))
+        with w.loop(fr.cell(_CFG_N_PROTECT)) as (z, _):
+            zone = w.op(f"mul i64 {z}, 2")
+            _apart(w, obj, lo, hi, "null", w.load(protect, "i64", zone),
+                   w.load(protect, "i64", w.op(f"add i64 {zone}, 1")))
+        w.store(lo, fr.blo, "i64", j)
+        w.store(hi, fr.bhi, "i64", j)
+        w.store(obj, fr.replaced, _OBJ, k)
 
 
-def _slot_count(spec):
-    """Slots for the objects one call may own before it returns: each array it allocates,
-    each leaf and each tuple of the result tree."""
-    count = spec.n_arrays
-
-    def walk(t):
-        nonlocal count
-        count += 1
-        if not _is_leaf(t):
-            for item in t:
-                walk(item)
-
-    walk(spec.results)
-    return count
-
-
-def _compute(w, ctx, buffers, tag):
-    """Allocate the fresh arrays, call the body, build and return the result tree. Any
-    allocation failure releases every object this call owns and returns NULL (the
-    allocator set the exception). ``buffers``: the aout indices out= replaced."""
-    spec, facts, layout, body_address, row = ctx
-    fail = w.new_label(f"fail_{tag}")
-    n_slots = _slot_count(spec)
-    for i in range(n_slots):
-        w.store_item("null", "%owned", _OBJ, i)
-    slots = iter(range(n_slots))
-    fresh = {}
-    for k in range(spec.n_arrays):
-        if k in buffers:
-            data = buffers[k].data
-        else:
-            nd, dims, _ = _row_result(w, layout, row, k)
-            arr = w.call(_OBJ, facts["PyArray_New"], _ARRAY_NEW_ARGS,
-                         [w.const_ptr(facts["ndarray"]), w.op(f"trunc i64 {nd} to i32"),
-                          dims, str(_NPY_DOUBLE), "null", "null", "0", "0", "null"])
-            w.require(w.op(f"icmp ne i8* {arr}, null"), fail)
-            fresh[k] = (arr, next(slots))
-            w.store_item(arr, "%owned", _OBJ, fresh[k][1])
-            data = w.field(arr, _ARRAY_DATA, _OBJ)
-        w.store_item(w.op(f"bitcast i8* {data} to double*"), "%aout", "double*", k)
-    body_types = ["i8**", "i64*", "double*", "double**"]
-    body_args = ["%data", "%strides", "%sout", "%aout"]
-    if spec.pass_shapes:
-        # The matched row begins with the array parameters' dims, in the ABI's layout.
-        body_types.append("i64*")
-        body_args.append(row if row is not None else "null")
-    w.call("void", body_address, body_types, body_args)
-    used = set()
-    root, _ = _build_tree(w, spec, facts, spec.results, fresh, buffers, used, slots, fail)
-    for k, (arr, _) in fresh.items():
-        if k not in used:  # allocated for the body, not returned
-            w.call("void", facts["Py_DecRef"], [_OBJ], [arr])
-    w.emit(f"ret i8* {root}")
-    w.label(fail)
-    for i in range(n_slots):
-        w.call("void", facts["Py_DecRef"], [_OBJ], [w.item("%owned", _OBJ, i)])
-    w.emit("ret i8* null")
+def _allocate(w, fr, f, row):
+    """Each array result's buffer: the out= buffer that replaces it, else a new C-order
+    float64 array of the row's shape (NULL: the fail path)."""
+    with w.loop(fr.n_arrays) as (k, next_array):
+        buffer = w.load(fr.replaced, _OBJ, k)
+        with w.when(w.cmp("ne", _OBJ, buffer, "null")):
+            w.store(buffer, fr.objs, _OBJ, k)
+            w.store(w.op(f"bitcast i8* {w.field(buffer, _ARRAY_DATA, _OBJ)} to double*"),
+                    fr.aout, "double*", k)
+            w.goto(next_array)
+        nd, dims, _ = _row_result(w, fr, row, k)
+        made = w.call(_OBJ, f["PyArray_New"], _ARRAY_NEW_ARGS,
+                      [w.const_ptr(f["ndarray"]), w.op(f"trunc i64 {nd} to i32"), dims,
+                       str(_NPY_DOUBLE), "null", "null", "0", "0", "null"])
+        w.require(w.cmp("ne", _OBJ, made, "null"), "fail")
+        w.store(made, fr.fresh, _OBJ, k)
+        w.store(made, fr.objs, _OBJ, k)
+        w.store(w.op(f"bitcast i8* {w.field(made, _ARRAY_DATA, _OBJ)} to double*"),
+                fr.aout, "double*", k)
 
 
-def _build_tree(w, spec, facts, t, fresh, buffers, used, slots, fail):
-    """(object, owning slot) of the result (sub)tree ``t``; the slot is cleared once a
-    tuple holds the object. A fresh array's first use takes its allocation's reference,
-    each other use of an array a new one."""
-    if _is_leaf(t):
-        kind, k = t
-        if kind == "s":
-            value = w.item("%sout", "double", k)
-            obj = w.call(_OBJ, facts["PyFloat_FromDouble"], ["double"], [value])
-            w.require(w.op(f"icmp ne i8* {obj}, null"), fail)
-        else:
-            k = spec.out[k] if kind == "o" else k
-            if k in fresh and k not in used:
-                used.add(k)
-                return fresh[k]
-            used.add(k)
-            obj = fresh[k][0] if k in fresh else buffers[k].obj
-            w.call("void", facts["Py_IncRef"], [_OBJ], [obj])
-        slot = next(slots)
-        w.store_item(obj, "%owned", _OBJ, slot)
-        return obj, slot
-    items = [_build_tree(w, spec, facts, item, fresh, buffers, used, slots, fail) for item in t]
-    tup = w.call(_OBJ, facts["PyTuple_New"], ["i64"], [str(len(items))])
-    w.require(w.op(f"icmp ne i8* {tup}, null"), fail)
-    slot = next(slots)
-    w.store_item(tup, "%owned", _OBJ, slot)
-    for i, (obj, owner) in enumerate(items):
-        at = w.op(f"getelementptr i8, i8* {tup}, i64 {_TUPLE_ITEMS + 8 * i}")
-        w.emit(f"store i8* {obj}, i8** {w.op(f'bitcast i8* {at} to i8**')}")  # stolen
-        w.store_item("null", "%owned", _OBJ, owner)
-    return tup, slot
+def _call_body(w, fr, row):
+    """The body, with the fifth argument ``shapes`` where the config says so."""
+    types4 = "void (i8**, i64*, double*, double**)*"
+    types5 = "void (i8**, i64*, double*, double**, i64*)*"
+    args4 = f"i8** {fr.data}, i64* {fr.strides}, double* {fr.sout}, double** {fr.aout}"
+    body = fr.cell(_CFG_BODY)
+    with w.when(w.cmp("ne", "i64", fr.cell(_CFG_PASS_SHAPES), 0)):
+        w.emit(f"call void {w.op(f'inttoptr i64 {body} to {types5}')}({args4}, "
+               f"i64* {fr.dims})")
+        w.goto("called")
+    w.emit(f"call void {w.op(f'inttoptr i64 {body} to {types4}')}({args4})")
+    w.emit("br label %called")
+    w.label("called")
 
 
-def _fallback_block(w, facts):
+def _build_results(w, fr, f, sp):
+    """Run the result program: the result tree, built on the value stack (every object on
+    it owned by this call until a tuple takes it)."""
+    program = fr.pointer(_CFG_PROGRAM)
+
+    def push(obj):
+        top = w.get(sp, "i64")
+        w.store(obj, fr.stack, _OBJ, top)
+        w.set(sp, "i64", w.op(f"add i64 {top}, 1"))
+
+    with w.loop(fr.cell(_CFG_PROGRAM_LEN)) as (t, next_op):
+        at = w.op(f"mul i64 {t}, 2")
+        op, arg = w.load(program, "i64", at), w.load(program, "i64", w.op(f"add i64 {at}, 1"))
+        with w.when(w.cmp("eq", "i64", op, _OP_FLOAT)):
+            made = w.call(_OBJ, f["PyFloat_FromDouble"], ["double"],
+                          [w.load(fr.sout, "double", arg)])
+            w.require(w.cmp("ne", _OBJ, made, "null"), "fail")
+            push(made)
+            w.goto(next_op)
+        with w.when(w.cmp("eq", "i64", op, _OP_ARRAY)):
+            fresh = w.load(fr.fresh, _OBJ, arg)
+            with w.when(w.cmp("ne", _OBJ, fresh, "null")):  # its first use takes the
+                w.store("null", fr.fresh, _OBJ, arg)        # allocation's reference
+                push(fresh)
+                w.goto(next_op)
+            obj = w.load(fr.objs, _OBJ, arg)  # an out= buffer, or a fresh array again
+            w.call("void", f["Py_IncRef"], [_OBJ], [obj])
+            push(obj)
+            w.goto(next_op)
+        made = w.call(_OBJ, f["PyTuple_New"], ["i64"], [arg])  # _OP_TUPLE
+        w.require(w.cmp("ne", _OBJ, made, "null"), "fail")
+        first = w.op(f"sub i64 {w.get(sp, 'i64')}, {arg}")
+        items = w.op(f"bitcast i8* {w.at(made, 'i8', _TUPLE_ITEMS)} to i8**")
+        with w.loop(arg) as (i, _):
+            w.store(w.load(fr.stack, _OBJ, w.op(f"add i64 {first}, {i}")), items, _OBJ, i)
+        w.set(sp, "i64", first)  # the tuple owns them now
+        push(made)
+
+
+def _release_fresh(w, fr, f):
+    """Drop the references of the allocations the result tree did not take (arrays the
+    body wrote but the tree does not return; all of them on the fail path)."""
+    with w.loop(fr.n_arrays) as (k, _):
+        w.call("void", f["Py_DecRef"], [_OBJ], [w.load(fr.fresh, _OBJ, k)])
+
+
+def _fallback_block(w, fr, f):
     """The call, exactly as it came, to the entry's fallback (held for the call's length:
     the fallback may replace itself)."""
     w.label("fallback")
-    fallback = w.op(f"load i8*, i8** {w.const_ptr(facts['fallback_slot'], 'i8**')}")
-    w.call("void", facts["Py_IncRef"], [_OBJ], [fallback])
-    result = w.call(_OBJ, facts["PyObject_Vectorcall"], [_OBJ, "i8**", "i64", _OBJ],
+    fallback = w.op(f"inttoptr i64 {fr.cell(_CFG_FALLBACK)} to i8*")
+    w.call("void", f["Py_IncRef"], [_OBJ], [fallback])
+    result = w.call(_OBJ, f["PyObject_Vectorcall"], [_OBJ, "i8**", "i64", _OBJ],
                     [fallback, "%args", "%nargs", "%kwnames"])
-    w.call("void", facts["Py_DecRef"], [_OBJ], [fallback])
+    w.call("void", f["Py_DecRef"], [_OBJ], [fallback])
     w.emit(f"ret i8* {result}")
+
+
+# --- the process's entry function ----------------------------------------------------------
+
+#: The most stack one call's scratch arrays may take (bytes); a larger spec is refused
+#: (ShimUnavailable): Python threads may run on small stacks.
+MAX_SCRATCH = 1 << 18
+
+
+def _entry_function():
+    """The address of the process's entry function, compiled on first use and kept for
+    the process's life (every entry's builtin points at it)."""
+    with _lock:
+        if "function" in _state:
+            return _state["function"]
+    facts = _process()
+    llvm = facts["llvm"]
+    module = llvm.parse_assembly(_entry_ir(facts))
+    module.verify()
+    machine = target_machine(2)
+    _optimize(llvm, module, machine)
+    engine = llvm.create_mcjit_compiler(module, machine)  # owns the machine from now on
+    engine.finalize_object()
+    address = engine.get_function_address(_SYMBOL)
+    with _lock:
+        if "function" not in _state:  # (two threads may both have compiled: one is kept)
+            _state["engine"], _state["function"] = engine, address
+        return _state["function"]
+
+
+def _optimize(llvm, module, machine):
+    """The few IR passes the function needs: promote its stack-slot variables to registers
+    (sroa), fold (instcombine), merge blocks (simplifycfg). Measured (2 shared cores):
+    the whole O2 pipeline took 3x as long to build and made calls no faster. Skipped on
+    an llvmlite without the new pass manager (the code is the same, ~30 ns slower)."""
+    if not hasattr(llvm, "create_new_module_pass_manager"):  # pragma: no cover - old llvmlite
+        return
+    builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(
+        speed_level=1))
+    passes = llvm.create_new_module_pass_manager()
+    passes.add_sroa_pass()
+    passes.add_instruction_combine_pass()
+    passes.add_simplify_cfg_pass()
+    passes.add_dead_code_elimination_pass()
+    passes.run(module, builder)
 
 
 # --- entries --------------------------------------------------------------------------------
@@ -851,12 +1007,90 @@ class _MethodDef(ctypes.Structure):
 
 
 class _Anchor:
-    """Everything the entry's machine code points at, held as long as the builtin lives
-    (it is the builtin's ``self``): the LLVM engine, the shape table, the fallback and its
-    slot, the method definition, what the caller asked to keep and protect."""
+    """Everything an entry's config points at, held as long as the builtin lives (its
+    ``self`` is the tuple ``(anchor, blob)``): the config and the shape table, the
+    result dims the rows point at, the fallback, the method definition, what the caller
+    asked to keep and protect."""
 
-    __slots__ = ("engine", "cells", "count", "result_dims", "rows", "fallback",
-                 "fallback_slot", "method", "keep", "protect", "__weakref__")
+    __slots__ = ("config", "cells", "result_dims", "rows", "fallback", "method", "keep",
+                 "protect", "__weakref__")
+
+
+class _Layout:
+    """Where things are in an entry's shape table: a row is the array parameters' dims
+    (``n_dims`` int64s, in parameter order) then, per array result k, its ``ndim``, the
+    address of its dims and its size in bytes."""
+
+    def __init__(self, spec):
+        self.n_dims = sum(nd for nd in spec.params if nd is not None)
+        self.width = self.n_dims + 3 * spec.n_arrays
+
+    def result(self, k):
+        return self.n_dims + 3 * k
+
+
+def _program(spec):
+    """The result tree as the entry's program: (op, arg) pairs in post-order, and the
+    deepest its value stack gets."""
+    ops, depth, deepest = [], 0, 0
+
+    def walk(t):
+        nonlocal depth, deepest
+        if _is_leaf(t):
+            kind, k = t
+            ops.append((_OP_FLOAT, k) if kind == "s" else
+                       (_OP_ARRAY, spec.out[k] if kind == "o" else k))
+            depth += 1
+        else:
+            for item in t:
+                walk(item)
+            ops.append((_OP_TUPLE, len(t)))
+            depth += 1 - len(t)
+        deepest = max(deepest, depth)
+
+    walk(spec.results)
+    return ops, deepest
+
+
+def _config(spec, layout, table, protect):
+    """The entry's config cells (see _CFG_*): the header, then the arrays it points at."""
+    ops, deepest = _program(spec)
+    kinds = [-1 if nd is None else nd for nd in spec.params]
+    places = [-1 if k is None else k for k in spec.out or ()]
+    zones = [v for zone in protect for v in zone]
+    program = [v for op in ops for v in op]
+    n_aparams = len(spec.array_params())
+    scratch = 8 * (len(kinds) + 2 * layout.n_dims + spec.n_scalars + 4 * spec.n_arrays
+                   + 3 * n_aparams + 3 * len(places) + deepest)
+    if scratch > MAX_SCRATCH:
+        raise ShimUnavailable(f"gradc.shim: a call of this spec would take {scratch} bytes of "
+                              f"stack (more than {MAX_SCRATCH})")
+    config = (ctypes.c_int64 * (_CFG_CELLS + len(kinds) + len(places) + len(zones)
+                                + len(program)))()
+    base = ctypes.addressof(config)
+    at = _CFG_CELLS
+
+    def place(values):
+        nonlocal at
+        start = base + 8 * at
+        for v in values:
+            config[at] = v
+            at += 1
+        return start
+
+    header = {
+        _CFG_N_PARAMS: len(kinds), _CFG_PARAMS: place(kinds), _CFG_N_DIMS: layout.n_dims,
+        _CFG_N_APARAMS: n_aparams, _CFG_CONTIGUOUS: int(spec.contiguous),
+        _CFG_PASS_SHAPES: int(spec.pass_shapes), _CFG_N_SCALARS: spec.n_scalars,
+        _CFG_N_ARRAYS: spec.n_arrays, _CFG_TABLE: ctypes.addressof(table),
+        _CFG_COUNT: 0, _CFG_WIDTH: layout.width, _CFG_HAS_OUT: int(spec.out is not None),
+        _CFG_OUT_LEN: len(places), _CFG_OUT: place(places), _CFG_N_PROTECT: len(protect),
+        _CFG_PROTECT: place(zones), _CFG_PROGRAM: place(program),
+        _CFG_PROGRAM_LEN: len(ops), _CFG_STACK: deepest,
+    }
+    for index, value in header.items():
+        config[index] = value
+    return config
 
 
 class Entry:
@@ -883,7 +1117,7 @@ class Entry:
         anchor = self._anchor
         old = anchor.fallback
         anchor.fallback = fallback  # held before the machine code may read it...
-        anchor.fallback_slot.value = id(fallback)
+        anchor.config[_CFG_FALLBACK] = id(fallback)
         del old  # ...and the old one released only after it may no longer
 
     def allow(self, param_shapes, result_shapes):
@@ -909,7 +1143,7 @@ class Entry:
             return False
         self._write_row(index, params, results)
         anchor.rows.append((params, results))
-        anchor.count.value = index + 1  # published last: the row is whole by now
+        anchor.config[_CFG_COUNT] = index + 1  # published last: the row is whole by now
         return True
 
     def _write_row(self, index, params, results):
@@ -1015,19 +1249,17 @@ def _describe(spec):
     return f"({params}{', out=' if spec.out else ''})"
 
 
-def make_entry(spec, body_address, name, keep=(), protect=(), opt=2):
+def make_entry(spec, body_address, name, keep=(), protect=()):
     """The :class:`Entry` of the body at ``body_address`` (a native function with the
     module's ABI, described by ``spec``), its builtin named ``name``.
 
     ``keep``: objects the body needs alive (its engine, a numba cfunc object); the entry
     holds them. ``protect``: arrays the body reads besides its parameters (captured
-    constants): no out= buffer may share a byte with them (held too). ``opt``: the
-    entry's codegen level (measured, 2 shared cores: level 2 builds in ~13 ms and an
-    ``f(x, out=dx)`` call costs ~52 ns; level 0 builds in ~4 ms for ~6 ns more per call).
-    Raises :class:`ShimUnavailable` where this process's layouts are not the verified ones.
+    constants): no out= buffer may share a byte with them (held too). Building an entry
+    compiles nothing (the process's entry function is compiled once, by the first); it
+    raises :class:`ShimUnavailable` where this process's layouts are not the verified
+    ones or the spec is too large for a call's stack (:data:`MAX_SCRATCH`).
     """
-    if opt not in (0, 1, 2, 3):
-        raise ValueError(f"gradc.shim: opt must be 0..3, not {opt!r}")
     if not isinstance(spec, EntrySpec):
         raise TypeError("gradc.shim: spec must be an EntrySpec")
     if type(body_address) is not int or body_address <= 0:
@@ -1037,29 +1269,21 @@ def make_entry(spec, body_address, name, keep=(), protect=(), opt=2):
     protect = tuple(protect)
     if not all(type(a) is np.ndarray for a in protect):
         raise TypeError("gradc.shim: protect takes numpy arrays")
-    facts = _process()
-    llvm = facts["llvm"]
+    function_address = _entry_function()
     layout = _Layout(spec)
     anchor = _Anchor()
     anchor.cells = (ctypes.c_int64 * max(CAPACITY * layout.width, 1))()
-    anchor.count = ctypes.c_int64(0)
+    anchor.config = _config(spec, layout, anchor.cells, [_extent(a) for a in protect])
+    anchor.config[_CFG_BODY] = body_address
     anchor.result_dims, anchor.rows = [], []
     anchor.keep, anchor.protect = tuple(keep), protect
     anchor.fallback = _default_fallback(name, spec)
-    anchor.fallback_slot = ctypes.c_void_p(id(anchor.fallback))
-    text = _entry_ir(spec, body_address, dict(facts, fallback_slot=ctypes.addressof(
-        anchor.fallback_slot)), ctypes.addressof(anchor.cells), ctypes.addressof(anchor.count),
-        [_extent(a) for a in protect])
-    module = llvm.parse_assembly(text)
-    module.verify()
-    engine = llvm.create_mcjit_compiler(module, target_machine(opt))  # the engine's own
-    engine.finalize_object()
-    anchor.engine = engine
-    address = engine.get_function_address(_SYMBOL)
-    anchor.method = _MethodDef(name.encode("utf-8"), address,
+    anchor.config[_CFG_FALLBACK] = id(anchor.fallback)
+    anchor.method = _MethodDef(name.encode("utf-8"), function_address,
                                _METH_FASTCALL | _METH_KEYWORDS,
                                f"{name}{_describe(spec)}: a gradc.shim entry".encode("utf-8"))
+    blob = ctypes.addressof(anchor.config).to_bytes(8, sys.byteorder)
     new = _pythonapi("PyCFunction_NewEx", ctypes.py_object, ctypes.c_void_p, ctypes.py_object,
                      ctypes.py_object)
-    function = new(ctypes.addressof(anchor.method), anchor, "gradc.shim")
+    function = new(ctypes.addressof(anchor.method), (anchor, blob), "gradc.shim")
     return Entry(spec, name, anchor, function)

@@ -564,17 +564,6 @@ def test_building_and_calling_an_entry_never_imports_numba():
     assert run.stdout.strip() == "False"
 
 
-def test_an_entry_compiled_at_codegen_level_0_answers_the_same():
-    address, engine = body(SUM_BODY)
-    spec = shim.EntrySpec(params=(1, None), results=(("s", 0), ("a", 0)), n_scalars=1,
-                          n_arrays=1, out=(0,), pass_shapes=True)
-    fast_build = shim.make_entry(spec, address, "f0", keep=(engine,), opt=0)
-    fast_build.allow(((5,),), ((5,),))
-    x = np.random.default_rng(1).standard_normal(5)
-    value, grad = fast_build.function(x, 0.5)
-    assert value == sequential_sum(x, 0.5) and np.array_equal(grad, 2.0 * x)
-
-
 @pytest.mark.parametrize("field, offset, what", [
     ("_ARRAY_DESCR", 48, "numpy.ndarray"), ("_FLOAT_VALUE", 8, "PyFloatObject"),
     ("_DESCR_BYTEORDER", 25, "PyArray_Descr"), ("_PYARRAY_TYPE_INDEX", 4, "C-API table")])
@@ -584,3 +573,51 @@ def test_a_layout_other_than_the_verified_one_builds_no_entry(monkeypatch, field
     monkeypatch.setattr(shim, field, offset)
     with pytest.raises(shim.ShimUnavailable, match=what):
         shim._collect_facts()
+
+
+def copy_body(n):
+    """IR of a body that copies its n float parameters to sout."""
+    return f"""
+define void @body(i8** %data, i64* %strides, double* %sout, double** %aout) {{
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %loop]
+  %slot = getelementptr i8*, i8** %data, i64 %i
+  %p8 = load i8*, i8** %slot
+  %p = bitcast i8* %p8 to double*
+  %v = load double, double* %p
+  %o = getelementptr double, double* %sout, i64 %i
+  store double %v, double* %o
+  %i1 = add i64 %i, 1
+  %more = icmp ult i64 %i1, {n}
+  br i1 %more, label %loop, label %exit
+exit:
+  ret void
+}}
+"""
+
+
+def test_entries_after_the_first_compile_nothing_whatever_their_size(monkeypatch):
+    """One entry function serves every spec: a spec of 300 floats is a table, not code."""
+    sum_entry()  # the process's entry function exists now
+
+    def no_compile(*args):
+        raise AssertionError("an entry was compiled")
+
+    monkeypatch.setattr(shim, "_entry_ir", no_compile)
+    n = 300
+    entry = entry_of(copy_body(n), Recorder(), params=(None,) * n,
+                     results=(("s", 0), tuple(("s", k) for k in range(n))), n_scalars=n,
+                     n_arrays=0)
+    args = tuple(float(k) * 0.5 for k in range(n))
+    assert entry.function(*args) == (0.0, args)
+    assert entry.function(*args[:-1]) == "fallback"
+
+
+def test_a_spec_too_large_for_a_calls_stack_builds_no_entry():
+    n = shim.MAX_SCRATCH // 8
+    address, engine = body(FLOAT_BODY)
+    spec = shim.EntrySpec(params=(None,) * n, results=("s", 0), n_scalars=2, n_arrays=0)
+    with pytest.raises(shim.ShimUnavailable, match="bytes of stack"):
+        shim.make_entry(spec, address, "huge", keep=(engine,))
