@@ -729,11 +729,11 @@ class _Lowering:
             return self.scalar(node), True
         value = self.const_value(node) if node.id not in self.materialised else None
         if value is not None:
-            return literal(value, self.np), True
+            return self._literal(value), True
         if node.op == "const":
             mask = _index_mask(node.attrs[0])
             if mask is not None:  # np.eye, np.tri in a rule: a comparison of the indices
-                return _mask_text(mask, idx), False
+                return _mask_text(mask, idx, self._literal(1.0), self._literal(0.0)), False
             return self._element(self.const_name(node), idx), False
         if node.op == "input" or node.id in self.materialised:
             found = self.written.get(node.id)
@@ -791,7 +791,7 @@ class _Lowering:
             text, inv = self.read(a, _broadcast_index(resolve(a).shape, node.shape, idx), nest)
             value = self.const_value(a)
             if value is not None:
-                text = literal(value, self.np, i in spec.int_args)
+                text = self._literal(value, i in spec.int_args)
             texts.append(text)
             invariant = invariant and inv
         key = (node.id, tuple(i.text() for i in idx) if not invariant else ())
@@ -825,8 +825,20 @@ class _Lowering:
     def scalar(self, node):
         node = resolve(node)
         if node.op == "const":
-            return literal(node.attrs[0], self.np)
+            return self._literal(node.attrs[0])
         return self.name(node)
+
+    def _literal(self, value, as_int=False):
+        """A number as source. In a float32 program a float is ``np.float32(c)``: numba types
+        a bare ``c`` as float64, and ``c * x[i]`` would compute in float64 what NumPy computes
+        in float32 (a Python float is a weak scalar there); the integral exponent of ``**``
+        stays an int (numba multiplies)."""
+        text = literal(value, self.np, as_int)
+        whole = as_int and float(value).is_integer() and 0 <= value < 2**31
+        if self.g.dtype == "float32" and isinstance(value, float) and not whole:
+            inner = text[1:-1] if text.startswith("(") else text  # (-c): no second parentheses
+            return f"{self.np}.float32({inner})"
+        return text
 
     def const_name(self, node):
         return self.name(node) if node.id in self.names else self._const_array(node)
@@ -836,7 +848,7 @@ class _Lowering:
         read inside a nest that is already in ``lines``."""
         name = self.namer.fresh("c")
         self.names[node.id] = name
-        self.constants.append(f"{name} = {_array_literal(node.attrs[0], self.np)}")
+        self.constants.append(f"{name} = {_array_literal(node.attrs[0], self.np, self.g.dtype)}")
         return name
 
     # scheduling -------------------------------------------------------------------------------
@@ -960,7 +972,7 @@ class _Lowering:
         for i, a in enumerate(node.args):
             a = resolve(a) if resolve(a).op == "const" else a
             if a.op == "const":
-                args.append(literal(a.attrs[0], self.np, i in spec.int_args))
+                args.append(self._literal(a.attrs[0], i in spec.int_args))
             elif a.op == "alias" and a.id in self.absorbed:
                 args.append(self.name(resolve(a)))
             else:
@@ -1191,6 +1203,8 @@ class _Lowering:
         value, _ = self.read(x, idx, nest)
         target = self._element(name, idx)
         init, op = _RUNNING[node.op]
+        if self.g.dtype == "float32":  # a float64 running value would make cumsum's sums float64
+            init = f"{self.np}.float32({init})"
         looped = [d for d, bound in enumerate(space) if bound != Lin(1)]
         acc = self.namer.fresh("acc")
         if axis not in looped:  # an axis of length 1: the running value is the value
@@ -1333,6 +1347,15 @@ class _Lowering:
             ret = ret[1:-1].rstrip(",") if len(self.g.out_tree) > 1 else ret
         return ret
 
+    def _single_scalars(self):
+        """In a float32 program, float arguments as float32 (``lr = np.float32(lr)``), as the
+        NumPy-level code takes them: ``lr * dW[i, j]`` then computes in float32, not float64."""
+        if self.g.dtype != "float32":
+            return []
+        names = self.names["params"]
+        return [f"{names[node.attrs[2]]} = {self.np}.float32({names[node.attrs[2]]})"
+                for node in self.g.inputs if not node.shape]
+
     def _drop_unread(self, params, ret):
         """Arrays _materialise wrote whose every reader joined the loop that writes them and
         read the element's local (see _deps_unit): their allocation and stores go, since no
@@ -1374,7 +1397,7 @@ class _Lowering:
             if not looped:
                 body.extend(item.lane)
             body.extend(indent + line for line in item.body)
-        binds = []
+        binds = self._single_scalars()
         for symbol, p, axis in self.shapes.bindings:
             if symbol in self.used_symbols:
                 binds.append(f"{symbol} = {self.names['params'][p]}.shape[{axis}]")
@@ -1451,11 +1474,12 @@ def _index_mask(value):
     return None
 
 
-def _mask_text(mask, idx):
-    """The comparison an index mask stands for, at ``idx``."""
+def _mask_text(mask, idx, one="1.0", zero="0.0"):
+    """The comparison an index mask stands for, at ``idx`` (``one``/``zero``: a float mask's
+    numbers as the program's literals)."""
     relation, k, kind = mask
     text = f"{idx[1].text()} {relation} {(idx[0] + k).text()}"
-    return f"({text})" if kind == "b" else f"(1.0 if {text} else 0.0)"
+    return f"({text})" if kind == "b" else f"({one} if {text} else {zero})"
 
 
 def _broadcast_index(src_shape, out_shape, idx):
@@ -1485,14 +1509,15 @@ def _view_base(node):
     return node
 
 
-def _array_literal(value, np_alias):
+def _array_literal(value, np_alias, dtype="float64"):
     """A constant array as source numba types: ``np.array([...])``, except an array without
     elements (``np.diff`` of one element), whose empty list literal numba cannot type: that
     is ``np.zeros(shape)`` of its dtype."""
     if value.size:
-        return literal(value, np_alias)
-    dtype = f", dtype={np_alias}.bool_" if value.dtype == bool else ""
-    return f"{np_alias}.zeros({tuple(value.shape)!r}{dtype})"
+        return literal(value, np_alias, dtype=dtype)
+    kind = "bool_" if value.dtype == bool else dtype
+    suffix = "" if kind == "float64" else f", dtype={np_alias}.{kind}"
+    return f"{np_alias}.zeros({tuple(value.shape)!r}{suffix})"
 
 
 def _memory_args(node):

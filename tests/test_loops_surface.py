@@ -8,6 +8,7 @@ source; a length-1 axis is a constant, so n = 1 has its own), and one dot test a
 direction against central differences.
 """
 import os
+import re
 
 import numba
 import numpy as np
@@ -279,10 +280,22 @@ def test_a_transcendental_result_is_written_into_the_callers_buffer():
     assert result is buffer or np.shares_memory(result, buffer)
 
 
-def test_float32_transcendentals_stay_float32():
-    f = gradc.value_and_grad(lambda x: np.sum(np.tanh(x) ** 2), arrays="loops")
-    x = np.random.default_rng(3).uniform(-1, 1, 4096).astype(np.float32)
-    value, grad = f(x)
+def test_a_float32_programs_loops_compute_in_float32():
+    # literals, a float argument and a running sum, read in loop bodies: numba types a bare
+    # 0.1 or a Python float argument as float64, and c * x[i] would be computed in float64
+    def loss(x, s):
+        y = np.cumsum(x) * 0.1 + s * x
+        return np.sum(np.tanh(y) ** 2 + 2.0 * y * x[::-1])
+
+    f = gradc.value_and_grad(loss, argnums=0, arrays="loops")
+    x = np.linspace(0.1, 1.0, 1000, dtype=np.float32)
+    value, grad = f(x, 0.5)
     assert grad.dtype == np.float32
-    t = np.tanh(x)  # float32, as NumPy computes it
-    np.testing.assert_allclose(grad, 2 * t * (1 - t * t), rtol=1e-5)
+    _close((value, grad), gradc.value_and_grad(loss, argnums=0, backend="python")(x, 0.5),
+           rtol=1e-5)
+    (spec,) = [s for s in f._specs.values() if s.runs == "loops"]
+    in_loops = set(re.findall(r"^ {8,}(\w+) = ", spec.source, re.M))  # assigned in a loop body
+    ((_, compiled),) = spec.call.overloads.items()
+    doubles = {name for name, t in compiled.type_annotation.typemap.items()
+               if name.split(".")[0] in in_loops and str(t) == "float64"}
+    assert not doubles, f"float64 in the loops of a float32 program: {sorted(doubles)}"
