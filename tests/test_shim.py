@@ -621,3 +621,29 @@ def test_a_spec_too_large_for_a_calls_stack_builds_no_entry():
     spec = shim.EntrySpec(params=(None,) * n, results=("s", 0), n_scalars=2, n_arrays=0)
     with pytest.raises(shim.ShimUnavailable, match="bytes of stack"):
         shim.make_entry(spec, address, "huge", keep=(engine,))
+
+
+def test_rows_added_while_other_threads_call_never_give_a_wrong_answer():
+    import threading
+
+    entry, fallback = sum_entry(rows=((1,),))
+    entry.set_fallback(lambda x, y, **kwargs: ("fallback", len(x)))
+    problems = []
+
+    def caller():
+        for n in range(1, shim.CAPACITY + 1):
+            x = np.arange(float(n))
+            got = entry.function(x, 0.0)
+            if got[0] != "fallback" and (got[0] != sequential_sum(x, 0.0)
+                                         or not np.array_equal(got[1], 2.0 * x)):
+                problems.append((n, got))
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for n in range(2, shim.CAPACITY + 1):
+        entry.allow(((n,),), ((n,),))
+    for t in threads:
+        t.join()
+    assert not problems
+    assert entry.function(np.ones(shim.CAPACITY), 0.0)[0] == float(shim.CAPACITY)
