@@ -1249,7 +1249,7 @@ def _describe(spec):
     return f"({params}{', out=' if spec.out else ''})"
 
 
-def make_entry(spec, body_address, name, keep=(), protect=()):
+def make_entry(spec, body_address, name, keep=(), protect=(), opt=None):
     """The :class:`Entry` of the body at ``body_address`` (a native function with the
     module's ABI, described by ``spec``), its builtin named ``name``.
 
@@ -1258,8 +1258,12 @@ def make_entry(spec, body_address, name, keep=(), protect=()):
     constants): no out= buffer may share a byte with them (held too). Building an entry
     compiles nothing (the process's entry function is compiled once, by the first); it
     raises :class:`ShimUnavailable` where this process's layouts are not the verified
-    ones or the spec is too large for a call's stack (:data:`MAX_SCRATCH`).
+    ones or the spec is too large for a call's stack (:data:`MAX_SCRATCH`). ``opt`` (a
+    codegen level, 0-3) is accepted for callers of this module's first version, which
+    compiled each entry; it changes nothing now.
     """
+    if opt not in (None, 0, 1, 2, 3):
+        raise ValueError(f"gradc.shim: opt must be None or 0..3, not {opt!r}")
     if not isinstance(spec, EntrySpec):
         raise TypeError("gradc.shim: spec must be an EntrySpec")
     if type(body_address) is not int or body_address <= 0:
