@@ -69,6 +69,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -92,7 +93,7 @@ MIN_NODES = 200
 
 #: Part of every wrapper's text (and so of its cache key): bump it whenever the IR this
 #: module writes for a graph changes, so that no cached machine code outlives it.
-LOWERING_VERSION = 3
+LOWERING_VERSION = 4
 
 _INTRINSIC_NAME = "_gradc_native_body"
 _CALL_NAME = "_gradc_native_call"
@@ -550,9 +551,11 @@ MAX_TABLE_EXPONENT = 32
 _table = None  # [the table's helpers, or None where its stamp does not match]
 
 
+@functools.cache
 def _installed_stamp():
     """What determines the helpers' text besides their keys: numba's and llvmlite's versions
-    (read from their metadata, which does not import them), the platform, this lowering."""
+    (read from their metadata, which does not import them), the platform, this lowering.
+    Read once: a process does not change its packages under its own feet."""
     import platform
     import sys
     from importlib.metadata import PackageNotFoundError, version
@@ -671,17 +674,20 @@ def _body_text(graph, symbol):
     element), ``strides`` holds the arrays' strides in bytes one after another; scalar results
     go to ``sout`` in out_tree order, array results to the C-order buffers ``aout[k]``.
     The nodes are computed by part functions of :data:`CHUNK_NODES` nodes each (see there),
-    which ``symbol`` calls in order with a buffer of the values that cross parts."""
+    which ``symbol`` calls in order with the buffers of the values that cross parts (one of
+    doubles, one of bools: typed, so that a crossing value is one getelementptr and one load
+    or store)."""
     parts = _parts(graph)
     slots = _crossing_slots(graph, parts)
     texts = [_part_text(graph, f"{symbol}.part{k}", part, slots, k == len(parts) - 1)
              for k, part in enumerate(parts)]
-    size = max(8 * len(slots), 8)
-    body = [f'define void @"{symbol}"({_PARAMS}) {{', "entry:",
-            f"  %spill = alloca i8, i64 {size}, align 8"]
+    sizes = {ty: max(sum(1 for t, _ in slots.values() if t == ty), 1) for ty in _SPILL}
+    body = [f'define void @"{symbol}"({_PARAMS}) {{', "entry:"]
+    body += [f"  %{name} = alloca {ty}, i64 {sizes[ty]}, align 8" for ty, name in _SPILL.items()]
+    spills = ", ".join(f"{ty}* %{name}" for ty, name in _SPILL.items())
     for k in range(len(parts)):
         body.append(f'  call void @"{symbol}.part{k}"(i8** %data, i64* %strides, double* %sout, '
-                    "double** %aout, i8* %spill)")
+                    f"double** %aout, {spills})")
     body += ["  ret void", "}"]
     return "\n\n".join(texts + ["\n".join(body)])
 
@@ -709,16 +715,23 @@ def _source(node):
     return node
 
 
+#: The buffers of the values that cross parts, by LLVM type: the parts' parameter names.
+_SPILL = {"double": "spill", "i1": "spillb"}
+
+
 def _crossing_slots(graph, parts):
-    """node id -> byte offset in the buffer, for the values a later part (or the results,
-    stored by the last part) reads from an earlier one."""
+    """node id -> (LLVM type, index in that type's buffer), for the values a later part (or
+    the results, stored by the last part) reads from an earlier one."""
     part_of = {node.id: k for k, part in enumerate(parts) for node in part}
     slots = {}
+    counts = dict.fromkeys(_SPILL, 0)
 
     def need(value, in_part):
         value = _source(value)
         if value.op != "const" and part_of[value.id] < in_part and value.id not in slots:
-            slots[value.id] = 8 * len(slots)
+            ty = _llvm_type(value.result)
+            slots[value.id] = (ty, counts[ty])
+            counts[ty] += 1
 
     for k, part in enumerate(parts):
         for node in part:
@@ -732,8 +745,8 @@ def _crossing_slots(graph, parts):
 def _part_text(graph, name, part, slots, last):
     """One part function: reads the crossing values it needs, computes its nodes, saves the
     ones later parts need; the last part also stores the results."""
-    out = [f'define internal void @"{name}"({_PARAMS}, i8* noalias %spill) noinline {{',
-           "entry:"]
+    spills = ", ".join(f"{ty}* noalias %{spill}" for ty, spill in _SPILL.items())
+    out = [f'define internal void @"{name}"({_PARAMS}, {spills}) noinline {{', "entry:"]
     emit = out.append
     offset = 0
     for p, (_, shape) in enumerate(graph.params):
@@ -757,10 +770,9 @@ def _part_text(graph, name, part, slots, last):
         if node.id not in values:
             if node.id in here:
                 raise AssertionError("a node used before it is computed")
-            ty = _llvm_type(node.result)
-            emit(f"  %x{node.id}.p = getelementptr i8, i8* %spill, i64 {slots[node.id]}")
-            emit(f"  %x{node.id}.q = bitcast i8* %x{node.id}.p to {ty}*")
-            emit(f"  %x{node.id} = load {ty}, {ty}* %x{node.id}.q")
+            ty, at = slots[node.id]
+            emit(f"  %x{node.id}.p = getelementptr {ty}, {ty}* %{_SPILL[ty]}, i64 {at}")
+            emit(f"  %x{node.id} = load {ty}, {ty}* %x{node.id}.p")
             values[node.id] = f"%x{node.id}"
         return values[node.id]
 
@@ -789,7 +801,9 @@ def _part_text(graph, name, part, slots, last):
             if op in ("where", "not"):
                 cond = args[0]
                 if node.args[0].result != "bool":  # Python's truth of a float, as numba has it
-                    emit(f'  %t{i} = call i1 @"gradc.truth.f"(double {cond})')
+                    template = _in_place(_TRUTH)
+                    emit(f"  %t{i} = " + (template.format(cond) if template is not None else
+                                          f'call i1 @"gradc.truth.f"(double {cond})'))
                     cond = f"%t{i}"
                 if op == "not":
                     emit(f"  %v{i} = xor i1 {cond}, true")
@@ -801,14 +815,18 @@ def _part_text(graph, name, part, slots, last):
             else:
                 key = _helper_key(node)
                 used = node.args[:1] if key[2] is not None else node.args
-                params = ", ".join(f"{_llvm_type(a.result)} {value(a)}" for a in used)
-                emit(f'  %v{i} = call {_llvm_type(node.result)} @"{_helper_name(key)}"({params})')
+                template = _in_place(key)
+                if template is not None:  # the helper's one instruction, as inlining leaves it
+                    emit(f"  %v{i} = " + template.format(*[value(a) for a in used]))
+                else:
+                    params = ", ".join(f"{_llvm_type(a.result)} {value(a)}" for a in used)
+                    emit(f'  %v{i} = call {_llvm_type(node.result)} @"{_helper_name(key)}"'
+                         f"({params})")
         values[i] = f"%v{i}"
         if i in slots:  # a later part reads it
-            ty = _llvm_type(node.result)
-            emit(f"  %y{i}.p = getelementptr i8, i8* %spill, i64 {slots[i]}")
-            emit(f"  %y{i}.q = bitcast i8* %y{i}.p to {ty}*")
-            emit(f"  store {ty} %v{i}, {ty}* %y{i}.q")
+            ty, at = slots[i]
+            emit(f"  %y{i}.p = getelementptr {ty}, {ty}* %{_SPILL[ty]}, i64 {at}")
+            emit(f"  store {ty} %v{i}, {ty}* %y{i}.p")
     if last:
         _store_results(graph, emit, value)
     emit("  ret void")
@@ -841,11 +859,47 @@ def _module_text(graph, symbol, keys):
     """The whole module: the helpers the body calls, their declarations (once), the body."""
     declarations, definitions = {}, []
     for key in keys:
+        if _in_place(key) is not None:
+            continue  # written in place of each call: the body does not call it
         definition, declared = _helper(key)
         definitions.append(definition)
         for line in declared:
             declarations.setdefault(line, None)
     return "\n\n".join(list(declarations) + definitions + [_body_text(graph, symbol)]) + "\n"
+
+
+_TRUTH = ("truth", "f", None)
+_in_place_cache = {}  # helper key -> its one instruction as a template, or None
+_ONE_INSTRUCTION = re.compile(r'define internal \S+ @"[^"]+"\((?P<params>[^)]*)\) alwaysinline\n'
+                              r'\{\nentry:\n  %"\.(?P<n>[0-9]+)" = (?P<instruction>[^\n]+)\n'
+                              r'  ret \S+ %"\.(?P=n)"\n\}')
+_ARGUMENT = re.compile(r'%"\.([0-9]+)"')
+
+
+def _in_place(key):
+    """For a helper whose body is one instruction and its ``ret`` (fadd, fmul, fcmp...; most
+    of a program's nodes), that instruction as a ``str.format`` template of its arguments'
+    values: the body writes it where it would call the helper, which is the IR inlining
+    leaves (the same instruction on the same values), without the call for LLVM to parse
+    and inline (measured: ~30% of LLVM's time on the chain and the pendulum). None for
+    other helpers, which are called (and inlined by LLVM)."""
+    if key not in _in_place_cache:
+        _in_place_cache[key] = _template_of(_helper(key))
+    return _in_place_cache[key]
+
+
+def _template_of(helper):
+    if helper is None or helper[1]:  # no helper, or one that declares a function
+        return None
+    found = _ONE_INSTRUCTION.fullmatch(helper[0])
+    if found is None:
+        return None
+    arity = found["params"].count(",") + 1 if found["params"] else 0
+    instruction = found["instruction"].replace("{", "{{").replace("}", "}}")
+    used = [int(k) for k in _ARGUMENT.findall(instruction)]
+    if not used or any(not 1 <= k <= arity for k in used):
+        return None  # a value other than the arguments: not an instruction of them alone
+    return _ARGUMENT.sub(lambda m: "{%d}" % (int(m.group(1)) - 1), instruction)
 
 
 def _codegen_opt(graph):

@@ -7,7 +7,7 @@ own lowering writes them (gradc.native._build_helper), so that a scalar program
 compiles without importing numba. Used only where STAMP equals what is installed.
 """
 
-STAMP = {'numba': '0.68.1', 'llvmlite': '0.50.0', 'platform': 'linux-x86_64', 'lowering': 3}
+STAMP = {'numba': '0.68.1', 'llvmlite': '0.50.0', 'platform': 'linux-x86_64', 'lowering': 4}
 
 MAX_TABLE_EXPONENT = 32
 

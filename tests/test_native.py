@@ -659,3 +659,19 @@ def test_an_edited_program_never_runs_the_c_entry_of_the_one_before():
         f, _ = native_compile(g, func_name, source, (None, None), 3, min_nodes=0)
         results.append(f(1.0, 2.0))
     assert results == [9.0, 12.0]
+
+
+@pytest.mark.parametrize("opt", [0, 1])
+def test_helpers_written_in_place_compile_to_the_code_of_the_inlined_calls(monkeypatch, opt):
+    """A helper of one instruction (fadd, fmul, fcmp...) is written where the body would call
+    it: the object code is byte for byte the one of calling every helper and inlining it."""
+    graph = every_helper_graph()
+    keys = native._helper_keys(graph)
+    in_place = [key for key in keys if native._in_place(key) is not None]
+    assert {("mul", "ff", None), ("add", "ff", None), ("truth", "f", None)} <= set(in_place)
+    assert native._in_place(("div", "ff", None)) is None  # numba's zero check: a branch
+    written = native._compile_object(native._module_text(graph, "gradc_body_in_place", keys), opt)
+    monkeypatch.setattr(native, "_in_place", lambda key: None)
+    text = native._module_text(graph, "gradc_body_in_place", keys)
+    assert 'call double @"gradc.mul.ff"' in text
+    assert native._compile_object(text, opt) == written
