@@ -1100,6 +1100,9 @@ class Entry:
     def __init__(self, spec, name, anchor, function):
         self.spec, self.name, self._anchor, self.function = spec, name, anchor, function
         self._layout = _Layout(spec)
+        # allow() from two threads at once must not write one row twice (a row of one
+        # call's dims and another's result shapes would be a buffer overrun).
+        self._lock = threading.Lock()
 
     @property
     def rows(self):
@@ -1115,9 +1118,10 @@ class Entry:
         if not callable(fallback):
             raise TypeError(f"gradc.shim: the fallback must be callable, not {fallback!r}")
         anchor = self._anchor
-        old = anchor.fallback
-        anchor.fallback = fallback  # held before the machine code may read it...
-        anchor.config[_CFG_FALLBACK] = id(fallback)
+        with self._lock:
+            old = anchor.fallback
+            anchor.fallback = fallback  # held before the machine code may read it...
+            anchor.config[_CFG_FALLBACK] = id(fallback)
         del old  # ...and the old one released only after it may no longer
 
     def allow(self, param_shapes, result_shapes):
@@ -1127,6 +1131,10 @@ class Entry:
         False where the table is full (those shapes stay with the fallback)."""
         params = self._param_shapes(param_shapes)
         results = self._result_shapes(result_shapes)
+        with self._lock:
+            return self._add_row(params, results)
+
+    def _add_row(self, params, results):
         anchor = self._anchor
         for known, known_results in anchor.rows:
             if known == params:

@@ -647,3 +647,31 @@ def test_rows_added_while_other_threads_call_never_give_a_wrong_answer():
         t.join()
     assert not problems
     assert entry.function(np.ones(shim.CAPACITY), 0.0)[0] == float(shim.CAPACITY)
+
+
+def test_rows_allowed_from_several_threads_at_once_each_get_their_own_row():
+    import threading
+
+    entry, _ = sum_entry(rows=())
+    barrier = threading.Barrier(4)
+
+    def add(first):
+        barrier.wait()
+        for n in range(first, shim.CAPACITY + 1, 4):
+            assert entry.allow(((n,),), ((n,),))
+
+    threads = [threading.Thread(target=add, args=(k,)) for k in range(1, 5)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads inside allow() as often as possible
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert entry._anchor.config[shim._CFG_COUNT] == shim.CAPACITY  # the published count
+    assert sorted(row[0][0][0] for row in entry.rows) == list(range(1, shim.CAPACITY + 1))
+    for n in (1, 17, shim.CAPACITY):
+        value, grad = entry.function(np.ones(n), 0.0)
+        assert value == float(n) and grad.shape == (n,)
