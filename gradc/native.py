@@ -77,6 +77,7 @@ import logging
 import operator
 import os
 import re
+import threading
 
 import numpy as np
 
@@ -411,6 +412,7 @@ _OBJECT_MAGIC = b"gradc native object 1\n"
 
 _helper_cache = {}  # helper key -> (definition, declarations), or None: no helper
 _loaded = {}        # symbol -> address of a body loaded into this process
+_BODY_LOCK = threading.RLock()  # held while a body is read or compiled and loaded
 _engines = []       # MCJIT engines holding loaded bodies (kept: their code must stay)
 _context = None
 _target_machines = {}  # codegen level -> target machine
@@ -1135,17 +1137,18 @@ def _ensure_body(graph, symbol, keys, directory):
     verified ``directory``, else compiled now and saved there) and its object file's path
     (None without a cache directory)."""
     path = _object_path(directory, symbol)
-    if symbol not in _loaded:
-        opt = _codegen_opt(graph)
-        payload = _read_object(path, symbol, directory, opt)
-        if payload is None:
-            payload = _compile_object(_module_text(graph, symbol, keys), opt)
-            if path is not None:
-                _write_object(path, symbol, payload, opt)
-        else:
-            jit._mark_used(path)  # its age is the time since a process last loaded it
-        _load_object(payload, symbol)
-    return _loaded[symbol], path
+    with _BODY_LOCK:  # two threads compiling one program load its body once
+        if symbol not in _loaded:
+            opt = _codegen_opt(graph)
+            payload = _read_object(path, symbol, directory, opt)
+            if payload is None:
+                payload = _compile_object(_module_text(graph, symbol, keys), opt)
+                if path is not None:
+                    _write_object(path, symbol, payload, opt)
+            else:
+                jit._mark_used(path)  # its age is the time since a process last loaded it
+            _load_object(payload, symbol)
+        return _loaded[symbol], path
 
 
 def _make_call_intrinsic(symbol, n_params):

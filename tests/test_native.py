@@ -675,3 +675,31 @@ def test_helpers_written_in_place_compile_to_the_code_of_the_inlined_calls(monke
     text = native._module_text(graph, "gradc_body_in_place", keys)
     assert 'call double @"gradc.mul.ff"' in text
     assert native._compile_object(text, opt) == written
+
+
+def test_object_code_for_another_cpu_is_never_run(tmp_path, monkeypatch):
+    """The object file's header names the CPU and features it was compiled for (as numba
+    would choose them here); a file that names another CPU is deleted and rebuilt."""
+    cache = tmp_path / "cache"
+    graph, source, func_name = _compile_small(cache, monkeypatch)
+    jit.cache_dir()
+    cpu = native._host_target()["cpu"]
+    path = _plant(cache, graph, source, func_name,
+                  replace=(f'"cpu": "{cpu}"'.encode(), b'"cpu": "another-cpu"'))
+    with open(path, "rb") as fh:
+        assert b'"cpu": "another-cpu"' in fh.read(2000)
+    native._loaded.pop(native._symbol(source), None)
+    f, _ = native_compile(graph, func_name, source, (None, None), 3, min_nodes=0)
+    assert f(2.0, 3.0)[0] == 2.0 * 3.0 + 8.0 - 1.5  # not the planted 42.0
+    with open(path, "rb") as fh:
+        assert f'"cpu": "{cpu}"'.encode() in fh.read(2000)
+
+
+def test_gradc_cache_clear_removes_the_object_code(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    graph, source, func_name = _compile_small(cache, monkeypatch)
+    native._loaded.pop(native._symbol(source), None)  # compiled again, into this cache
+    _, path = native_compile(graph, func_name, source, (None, None), 3, min_nodes=0)
+    assert os.path.dirname(path) == str(cache / "__pycache__") and os.path.isfile(path)
+    removed, _ = jit.clear_cache(str(cache))
+    assert removed >= 1 and not os.path.exists(path)
