@@ -182,13 +182,14 @@ _WEIGHT = {name: 8 for name in ("exp", "log", "log1p", "expm1", "sin", "cos", "t
 # element than the scalar libm call numba makes for them, in a loop or for np.tanh(array)
 # alike (`python -m benchmarks.profile_kernels --ufuncs`; at 4,096 float64 elements: exp 3.7x,
 # tanh 5.3x, log1p 3.7x; float32 tanh 13x). An array of one of them is one call of NumPy's
-# loop on its argument in memory, reached through numba's object mode, which costs ~1.7 us to
-# enter: below _VECTOR_MIN elements (where the two measured even: exp ~500, tanh ~200,
-# log ~600) the helper runs the scalar loop instead. Not here: sin and cos (NumPy's float64
-# loops call libm too: 0.8-1.0x), sqrt (one instruction, which LLVM vectorises itself).
+# loop on its argument in memory, reached through numba's object mode under np.errstate: that
+# costs ~2-3 us a call, so below _VECTOR_MIN elements the helper runs the scalar loop instead
+# (measured, under load 4 on 2 cores: NumPy's loop even with the scalar one at 512 elements
+# for exp, ahead at 1,024 for exp, log, log1p and tanh by 1.4-2.6x). Not here: sin and cos
+# (NumPy's float64 loops call libm too: 0.3-0.9x), sqrt (one instruction, LLVM vectorises it).
 _VECTOR = ("exp", "log", "log1p", "expm1", "tanh", "sinh", "cosh", "tan", "arcsin", "arctan",
            "arctanh", "arcsinh", "log2", "log10", "exp2", "cbrt")
-_VECTOR_MIN = 512
+_VECTOR_MIN = 1024
 assert all(OPS[name].template == "{np}.%s({0})" % name for name in _VECTOR)
 
 # --- what each op of the table lowers to (tests/test_loops_surface.py checks every op is here) --
@@ -1148,11 +1149,20 @@ class _Lowering:
         """The helpers _vector calls, one per op, as source before the function. numba
         compiles each into its caller (register_jitable); object mode is entered in a
         function of its own because numba 0.68 miscompiles two object-mode blocks under
-        branches of one function ("Instruction does not dominate all uses")."""
+        branches of one function ("Instruction does not dominate all uses"). In object mode
+        a plain function runs NumPy's loop under np.errstate(all="ignore"): silent, as the
+        loops around it are (numba's error_model="numpy"), with no warning and no
+        FloatingPointError where the caller set np.seterr(all="raise")."""
         if not self.helpers:
             return []
-        lines = []
         nb, np_ = self.numba, self.np
+        loop = self.namer.fresh("numpy_loop")
+        lines = [f"def {loop}(ufunc, a, out):",
+                 "    # silent, as numba's loops are (error_model=\"numpy\")",
+                 f"    with {np_}.errstate(all=\"ignore\"):",
+                 "        ufunc(a, out=out)",
+                 "",
+                 ""]
         for op, name in self.helpers.items():
             lines += [
                 f"@{nb}.extending.register_jitable",
@@ -1164,7 +1174,7 @@ class _Lowering:
                 f"            out.flat[i] = {np_}.{op}(a.flat[i])",
                 "    else:",
                 f"        with {nb}.objmode():",
-                f"            {np_}.{op}(a, out=out)",
+                f"            {loop}({np_}.{op}, a, out)",
                 "",
                 "",
             ]

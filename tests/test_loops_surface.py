@@ -9,6 +9,7 @@ direction against central differences.
 """
 import os
 import re
+import warnings
 
 import numba
 import numpy as np
@@ -259,13 +260,13 @@ def test_running_values_sorts_and_pieces_along_any_axis_match_the_graph():
 
 # --- transcendentals of whole arrays: NumPy's SIMD loop ------------------------------------------
 def test_large_arrays_of_transcendentals_call_numpys_loop_and_equal_the_numpy_level_code():
-    # tanh, exp and log1p of 512 elements and more are NumPy's SIMD loops, entered through
+    # tanh, exp and log1p of 1,024 elements and more are NumPy's SIMD loops, entered through
     # numba's object mode; below, a loop of scalar calls. Either way, one compiled source
     # serves every length, and the values are NumPy's.
     def loss(x):
         return np.sum(np.log1p(np.exp(-x * x))) + np.sum(np.tanh(x) * np.sin(x))
 
-    f = check_loss(loss, lambda rng, n: [rng.uniform(-2, 2, n)], [7, 511, 512, 10**4])
+    f = check_loss(loss, lambda rng, n: [rng.uniform(-2, 2, n)], [7, 1023, 1024, 10**4])
     source = next(iter(f._specs.values())).source
     # one helper per op of the table's list (exp, log1p, tanh); sin's NumPy loop is no faster
     assert source.count("objmode()") == 3 and "np.sin(x[i])" in source
@@ -280,6 +281,22 @@ def test_a_transcendental_result_is_written_into_the_callers_buffer():
     assert result is buffer or np.shares_memory(result, buffer)
 
 
+def test_numpys_loop_inside_the_loops_is_as_silent_as_numbas_loops():
+    # log(0) in NumPy's loop warns, or raises FloatingPointError under np.seterr(all="raise");
+    # the loops around it are silent (error_model="numpy"), at every length alike
+    f = gradc.value_and_grad(lambda x: np.sum(np.log(x)), arrays="loops")
+    saved = np.seterr(all="raise")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for n in (7, 2000):
+                value, grad = f(np.zeros(n))
+                assert value == -np.inf and np.all(grad == np.inf)
+    finally:
+        np.seterr(**saved)
+    assert "objmode()" in next(iter(f._specs.values())).source
+
+
 def test_a_float32_programs_loops_compute_in_float32():
     # literals, a float argument and a running sum, read in loop bodies: numba types a bare
     # 0.1 or a Python float argument as float64, and c * x[i] would be computed in float64
@@ -288,7 +305,7 @@ def test_a_float32_programs_loops_compute_in_float32():
         return np.sum(np.tanh(y) ** 2 + 2.0 * y * x[::-1])
 
     f = gradc.value_and_grad(loss, argnums=0, arrays="loops")
-    x = np.linspace(0.1, 1.0, 1000, dtype=np.float32)
+    x = np.linspace(0.1, 1.0, 2000, dtype=np.float32)  # tanh: NumPy's float32 loop
     value, grad = f(x, 0.5)
     assert grad.dtype == np.float32
     _close((value, grad), gradc.value_and_grad(loss, argnums=0, backend="python")(x, 0.5),
