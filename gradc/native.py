@@ -1365,9 +1365,7 @@ def _compile_entry_route(graph, func_name, source, shapes, keys):
     try:
         from . import shim
 
-        # codegen level 0 for the entry: built ~3x faster than at 2 (~4 ms against 13),
-        # for ~6 ns a call (gradc/shim.py), which a body of 200 nodes or more does not feel
-        entry = shim.make_entry(spec, address, func_name, opt=0)
+        entry = shim.make_entry(spec, address, func_name)
         arrays = [leaf for leaf in leaves(graph.out_tree) if isinstance(leaf, ArrayOut)]
         entry.allow(tuple(shapes), tuple(tuple(leaf.shape) for leaf in arrays))
     except Exception as exc:  # the shim refused this process (ShimUnavailable) or the spec

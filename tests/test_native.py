@@ -528,7 +528,8 @@ def test_an_edited_function_never_runs_the_body_compiled_before(route, monkeypat
     for k in (k1, k2):
         f = gradc.value_and_grad(_rosen_with(k), arrays="unroll")
         value, grad = f(x)
-        assert "native" in open(f.path).readline()
+        # route 3 where gradc/api.py asks for the C entry (its path: the object file)
+        assert route_of(f.path) in ({1} if route == "intrinsic" else {2, 3})
         expected = gradc.value_and_grad(_rosen_with(k), backend="python", arrays="unroll")(x)
         assert value == pytest.approx(expected[0], rel=1e-14)
         np.testing.assert_allclose(grad, expected[1], rtol=1e-13)
@@ -537,6 +538,12 @@ def test_an_edited_function_never_runs_the_body_compiled_before(route, monkeypat
 
 
 # --- the generated helper table and the host target, without numba (issue 15) -----------------
+
+#: Tests of what the generated helper table holds: they need the table of the installed numba
+#: and llvmlite (test_the_helper_table_is_what_the_installed_numba_generates says otherwise).
+needs_table = pytest.mark.skipif(native._helper_table() is None,
+                                 reason="gradc/native_helpers.py is for another numba or llvmlite")
+
 
 def every_helper_graph():
     """A graph of x, y that calls every helper the generated table holds (each op with each
@@ -575,6 +582,7 @@ def test_the_helper_table_is_what_the_installed_numba_generates():
     assert native._helper_table() is native_helpers.HELPERS
 
 
+@needs_table
 def test_the_helper_table_holds_every_key_a_program_can_need():
     graph = every_helper_graph()
     table = native._helper_table()
@@ -603,6 +611,7 @@ def test_a_helper_table_of_other_versions_is_never_used(monkeypatch):
     assert 'define internal double @"gradc.div.ff"' in text
 
 
+@needs_table
 def test_an_exponent_past_the_table_is_built_with_numba(monkeypatch):
     key = ("pow", "f", native.MAX_TABLE_EXPONENT + 1)
     assert key not in native._helper_table()
@@ -661,6 +670,7 @@ def test_an_edited_program_never_runs_the_c_entry_of_the_one_before():
     assert results == [9.0, 12.0]
 
 
+@needs_table
 @pytest.mark.parametrize("opt", [0, 1])
 def test_helpers_written_in_place_compile_to_the_code_of_the_inlined_calls(monkeypatch, opt):
     """A helper of one instruction (fadd, fmul, fcmp...) is written where the body would call
