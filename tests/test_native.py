@@ -713,3 +713,16 @@ def test_gradc_cache_clear_removes_the_object_code(tmp_path, monkeypatch):
     assert os.path.dirname(path) == str(cache / "__pycache__") and os.path.isfile(path)
     removed, _ = jit.clear_cache(str(cache))
     assert removed >= 1 and not os.path.exists(path)
+
+
+def test_without_a_cache_directory_the_c_entry_works_in_memory(monkeypatch):
+    """No usable cache directory (jit.cache_dir() is None): the body is compiled, not saved,
+    and the path says so."""
+    monkeypatch.setattr(jit, "cache_dir", lambda: None)
+    g = Graph("nowhere")
+    x, y = g.input("x"), g.input("y")
+    g.set_outputs([g.add("sub", (g.add("mul", (x, x)), y))], 0)
+    source, func_name, _ = emit_module(g, "nowhere", "value")
+    entry, path = native.compile_graph(g, func_name, source, (None, None), min_nodes=0,
+                                       c_entry=True)
+    assert path.startswith("<in memory: ") and entry.function(3.0, 1.5) == 7.5
