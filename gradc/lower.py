@@ -1010,7 +1010,11 @@ class _Lowering:
         name = self.name(node)
         alloc = None
         if not self._is_out(node):
-            alloc = f"{name} = {self._alloc(space, zero=False)}"
+            reused = self._reused(node, space)
+            # an argument's buffer, read at this index only, takes the result in its place
+            # (t1 = X @ W + b is one buffer, not two); else a new one
+            alloc = f"{name} = " + (self.name(reused) if reused is not None
+                                    else self._alloc(space, zero=False))
             nest.prelude.append(alloc)
         idx = self._identity(nest)
         text, _ = self._compute(node, idx, nest)
@@ -1019,6 +1023,18 @@ class _Lowering:
         self.where[node.id] = k
         if text.isidentifier():  # later readers in this loop, at this index, read the local
             self.written[node.id] = _Written(nest, text, alloc, store)
+
+    def _reused(self, node, space):
+        """The argument of elementwise ``node`` whose buffer its loop may overwrite: one it
+        reads at the loop's own index (its shape), with no other reader (_float_buffer)."""
+        if node.op not in _ELEMENTWISE:
+            return None
+        for a in node.args:
+            a = resolve(a)
+            if a.shape == node.shape and self.shapes.forms[a.id] == space and \
+                    self._float_buffer(a):
+                return a
+        return None
 
     def _compute(self, node, idx, nest):
         """``node``'s element computed from its arguments, even if the node is kept in memory."""
@@ -1136,7 +1152,7 @@ class _Lowering:
         name = self.name(node)
         if self._is_out(node):
             pass  # the caller's buffer
-        elif self._owns_buffer(arg):
+        elif self._float_buffer(arg):
             self._stmt(node, f"{name} = {source}")
             source = name  # computed in place
         else:
@@ -1316,6 +1332,14 @@ class _Lowering:
         that nothing but its one user reads: the user may write into it instead of a copy."""
         return (node.id in self.materialised and node.op != "reshape"
                 and self.uses[node.id] == 1 and node.id not in self.outputs)
+
+    def _float_buffer(self, node):
+        """True where ``node``'s buffer may take an elementwise result in its place: an array
+        of the program's float that this function allocated (a product, a loop's array,
+        NumPy's loop's result) and that nothing but its one user reads. Not an argsort's
+        integer order, whose elements would be truncated."""
+        return self._owns_buffer(node) and (node.op == "matmul" or node.id in self.vectors
+                                            or node.id in self.written)
 
     def _reshape(self, node):
         """A reshape that moves elements between axes: a view of its argument, which is in
