@@ -29,8 +29,12 @@ class Stats:
 
 
 def measure(fn, args=(), repeat=15, min_time=0.02, warmup=3) -> Stats:
-    """Time ``fn(*args)``: ``warmup`` untimed calls, then ``repeat`` timed loops of >= ``min_time`` s."""
-    for _ in range(warmup):
+    """Time ``fn(*args)``: ``warmup`` untimed calls (at least enough for a gradc function to
+    get its C entry: gradc.fastcall.PROMOTE_AFTER), then ``repeat`` timed loops of >=
+    ``min_time`` s."""
+    from gradc import fastcall
+
+    for _ in range(max(warmup, fastcall.PROMOTE_AFTER + 1)):
         fn(*args)
     names = [f"a{i}" for i in range(len(args))]
     env = dict(zip(names, args), fn=fn)

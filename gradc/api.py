@@ -34,10 +34,10 @@ import re
 
 import numpy as np
 
-from . import ad, constructors, custom, errors, jit, native, trees
+from . import ad, constructors, custom, errors, fastcall, jit, native, shim, trees
 from .emit import emit_module
 from .ir import ArrayOut, leaves as out_leaves, resolve
-from .lower import LoweringError, lower_module
+from .lower import NOT_LOWERED, LoweringError, lower_module
 from .optimize import optimize
 from .trace import Tracer, identifier_or_none, trace
 from .unroll import can_unroll, size_of, unroll
@@ -126,6 +126,29 @@ class _NeedsConversion(errors.ArgumentError):
     arrays...): the quick path catches it and the full path converts them."""
 
 
+def _loops_win(graph):
+    """Whether fused loops beat unrolled scalar code on this small-array program: everywhere
+    but on products (benchmarks/loops.py, n = 16: Rosenbrock's loops 0.57 µs against
+    unrolled 0.69 µs through the same Python call, 0.42 µs behind the C entry; least squares
+    8x4 unrolled 3.35 µs against 5.62 µs, np.dot's call costing more than the product), and
+    where the loop lowering has a rule for every op."""
+    return not any(node.op == "matmul" or node.op in NOT_LOWERED for node in graph.nodes)
+
+
+#: The transformations whose calls may go through a C entry (gradc/fastcall.py): those whose
+#: results are the floats and arrays of one fused out= kernel.
+_FAST_KINDS = ("value_and_grad", "grad", "hvp", "jvp", "vjp")
+
+
+class _Fast:
+    """A function's C entry (gradc/fastcall.py): the out= kernel source it calls, its plan,
+    and its two :mod:`gradc.shim` entries (``fresh``: calls without keywords; ``out``: with
+    out=, or None)."""
+
+    def __init__(self, source, plan, fresh, out):
+        self.source, self.plan, self.fresh, self.out = source, plan, fresh, out
+
+
 class _Spec:
     """One compiled specialisation: its graph, source, file and callable."""
 
@@ -179,6 +202,10 @@ class GradcFunction:
         self._out_by_shape: dict[tuple, tuple] = {}
         self._no_loops_out: set = set()  # signatures whose out= cannot run as fused loops
         self._out_calls: dict[tuple, tuple] = {}  # f(x, y, out=dx): (call, (shape, dtype) of dx)
+        # The C entry (gradc/fastcall.py): calls counted until PROMOTE_AFTER, then the entry
+        # (a _Fast) or False where the function cannot have one
+        self._calls = 0
+        self._fast = None
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -352,6 +379,8 @@ class GradcFunction:
         if (self._arrays != "auto" or array_elements(shapes) > UNROLL_MAX_ELEMENTS
                 or size_of(graph) > 20 * UNROLL_MAX_NODES):
             return graph
+        if self._backend == "numba" and self._kind in _FAST_KINDS and _loops_win(graph):
+            return graph
         unrolled = optimize(unroll(graph))
         return unrolled if len(unrolled.nodes) <= UNROLL_MAX_NODES else graph
 
@@ -390,7 +419,7 @@ class GradcFunction:
                 # (gradc/native.py); None for everything else, which numba compiles as before.
                 all_shapes = _with_hidden_shapes(shapes, graph)
                 compiled = None if graph.whole_params else native.compile_graph(
-                    graph, func_name, source, all_shapes)
+                    graph, func_name, source, all_shapes, c_entry=True)
                 dispatcher, path = compiled or jit.load_numba(
                     source, func_name, entry_name, all_shapes, dtype=dtype,
                     layout=numba_layout(graph))
@@ -399,7 +428,14 @@ class GradcFunction:
                     raise
                 # arrays="auto": numba lacks something this NumPy-level code uses; NumPy runs it
             else:
-                dispatcher._explain_matching_error = self._numba_mismatch
+                if isinstance(dispatcher, shim.Entry):
+                    # route 3 (the body behind a C entry, no numba): what it does not take
+                    # (ints, float32, other layouts) goes back to the quick path, as numba's
+                    # refusal does, and is converted there
+                    dispatcher.set_fallback(self._numba_mismatch)
+                    dispatcher = dispatcher.function
+                else:
+                    dispatcher._explain_matching_error = self._numba_mismatch
                 spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
 
         def wrapped(spec):
@@ -427,6 +463,8 @@ class GradcFunction:
         if spec.plain is not None:
             self._plain[tuple(None if shape is None else (shape, np.dtype(dtype))
                               for shape in shapes)] = spec.plain
+        if self._fast and dtype == "float64":  # a new shape for the C entry, if the same kernel
+            self._fast_allow(self._fast, shapes)
         if len(shapes) == 1 and shapes[0] is not None and dtype == "float64":
             # the thin path of __call__: this callable takes a float64 array of this shape
             # as it is (numba checks layout and writability, and raises _NeedsConversion)
@@ -531,13 +569,116 @@ class GradcFunction:
 
     def _leave_numba(self):
         """Back to the Python ``__call__`` (and its quick path by shape), once there is more
-        than the one float specialisation the dispatcher serves."""
+        than the one float specialisation the dispatcher serves. (A C entry for arrays,
+        :meth:`_promote`'s, stays: it takes only the shapes it was allowed.)"""
+        if self.__dict__.get("_fast") is None:
+            self._restore_class()
+
+    def _restore_class(self):
         own = self.__dict__.pop("_own_class", None)
         if own is not None:
             self.__class__ = own
 
+    # --- the C entry of fused loops (gradc/fastcall.py) ---------------------------------
+    def _try_promote(self, args, kwargs):
+        """After PROMOTE_AFTER calls: the C entry for this call's signature, if it can have
+        one (``_fast`` False: it cannot; None again: this signature is not compiled yet)."""
+        self._fast = False  # until built (also if building raises)
+        if kwargs.keys() <= {"out"} and self._specs.get(_shapes(args)) is None:
+            self._fast = None  # a call of a new signature: ask again at the next call
+            return
+        self._fast = self._promote(args, kwargs) or False
+
+    def _promote(self, args, kwargs):
+        """Make this object's ``__call__`` a C entry calling the out= loop kernel of this
+        call's signature (gradc/fastcall.py), allowed at this call's shapes; None where it
+        does not apply. Only plain calls of float64 arrays and floats qualify."""
+        if (self._backend != "numba" or self._arrays not in ("auto", "loops") or self._has_aux
+                or self._kind not in _FAST_KINDS or getattr(self, "_sparse", None) is not None
+                or self._static or self._tree_calls or "_own_class" in self.__dict__
+                or set(kwargs) - ({"out"} if self._takes_out else set())):
+            return None
+        if not all(type(a) is float or type(a) is _ndarray and a.dtype is _FLOAT64 and a.ndim
+                   for a in args) or not fastcall.available():
+            return None
+        shapes = _shapes(args)
+        spec = self._specs.get(shapes)
+        # the call binds to its own arguments (no defaults filled in), and the Python path
+        # runs the fused loops for it
+        if spec is None or len(spec.graph.params) != len(args) or spec.runs != "loops":
+            return None
+        found = self._fast_kernel(shapes)
+        if found is None:
+            return None
+        out_spec, dispatcher, plan = found
+        try:
+            compiled, _ = fastcall.compile_wrapper(plan, out_spec.func_name, out_spec.source,
+                                                   dispatcher)
+            fresh, out = fastcall.entries(plan, compiled, out_spec.func_name)
+        except Exception as exc:  # numba or LLVM refused the wrapper: a gradc bug; the
+            # Python path keeps serving every call, as it did
+            import logging
+
+            logging.getLogger("gradc").warning("gradc: no C entry for %s (%s: %s)", self._name,
+                                               type(exc).__name__, exc)
+            return None
+        python_call = type(self).__call__.__get__(self)
+        fresh.set_fallback(out.function if out is not None else python_call)
+        if out is not None:
+            out.set_fallback(python_call)
+        fast = _Fast(out_spec.source, plan, fresh, out)
+        self._own_class = type(self)
+        self.__class__ = type(type(self).__name__, (type(self),),
+                              {"__call__": staticmethod(fresh.function)})
+        for key in list(self._specs):  # every shape compiled so far with the same kernel
+            if isinstance(key, tuple) and key and all(k is None or isinstance(k, tuple)
+                                                      for k in key):
+                self._fast_allow(fast, key)
+        return fast
+
+    def _fast_kernel(self, shapes):
+        """``(out= spec, kernel dispatcher, fastcall plan)`` of the signature ``shapes``
+        (float64), or None where it has no fused out= kernel or the C entry cannot take it."""
+        spec = self._specs.get(shapes)
+        if spec is None:
+            return None
+        tree = spec.graph.out_tree[1] if self._kind == "value_and_grad" else spec.graph.out_tree
+        count = sum(1 for leaf in out_leaves(tree)
+                    if isinstance(leaf, ArrayOut) or spec.graph.outputs[leaf].shape)
+        out_spec = self._loops_out_spec(spec, shapes, "float64", count)
+        if out_spec is None:
+            return None
+        plan = fastcall.plan(out_spec.graph, shapes, self._kind)
+        found = _LOOP_FUNCTIONS.get(out_spec.source)
+        if plan is None or found is None:
+            return None
+        return out_spec, found[0], plan
+
+    def _fast_allow(self, fast, shapes):
+        """Allow the C entry at ``shapes`` where their out= kernel is the entry's (the same
+        lowered text: the same function), and where the Python path runs those loops too: an
+        unrolled signature (small arrays with products) keeps its own code, since it may round
+        differently and the out= entry would take its fresh calls (a call's result never
+        depends on the calls before it)."""
+        if tuple(None if s is None else len(s) for s in shapes) != fast.plan.params:
+            return
+        if self._specs[shapes].runs != "loops":
+            return
+        found = self._fast_kernel(shapes)
+        if found is None or found[0].source != fast.source:
+            return
+        results = fastcall.buffer_shapes(fast.plan, shapes)
+        params = tuple(s for s in shapes if s is not None)
+        fast.fresh.allow(params, results)
+        if fast.out is not None and self._takes_out:
+            fast.out.allow(params, results)
+
     # --- calling ----------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
+        if self._fast is None:  # not yet promoted to a C entry (nor found unable to be)
+            self._calls += 1
+            if self._calls >= fastcall.PROMOTE_AFTER:
+                self._try_promote(args, kwargs)
         if len(args) == 1:  # the thin paths: one float64 array of a shape compiled before
             a = args[0]
             if type(a) is _ndarray and a.dtype is _FLOAT64:
@@ -601,7 +742,8 @@ class GradcFunction:
         self._out_by_shape.clear()
         self._no_loops_out.clear()
         self._out_calls.clear()
-        self._leave_numba()
+        self._fast, self._calls = None, 0
+        self._restore_class()
 
     def _call_full(self, args, kwargs):
         """Any call: bind and convert the arguments, compile their specialisation if it is

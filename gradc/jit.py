@@ -722,21 +722,23 @@ def _gradc_caches():
     """Let ``njit(cache=True)`` calls made while gradc builds use :func:`_function_cache_for`.
 
     numba's dispatchers create their cache with the name ``FunctionCache`` of
-    ``numba.core.dispatcher`` when ``cache=True``; it is swapped for the duration of a build
+    ``numba.core.dispatcher`` when ``cache=True`` (cfuncs: of ``numba.core.ccallback``); both
+    are swapped for the duration of a build
     (the builders, the batched one included, keep calling plain ``njit(cache=True)``). Builds
     are serialised, so the swap is never seen half-undone; other functions compiled meanwhile
     get numba's own cache.
     """
-    from numba.core import dispatcher
+    from numba.core import ccallback, dispatcher
 
     with _BUILD_LOCK:
         _listen_to_compiles()
-        saved = dispatcher.FunctionCache
-        dispatcher.FunctionCache = _function_cache_for
+        saved = dispatcher.FunctionCache, ccallback.FunctionCache
+        # cfuncs (gradc/fastcall.py's wrappers) look the name up in their own module
+        dispatcher.FunctionCache = ccallback.FunctionCache = _function_cache_for
         try:
             yield
         finally:
-            dispatcher.FunctionCache = saved
+            dispatcher.FunctionCache, ccallback.FunctionCache = saved
 
 
 # --- compile notices -----------------------------------------------------------------------
