@@ -261,8 +261,8 @@ def test_cache_info_describes_every_specialisation():
 
     import gradc
 
-    def rosen(x):
-        return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+    def rosen(x):  # with a product, which small arrays run unrolled (api._loops_win)
+        return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2) + x @ x
 
     f = gradc.value_and_grad(rosen)
     f(np.ones(8))

@@ -104,7 +104,8 @@ def test_numba_hessian_and_hvp_agree_with_python():
         py = getattr(gradc, kind)(rosen, backend="python")
         nb = getattr(gradc, kind)(rosen, backend="numba")
         np.testing.assert_allclose(nb(*args), py(*args), rtol=1e-13)
-        assert nb.source == py.source
+        if kind == "hessian":  # unrolled by both (hvp: numba runs fused loops, python unrolls)
+            assert nb.source == py.source
 
 
 def test_numba_value_grad_hessian_of_scalars():

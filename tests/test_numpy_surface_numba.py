@@ -85,10 +85,10 @@ def _grouped(cases):
     return group
 
 
-def _alone_runs(fn, shape):
-    """The path arrays="auto" takes for ``fn``'s loss alone at ``shape``: "unroll", "loops" or
+def _alone_runs(fn, shape, arrays="auto"):
+    """The path ``arrays`` takes for ``fn``'s loss alone at ``shape``: "unroll", "loops" or
     "numpy" (no loop rule), read from the lowering without compiling anything."""
-    f = gradc.value_and_grad(lambda v: surface._loss(fn, v))
+    f = gradc.value_and_grad(lambda v: surface._loss(fn, v), arrays=arrays)
     graph = f.lower((shape,))[0]
     if not graph.whole_params:
         return "unroll"
@@ -99,8 +99,9 @@ def _alone_runs(fn, shape):
     return "loops"
 
 
-def _cases(table, shape, runs):
-    return [(name, table[name]) for name in sorted(table) if _alone_runs(table[name], shape) == runs]
+def _cases(table, shape, runs, arrays="auto"):
+    return [(name, table[name]) for name in sorted(table)
+            if _alone_runs(table[name], shape, arrays) == runs]
 
 
 def _compare(cases, shape, arrays, seed=0):
@@ -161,8 +162,8 @@ def _native_apart(cases, shape):
 
 @pytest.mark.parametrize("n", [n for n in SIZES if n <= api.UNROLL_MAX_ELEMENTS])
 def test_vector_cases_unrolled_match_python(n):
-    # the cases arrays="auto" unrolls when each runs alone, unrolled together
-    cases = _cases(surface.VECTOR_CASES, (n,), "unroll")
+    # the cases the unroll pass takes (arrays="auto" unrolls those with products), together
+    cases = _cases(surface.VECTOR_CASES, (n,), "unroll", arrays="unroll")
     assert len(cases) >= 20
     for group in _native_apart(cases, (n,)):
         _ran(_compare(group, (n,), "unroll"), "numba")
@@ -182,7 +183,7 @@ MATRIX = (4, 4)
 @pytest.mark.parametrize("runs, arrays", [("loops", "auto"), ("unroll", "unroll"),
                                           ("numpy", "auto")])
 def test_matrix_cases_match_python(runs, arrays):
-    cases = _cases(surface.MATRIX_CASES, MATRIX, runs)
+    cases = _cases(surface.MATRIX_CASES, MATRIX, runs, arrays)
     assert len(cases) >= 8
     for group in _native_apart(cases, MATRIX) if runs == "unroll" else [cases]:
         _ran(_compare(group, MATRIX, arrays), {"unroll": "numba"}.get(runs, runs))
