@@ -8,7 +8,15 @@ loop that computes its operand; the adjoint of a slice (a ``scatter``) and sums
 of such adjoints are accumulate loops (``dx[i + 1] += ...``) into one zeroed
 buffer. Matrix products are ``np.dot`` calls (BLAS inside numba) on arrays the
 nests have materialised. Values that do not depend on the loop index are
-computed once, before the loop.
+computed once, before the loop. A loop that reads an array at its own index joins
+the loop that writes it and reads the element's local (an array no line then reads
+from memory has no buffer), and an elementwise result takes the buffer of an
+argument nothing else reads (``X @ W + b`` is one buffer). Transcendentals NumPy
+computes with SIMD loops (exp, log, log1p, tanh, ...: ``_VECTOR``) are, for an
+array of ``_VECTOR_MIN`` elements or more, one call of NumPy's loop through numba's
+object mode, where numba would call libm once per element. A float32 program's
+loops compute in float32 (literals ``np.float32(c)``, float arguments converted on
+entry).
 
 NumPy's wider surface lowers the same way (``RULES`` says how for every op of the
 table, ``NOT_LOWERED`` why for the few that are not): ``cumsum``/``cumprod`` are
