@@ -24,11 +24,12 @@ cannot start fast through numba's dispatcher; and numba's boxing of a returned a
 numba kernel. This module imports llvmlite only (never numba). Measured (2 shared cores
 under other jobs' load: noisy, best of repeats): llvmlite's import 35-70 ms, the entry
 function's compile 50-100 ms once, each entry ~0.1 ms; on gradc/native.py's body of
-``sum(x * x)`` and its gradient at n = 16, numba's dispatcher ~1.2 us a call, the entry
-~0.16 us with a fresh gradient array (PyArray_New is most of it) and ~0.1 us with
-``out=dx``, a bare builtin (``len(x)``) ~0.02 us; an entry of two floats returning a
-2-tuple ~60 ns where ``divmod(7, 2)`` takes ~40 ns; 500 floats in and a 501-float tree
-out, 6.4 us (``tuple(map(float, args))`` of the same: 11 us).
+``sum(x * x)`` and its gradient at n = 16, numba's dispatcher 1.2-1.5 us a call, the
+entry 0.16-0.23 us with a fresh gradient array (PyArray_New is most of it: NumPy's
+``np.empty(16)`` alone takes ~0.18 us from Python) and 0.12-0.16 us with ``out=dx``
+(0.09 us on a plain 16-element loop body), a bare builtin (``len(x)``) 0.016 us; an
+entry of two floats returning a 2-tuple 60 ns where ``divmod(7, 2)`` takes 35 ns; 500
+floats in and a 501-float tree out, 6-10 us (``tuple(map(float, args))``: 11 us).
 
 The body ABI (the same as gradc/native.py's object bodies)::
 
