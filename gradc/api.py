@@ -31,10 +31,11 @@ import functools
 import inspect
 import numbers
 import re
+import threading
 
 import numpy as np
 
-from . import ad, constructors, custom, errors, fastcall, jit, native, shim, trees
+from . import ad, constructors, custom, errors, fastcall, index, jit, native, shim, trees
 from .emit import emit_module
 from .ir import ArrayOut, leaves as out_leaves, resolve
 from .lower import NOT_LOWERED, LoweringError, lower_module
@@ -152,17 +153,38 @@ class _Fast:
 class _Spec:
     """One compiled specialisation: its graph, source, file and callable."""
 
-    __slots__ = ("graph", "source", "path", "call", "func_name", "entry", "plain", "runs",
-                 "numpy_level")
+    __slots__ = ("_graph", "_source", "_build", "path", "call", "func_name", "entry", "plain",
+                 "runs", "numpy_level", "c_entry")
 
     def __init__(self, graph, source, path, call, func_name, entry=None, plain=None, runs=None):
-        self.graph, self.source, self.path, self.call = graph, source, path, call
+        # a warm start from the index (gradc/index.py) has neither yet: ``_build`` makes them
+        self._graph, self._source, self._build = graph, source, None
+        self.path, self.call = path, call
         self.func_name, self.entry = func_name, entry
         self.plain = plain  # arrays traced whole: a callable that takes the arrays as they are
         self.runs = runs    # what cache_info() reports, where it is not derived
         # numba-compiled array code: a function building the same program's NumPy-level spec,
         # which answers the calls numba's code refuses (see GradcFunction._after_failure)
         self.numpy_level = None
+        self.c_entry = None  # route 3: the gradc.shim.Entry whose function ``entry`` is
+
+    @property
+    def graph(self):
+        if self._graph is None:
+            self._graph, self._source = self._build()
+        return self._graph
+
+    @property
+    def source(self):
+        if self._source is None:
+            self._graph, self._source = self._build()
+        return self._source
+
+    @property
+    def captured_arrays(self):
+        """The graph's captured arrays, without building a graph a warm start has not built
+        (the index holds only programs without any)."""
+        return self._graph.captured_arrays if self._graph is not None else ()
 
 
 class GradcFunction:
@@ -384,7 +406,7 @@ class GradcFunction:
         unrolled = optimize(unroll(graph))
         return unrolled if len(unrolled.nodes) <= UNROLL_MAX_NODES else graph
 
-    def lower(self, shapes, dtype="float64", out_params=False, capture=False):
+    def lower(self, shapes, dtype="float64", out_params=False, capture=False, traced=None):
         """Trace, transform, optimize and emit for one signature, without compiling.
 
         ``shapes`` has one entry per argument: None for a float, a shape tuple for
@@ -393,9 +415,11 @@ class GradcFunction:
         arguments float32) gives NumPy-level code that stays in float32. ``capture``:
         arrays read from outside the arguments are hidden parameters (see :meth:`_trace`);
         calls of this object use that, builds and pictures keep them as constants.
+        ``traced``: this signature's trace, where the caller has it (made with ``capture``).
         """
         nargs = len(shapes)
-        traced = self._trace(shapes, dtype, capture=capture)
+        if traced is None:
+            traced = self._trace(shapes, dtype, capture=capture)
         traced.dtype = dtype
         graph = self._differentiated(traced, nargs, shapes, dtype)
         kind = {"compile": "value"}.get(self._kind, self._kind)
@@ -408,7 +432,15 @@ class GradcFunction:
         spec = self._specs.get(key)
         if spec is not None:
             return spec
-        graph, source, func_name, entry_name = self.lower(shapes, dtype, capture=True)
+        traced = index_key = None
+        if self._indexed():
+            traced = self._trace(shapes, dtype, capture=True)
+            index_key = index.key(traced, self._index_settings(shapes, dtype))
+            spec = self._from_index(index_key, traced, shapes, dtype) if index_key else None
+            if spec is not None:
+                return self._registered(key, spec, shapes, dtype)
+        graph, source, func_name, entry_name = self.lower(
+            shapes, dtype, capture=True, **({} if traced is None else {"traced": traced}))
         regroup = self.__dict__.pop("_pending_regroup", None)
         spec = None
         if self._backend == "numba" and graph.whole_params and self._arrays in ("auto", "loops"):
@@ -428,15 +460,17 @@ class GradcFunction:
                     raise
                 # arrays="auto": numba lacks something this NumPy-level code uses; NumPy runs it
             else:
+                c_entry = None
                 if isinstance(dispatcher, shim.Entry):
                     # route 3 (the body behind a C entry, no numba): what it does not take
                     # (ints, float32, other layouts) goes back to the quick path, as numba's
                     # refusal does, and is converted there
-                    dispatcher.set_fallback(self._numba_mismatch)
-                    dispatcher = dispatcher.function
+                    c_entry, dispatcher = dispatcher, dispatcher.function
+                    c_entry.set_fallback(self._numba_mismatch)
                 else:
                     dispatcher._explain_matching_error = self._numba_mismatch
                 spec = _Spec(graph, source, path, dispatcher, func_name, dispatcher)
+                spec.c_entry = c_entry
 
         def wrapped(spec):
             if graph.captured_arrays:
@@ -458,6 +492,12 @@ class GradcFunction:
             spec = wrapped(spec)
             if graph.whole_params:
                 spec.numpy_level = functools.cache(numpy_level)
+        if index_key is not None and spec.c_entry is not None and regroup is None:
+            self._to_index(index_key, spec, func_name, len(graph.nodes))
+        return self._registered(key, spec, shapes, dtype)
+
+    def _registered(self, key, spec, shapes, dtype):
+        """``spec`` kept for its signature, and the quick paths that reach it."""
         self._specs[key] = spec
         self._leave_numba()  # the dispatcher serves one float signature; now there are more
         if spec.plain is not None:
@@ -472,6 +512,52 @@ class GradcFunction:
             if call is not None:
                 self._by_shape[shapes[0]] = call
         return spec
+
+    # --- the warm-start index (gradc/index.py) ------------------------------------------
+    def _indexed(self):
+        """Whether this function's large scalar programs go through the warm-start index:
+        the numba backend's route 3 (gradc/native.py), for the first-order transformations
+        of this class (whose lowering :meth:`lower` takes a trace it is handed)."""
+        return (self._backend == "numba" and self._arrays in ("auto", "unroll")
+                and self._kind in ("value_and_grad", "grad", "compile")
+                and type(self).lower is GradcFunction.lower)
+
+    def _index_settings(self, shapes, dtype):
+        """Everything but the trace that decides the compiled program (index.key)."""
+        return (type(self).__qualname__, self._kind, self._argnums, self._arrays, dtype,
+                self._has_aux, self._name, shapes, UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES,
+                native.MIN_NODES)
+
+    def _from_index(self, index_key, traced, shapes, dtype):
+        """The route-3 spec the index holds for this trace (its object code loaded, its C
+        entry built), or None: a miss, an entry whose object code is gone or fails its checks."""
+        found = index.read(index_key)
+        if found is None:
+            return None
+        try:
+            loaded = native.load_entry(found["symbol"], found["opt"], found["func_name"],
+                                       index.tuples(found["spec"]), index.tuples(found["rows"]))
+        except (KeyError, TypeError, ValueError):  # an entry this gradc did not write
+            return None
+        if loaded is None:
+            return None
+        c_entry, path = loaded
+        c_entry.set_fallback(self._numba_mismatch)
+        spec = _Spec(None, None, path, c_entry.function, found["func_name"], c_entry.function)
+        spec.c_entry = c_entry
+        spec._build = lambda: self.lower(shapes, dtype, capture=True, traced=traced)[:2]
+        return spec
+
+    def _to_index(self, index_key, spec, func_name, nodes):
+        """Record a route-3 spec in the warm-start index (what _from_index reads)."""
+        entry = spec.c_entry
+        sp = entry.spec
+        index.write(index_key, {
+            "symbol": native.symbol_of(spec.source), "opt": native.codegen_level(nodes),
+            "func_name": func_name,
+            "spec": {"params": sp.params, "results": sp.results, "n_scalars": sp.n_scalars,
+                     "n_arrays": sp.n_arrays},
+            "rows": entry.rows})
 
     def _loops_spec(self, graph, out_params=False):
         """Arrays traced whole, lowered to fused loops (gradc/lower.py) and compiled by numba.
@@ -559,6 +645,9 @@ class GradcFunction:
         cannot be arranged the object keeps its Python ``__call__`` (correct, a little slower).
         """
         dispatcher = spec.entry
+        if spec.c_entry is not None:
+            self._go_straight_to_c(spec.c_entry)
+            return
         if not _exact_float_overload(dispatcher, nargs):
             return
         dispatcher._compile_for_args = self._numba_any_call
@@ -571,13 +660,38 @@ class GradcFunction:
         """Back to the Python ``__call__`` (and its quick path by shape), once there is more
         than the one float specialisation the dispatcher serves. (A C entry for arrays,
         :meth:`_promote`'s, stays: it takes only the shapes it was allowed.)"""
-        if self.__dict__.get("_fast") is None:
+        if not self.__dict__.get("_fast"):
             self._restore_class()
+
+    def _go_straight_to_c(self, entry):
+        """Route 3's form of :meth:`_go_straight_to_numba`: the C entry is the object's
+        ``__call__``, and what it does not take runs through the full path (which converts
+        and calls the entry again: a call the entry refuses *then* is a gradc bug, said so,
+        not a loop)."""
+        busy = threading.local()
+
+        def full_path(*args, **kwargs):
+            if getattr(busy, "on", False):
+                self._numba_mismatch()
+            busy.on = True
+            try:
+                return self._call_full(args, kwargs)
+            finally:
+                busy.on = False
+
+        entry.set_fallback(full_path)
+        self._straight_entry = entry
+        self._own_class = type(self)
+        self.__class__ = type(type(self).__name__, (type(self),),
+                              {"__call__": staticmethod(entry.function)})
 
     def _restore_class(self):
         own = self.__dict__.pop("_own_class", None)
         if own is not None:
             self.__class__ = own
+        entry = self.__dict__.pop("_straight_entry", None)
+        if entry is not None:  # the quick path calls it again: back to signalling refusals
+            entry.set_fallback(self._numba_mismatch)
 
     # --- the C entry of fused loops (gradc/fastcall.py) ---------------------------------
     def _try_promote(self, args, kwargs):
@@ -605,7 +719,7 @@ class GradcFunction:
         spec = self._specs.get(shapes)
         # the call binds to its own arguments (no defaults filled in), and the Python path
         # runs the fused loops for it
-        if spec is None or len(spec.graph.params) != len(args) or spec.runs != "loops":
+        if spec is None or spec.runs != "loops" or len(spec.graph.params) != len(args):
             return None
         found = self._fast_kernel(shapes)
         if found is None:
@@ -760,7 +874,7 @@ class GradcFunction:
         values = _promote(values, dtype)
         spec = self._spec(_shapes(values), dtype)
         if (spec.entry is not None and "_own_class" not in self.__dict__
-                and not spec.graph.captured_arrays
+                and not spec.captured_arrays
                 and self._simple_signature() and len(self._specs) == 1
                 and all(isinstance(v, float) for v in values)):
             self._go_straight_to_numba(spec, len(values))

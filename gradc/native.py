@@ -1423,3 +1423,43 @@ def _caused_by_unsupported(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+# --- the warm-start index's side (gradc/index.py, gradc/api.py) --------------------------------
+
+def symbol_of(source):
+    """The symbol of the body compiled from the emitted ``source``."""
+    return _symbol(source)
+
+
+def codegen_level(nodes):
+    """The codegen level of a body of ``nodes`` nodes (part of its object file's identity)."""
+    return CODEGEN_OPT if nodes <= FAST_CODEGEN_NODES else 0
+
+
+def load_entry(symbol, opt, name, spec, rows):
+    """``(entry, object file path)``: route 3 for a body compiled before, straight from the
+    verified cache, without its graph (a warm start found it in gradc/index.py's index); None
+    where its object code is not there or fails its checks (the caller builds it again).
+
+    ``spec``: the :class:`gradc.shim.EntrySpec` fields, ``rows``: the shapes it was allowed.
+    The object file's own header (machine, lowering, symbol, sha256) decides whether it runs.
+    """
+    from . import shim
+
+    directory = jit.cache_dir()
+    path = _object_path(directory, symbol)
+    with _BODY_LOCK:
+        if symbol not in _loaded:
+            payload = _read_object(path, symbol, directory, opt)
+            if payload is None:
+                return None
+            jit._mark_used(path)
+            _load_object(payload, symbol)
+    try:
+        entry = shim.make_entry(shim.EntrySpec(**spec), _loaded[symbol], name)
+    except shim.ShimUnavailable:
+        return None
+    for params, results in rows:
+        entry.allow(params, results)
+    return entry, path
