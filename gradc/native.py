@@ -883,8 +883,9 @@ def _in_place(key):
     of a program's nodes), that instruction as a ``str.format`` template of its arguments'
     values: the body writes it where it would call the helper, which is the IR inlining
     leaves (the same instruction on the same values), without the call for LLVM to parse
-    and inline (measured: ~30% of LLVM's time on the chain and the pendulum). None for
-    other helpers, which are called (and inlined by LLVM)."""
+    and inline. Measured (CPU, medians of 3, shared cores): LLVM's time on the pendulum
+    n = 15 0.12 -> 0.07 s, on the 20,000-node chain (mostly tanh calls, which stay calls)
+    0.52 -> 0.46 s. None for other helpers, which are called (and inlined by LLVM)."""
     if key not in _in_place_cache:
         _in_place_cache[key] = _template_of(_helper(key))
     return _in_place_cache[key]
