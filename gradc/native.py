@@ -906,7 +906,7 @@ def _template_of(helper):
 
 
 def _codegen_opt(graph):
-    return CODEGEN_OPT if len(graph.nodes) <= FAST_CODEGEN_NODES else 0
+    return codegen_level(len(graph.nodes))  # one rule: the index (load_entry) keys on it too
 
 
 def _machine(opt=CODEGEN_OPT):
