@@ -22,6 +22,15 @@ compiled before always takes the full path, which traces it again: the trace may
 read the shape (``len(x)``, a branch on ``x.shape``) and nothing records whether it
 did, so code compiled for one shape never serves another unless their lowered
 source text is equal (then they share one compiled function).
+
+After ``fastcall.PROMOTE_AFTER`` calls, a function of float64 arrays running as fused
+loops switches its class once more: ``__call__`` becomes a C entry (gradc/fastcall.py,
+gradc/shim.py) that checks the arguments, allocates the results and calls the out=
+kernel compiled as a cfunc. It takes only the shapes whose kernel text it was built
+from (:meth:`GradcFunction._fast_allow`) and hands every other call to the Python path
+above. Large scalar programs (route 3 of gradc/native.py) are called through such an
+entry from the start, and a second process finds them in the warm-start index
+(gradc/index.py) from their trace alone.
 """
 from __future__ import annotations
 
@@ -1322,6 +1331,9 @@ def _fits(out, shape_dtype):
 
 def _spec_info(spec, backend):
     """cache_info's description of one specialisation."""
+    if spec.c_entry is not None:  # route 3: object code behind a C entry, no numba
+        return {"path": spec.path, "backend": backend, "runs": "native",
+                "path_kind": "c-entry", "from_index": spec._graph is None}
     dispatcher = spec.call if spec.runs == "loops" else spec.entry
     dispatcher = getattr(dispatcher, "_gradc_inner", dispatcher)  # captured arrays' wrapper
     if dispatcher is None or not hasattr(dispatcher, "stats"):
