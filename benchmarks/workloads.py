@@ -17,10 +17,16 @@ from typing import Callable
 
 import numpy as np
 
-try:
-    from numba import njit
-except ImportError:                         # the harness still runs the other tools
-    njit = None
+
+def _numba_njit():
+    """numba's njit, imported when a baseline is built (not on import of this module: the
+    compile-scale cells import it to build their programs, and gradc's native path must
+    meet a process without numba, as a user's does); None where numba is missing."""
+    try:
+        from numba import njit
+    except ImportError:                     # the harness still runs the other tools
+        return None
+    return njit
 
 
 @dataclass
@@ -45,6 +51,7 @@ class Workload:
 
 
 def _jit(fn):
+    njit = _numba_njit()
     return njit(cache=False, error_model="numpy")(fn) if njit else None
 
 
@@ -245,7 +252,7 @@ def build_workloads():
                "numpy-hand": (rosen_numpy, rosen_numpy_value)}
     w3.hand = {"numba-hand": (_jit(_chain_numba_src), _jit(_chain_numba_value)),
                "numpy-hand": (chain_python, chain_python_value)}
-    if njit is None:
+    if _numba_njit() is None:
         for w in (w1, w2, w3):
             del w.hand["numba-hand"]
     from .workloads_arrays import build_array_workloads
