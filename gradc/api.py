@@ -771,7 +771,7 @@ class GradcFunction:
         out_spec = self._loops_out_spec(spec, shapes, "float64", count)
         if out_spec is None:
             return None
-        plan = fastcall.plan(out_spec.graph, shapes, self._kind)
+        plan = fastcall.plan(out_spec.graph, shapes, self._kind, out_spec.source)
         found = _LOOP_FUNCTIONS.get(out_spec.source)
         if plan is None or found is None:
             return None

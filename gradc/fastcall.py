@@ -65,11 +65,18 @@ class Plan:
             params, floats, buffers, tree, out
 
 
-def plan(graph, shapes, kind):
-    """The :class:`Plan` of ``graph``'s out= kernel at argument ``shapes`` (None: a float),
-    for the transformation ``kind``; None where the C entry does not apply (captured arrays,
-    an op that may raise, an array result shaped like no parameter)."""
+def plan(graph, shapes, kind, source):
+    """The :class:`Plan` of ``graph``'s out= kernel (its loop ``source``) at argument
+    ``shapes`` (None: a float), for the transformation ``kind``; None where the C entry does
+    not apply: captured arrays, an op that may raise, a kernel entering numba's object mode,
+    an array result shaped like no parameter."""
     if graph.captured_arrays or any(node.op in _CALLS for node in graph.nodes):
+        return None
+    if "objmode(" in source:
+        # NumPy's SIMD loops (gradc/lower.py's vector helpers) run in object mode, which
+        # boxes the arrays through the environment of a numba function called from Python;
+        # a cfunc has none: numba boxed them with a NULL dtype and the loop computed garbage
+        # (W5 through the C entry: a loss off by 2.4). Such kernels keep the Python path.
         return None
     if any(s is not None and len(s) == 0 for s in shapes):
         return None

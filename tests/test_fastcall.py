@@ -182,3 +182,17 @@ def test_two_array_arguments_and_a_float():
     same(vg(x, y, 0.5), expected)
     with pytest.raises(gradc.GradcError):  # lengths that do not broadcast: NumPy's error
         vg(x, RNG.uniform(-1, 1, 301), 0.5)
+
+
+def test_a_kernel_entering_object_mode_keeps_the_python_path():
+    # NumPy's SIMD loop for tanh (lower.py, >= 1,024 elements) runs in numba's object mode,
+    # which a cfunc cannot enter: through a C entry it computed garbage
+    f = gradc.value_and_grad(lambda x: np.sum(np.tanh(x) * x))
+    x = RNG.uniform(-1, 1, 2048)
+    expected = gradc.value_and_grad(lambda x: np.sum(np.tanh(x) * x), backend="python")(x)
+    for _ in range(fastcall.PROMOTE_AFTER + 2):
+        value, grad = f(x)
+        assert value == pytest.approx(expected[0], rel=1e-13)
+        np.testing.assert_allclose(grad, expected[1], rtol=1e-13, atol=1e-15)
+    assert "objmode(" in next(iter(f._specs.values())).source
+    assert f._fast is False
