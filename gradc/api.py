@@ -147,7 +147,7 @@ def _loops_win(graph):
 
 #: The transformations whose calls may go through a C entry (gradc/fastcall.py): those whose
 #: results are the floats and arrays of one fused out= kernel.
-_FAST_KINDS = ("value_and_grad", "grad", "hvp", "jvp", "vjp")
+_FAST_KINDS = ("value_and_grad", "grad", "compile", "hvp", "jvp", "vjp")
 
 
 class _Fast:

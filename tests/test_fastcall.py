@@ -196,3 +196,15 @@ def test_a_kernel_entering_object_mode_keeps_the_python_path():
         np.testing.assert_allclose(grad, expected[1], rtol=1e-13, atol=1e-15)
     assert "objmode(" in next(iter(f._specs.values())).source
     assert f._fast is False
+
+
+def test_a_compiled_value_gets_its_c_entry_too():
+    f = gradc.compile(rosen)
+    x = RNG.uniform(-1, 1, 300)
+    expected = gradc.compile(rosen)(x)
+    promoted(f, x)
+    for _ in range(3):
+        same(f(x), expected)
+    y = RNG.uniform(-1, 1, 301)
+    assert f(y) == pytest.approx(float(np.sum(100.0 * (y[1:] - y[:-1] ** 2) ** 2
+                                             + (1.0 - y[:-1]) ** 2)), rel=1e-13)
