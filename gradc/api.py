@@ -661,9 +661,7 @@ class GradcFunction:
             return
         dispatcher._compile_for_args = self._numba_any_call
         dispatcher._can_compile = True
-        self._own_class = type(self)
-        self.__class__ = type(type(self).__name__, (type(self),),
-                              {"__call__": staticmethod(dispatcher)})
+        self._call_through(dispatcher)
 
     def _leave_numba(self):
         """Back to the Python ``__call__`` (and its quick path by shape), once there is more
@@ -690,9 +688,15 @@ class GradcFunction:
 
         entry.set_fallback(full_path)
         self._straight_entry = entry
+        self._call_through(entry.function)
+
+    def _call_through(self, function):
+        """Make calls of this object *be* calls of ``function`` (a numba dispatcher or a C
+        entry): the object's class becomes a subclass whose ``__call__`` is ``function``;
+        :meth:`_restore_class` undoes it."""
         self._own_class = type(self)
         self.__class__ = type(type(self).__name__, (type(self),),
-                              {"__call__": staticmethod(entry.function)})
+                              {"__call__": staticmethod(function)})
 
     def _restore_class(self):
         own = self.__dict__.pop("_own_class", None)
@@ -750,9 +754,7 @@ class GradcFunction:
         if out is not None:
             out.set_fallback(python_call)
         fast = _Fast(out_spec.source, plan, fresh, out)
-        self._own_class = type(self)
-        self.__class__ = type(type(self).__name__, (type(self),),
-                              {"__call__": staticmethod(fresh.function)})
+        self._call_through(fresh.function)
         for key in list(self._specs):  # every shape compiled so far with the same kernel
             if isinstance(key, tuple) and key and all(k is None or isinstance(k, tuple)
                                                       for k in key):
@@ -765,9 +767,8 @@ class GradcFunction:
         spec = self._specs.get(shapes)
         if spec is None:
             return None
-        tree = spec.graph.out_tree[1] if self._kind == "value_and_grad" else spec.graph.out_tree
-        count = sum(1 for leaf in out_leaves(tree)
-                    if isinstance(leaf, ArrayOut) or spec.graph.outputs[leaf].shape)
+        graph = spec.graph
+        count = sum(1 for leaf in out_leaves(self._gradient_tree(graph)) if graph.leaf_shape(leaf))
         out_spec = self._loops_out_spec(spec, shapes, "float64", count)
         if out_spec is None:
             return None
@@ -1045,8 +1046,7 @@ class GradcFunction:
         values = _promote(values, dtype)
         shapes = _shapes(values)
         spec = self._spec(shapes, dtype)
-        tree = spec.graph.out_tree[1] if self._kind == "value_and_grad" else spec.graph.out_tree
-        buffers = self._check_out(out, tree, spec.graph, dtype)
+        buffers = self._check_out(out, self._gradient_tree(spec.graph), spec.graph, dtype)
         _check_apart(buffers, values, spec.graph, self._name)
         loops = self._loops_out_spec(spec, shapes, dtype, len(buffers))
         if loops is not None:
@@ -1140,6 +1140,10 @@ class GradcFunction:
                 type(a) is _ndarray and a.dtype == np.float64 or type(a) is float for a in args):
             self._out_calls[tuple(map(_shape_and_dtype, args))] = (call, (out.shape, out.dtype))
 
+    def _gradient_tree(self, graph):
+        """The part of ``graph``'s result tree that out= mirrors: the gradient."""
+        return graph.out_tree[1] if self._kind == "value_and_grad" else graph.out_tree
+
     def _check_out(self, out, tree, graph, dtype):
         """The buffers in ``out`` (in ArrayOut order), checked against the gradient's structure."""
         buffers = []
@@ -1152,7 +1156,7 @@ class GradcFunction:
                 for sub_t, sub_o in zip(t, o):
                     walk(sub_t, sub_o)
                 return
-            shape = t.shape if isinstance(t, ArrayOut) else graph.outputs[t].shape
+            shape = graph.leaf_shape(t)
             if not shape:
                 if o is not None:
                     raise errors.ArgumentError(
@@ -1295,7 +1299,7 @@ def _floats_only(graph, kind):
     caller gets it. ``rebuild.form`` names the common shapes the thin path builds inline
     (:data:`_VALUE_AND_BUFFER`, :data:`_BUFFER`), else None."""
     def is_array(leaf):
-        return isinstance(leaf, ArrayOut) or bool(graph.outputs[leaf].shape)
+        return bool(graph.leaf_shape(leaf))
 
     floats = [leaf for leaf in out_leaves(graph.out_tree) if not is_array(leaf)]
     kernel_graph = copy.copy(graph)  # shares the nodes; only what it returns differs

@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 
 from . import jit
-from .ir import ArrayOut
 from .lower import _CALLS
 
 #: Calls through the Python path before a function gets its C entry. The entry's numba
@@ -82,14 +81,11 @@ def plan(graph, shapes, kind, source):
         return None
     floats, arrays = [], []
 
-    def is_array(leaf):
-        return isinstance(leaf, ArrayOut) or bool(graph.outputs[leaf].shape)
-
     def walk(t):
         if isinstance(t, tuple):
             return tuple(walk(item) for item in t)
-        if is_array(t):
-            shape = tuple(t.shape if isinstance(t, ArrayOut) else graph.outputs[t].shape)
+        shape = graph.leaf_shape(t)
+        if shape:
             arrays.append(shape)
             return ("a", len(arrays) - 1)
         floats.append(t)

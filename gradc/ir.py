@@ -214,6 +214,11 @@ class Graph:
         """A scalar parameter."""
         return self.param(name)
 
+    def leaf_shape(self, leaf):
+        """The shape of a leaf of ``out_tree``: an :class:`ArrayOut`'s, or its output node's
+        (``()`` for a float)."""
+        return tuple(leaf.shape if isinstance(leaf, ArrayOut) else self.outputs[leaf].shape)
+
     def param_inputs(self, p):
         """The input nodes of parameter ``p``."""
         return [n for n in self.inputs if n.attrs[2] == p]
