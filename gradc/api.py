@@ -30,7 +30,8 @@ kernel compiled as a cfunc. It takes only the shapes whose kernel text it was bu
 from (:meth:`GradcFunction._fast_allow`) and hands every other call to the Python path
 above. Large scalar programs (route 3 of gradc/native.py) are called through such an
 entry from the start, and a second process finds them in the warm-start index
-(gradc/index.py) from their trace alone.
+(gradc/index.py) from what the function reads, without tracing it (gradc/fingerprint.py),
+or else from its trace.
 """
 from __future__ import annotations
 
@@ -441,11 +442,17 @@ class GradcFunction:
         spec = self._specs.get(key)
         if spec is not None:
             return spec
-        traced = index_key = None
+        traced = index_key = code_key = None
         if self._indexed():
-            traced = self._trace(shapes, dtype, capture=True)
-            index_key = index.key(traced, self._index_settings(shapes, dtype))
-            spec = self._from_index(index_key, traced, shapes, dtype) if index_key else None
+            # the index, first by what the function reads (no trace), then by its trace
+            settings = self._index_settings(shapes, dtype)
+            code_key = index.code_key(self._fn, settings)
+            spec = self._from_index(code_key, None, shapes, dtype) if code_key else None
+            if spec is None:
+                traced = self._trace(shapes, dtype, capture=True)
+                index_key = index.key(traced, settings)
+                spec = self._from_index(index_key, traced, shapes, dtype, also=code_key) \
+                    if index_key else None
             if spec is not None:
                 return self._registered(key, spec, shapes, dtype)
         graph, source, func_name, entry_name = self.lower(
@@ -502,7 +509,9 @@ class GradcFunction:
             if graph.whole_params:
                 spec.numpy_level = functools.cache(numpy_level)
         if index_key is not None and spec.c_entry is not None and regroup is None:
-            self._to_index(index_key, spec, func_name, len(graph.nodes))
+            for found_by in (index_key, code_key):
+                if found_by is not None:
+                    self._to_index(found_by, spec, func_name, len(graph.nodes))
         return self._registered(key, spec, shapes, dtype)
 
     def _registered(self, key, spec, shapes, dtype):
@@ -537,9 +546,12 @@ class GradcFunction:
                 self._has_aux, self._name, shapes, UNROLL_MAX_ELEMENTS, UNROLL_MAX_NODES,
                 native.MIN_NODES)
 
-    def _from_index(self, index_key, traced, shapes, dtype):
-        """The route-3 spec the index holds for this trace (its object code loaded, its C
-        entry built), or None: a miss, an entry whose object code is gone or fails its checks."""
+    def _from_index(self, index_key, traced, shapes, dtype, also=None):
+        """The route-3 spec the index holds under ``index_key`` (its object code loaded, its
+        C entry built), or None: a miss, an entry whose object code is gone or fails its
+        checks. ``traced``: the trace the key was made from (None: the key was told without
+        one, which the graph is then built from when asked). ``also``: a second key to file
+        a hit under (the code key a trace-keyed hit was not found by)."""
         found = index.read(index_key)
         if found is None:
             return None
@@ -555,6 +567,8 @@ class GradcFunction:
         spec = _Spec(None, None, path, c_entry.function, found["func_name"], c_entry.function)
         spec.c_entry = c_entry
         spec._build = lambda: self.lower(shapes, dtype, capture=True, traced=traced)[:2]
+        if also is not None:
+            index.write(also, found)
         return spec
 
     def _to_index(self, index_key, spec, func_name, nodes):

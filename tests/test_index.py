@@ -1,5 +1,6 @@
 """The warm-start index (gradc/index.py): a second process finds a large scalar program's
-compiled C entry from its trace, without differentiating, optimizing or emitting it again.
+compiled C entry from what the function reads (without tracing it) or from its trace, without
+differentiating, optimizing or emitting it again.
 
 Each test runs fresh processes on a cache directory of its own: the first compiles (route 3 of
 gradc/native.py) and writes the index, the next must find it, and must not when the function
@@ -23,6 +24,11 @@ PROGRAM = textwrap.dedent("""
     import json, sys
     import numpy as np
     import gradc
+    import gradc.api
+
+    traces = []
+    _trace = gradc.api.trace
+    gradc.api.trace = lambda *a, **k: traces.append(1) or _trace(*a, **k)
 
     {prefix}def chain(p):
         h = 0.3
@@ -35,7 +41,8 @@ PROGRAM = textwrap.dedent("""
     spec = next(iter(f._specs.values()))
     built = spec._graph is not None
     print(json.dumps({{"value": value.hex(), "grad": grad.tobytes().hex(), "built": built,
-                       "numba": "numba" in sys.modules, "source": f.source}}))
+                       "traced": len(traces), "numba": "numba" in sys.modules,
+                       "source": f.source}}))
 """)
 
 
@@ -53,11 +60,13 @@ def index_files(tmp_path):
     return sorted((tmp_path / "cache" / "__pycache__").glob("gradc_*.index.json"))
 
 
-def test_a_second_process_finds_the_program_without_building_it(tmp_path):
+def test_a_second_process_finds_the_program_without_tracing_or_building_it(tmp_path):
     cold = run(tmp_path)
-    assert cold["built"] and not cold["numba"] and len(index_files(tmp_path)) == 1
+    # two entries: one found by what chain() reads, one by its trace
+    assert cold["built"] and not cold["numba"] and len(index_files(tmp_path)) == 2
     warm = run(tmp_path)
     assert not warm["built"]  # the spec came from the index: no graph built until asked
+    assert warm["traced"] == 0  # found from chain()'s code and the values it reads
     assert not warm["numba"]
     assert (warm["value"], warm["grad"]) == (cold["value"], cold["grad"])  # bit for bit
     assert warm["source"] == cold["source"]  # .source builds it, and it is the same program
@@ -73,24 +82,45 @@ def test_an_edited_function_never_runs_the_entry_of_the_old_one(tmp_path):
     run(tmp_path)
     edited = run(tmp_path, scale="0.5")
     assert edited["built"]  # a new trace: a new key, built and compiled
+    assert float.fromhex(edited["value"]) == pytest.approx(chain_value(0.5), rel=1e-12)
+    assert len(index_files(tmp_path)) == 4
+
+
+def chain_value(scale):
     x = np.linspace(0.1, 0.9, 120)
     h = 0.3
     for i in range(60):
-        h = np.tanh(x[2 * i] * h + x[2 * i + 1]) * 0.5
-    assert float.fromhex(edited["value"]) == pytest.approx(0.5 * (h - 0.5) ** 2, rel=1e-12)
-    assert len(index_files(tmp_path)) == 2
+        h = np.tanh(x[2 * i] * h + x[2 * i + 1]) * scale
+    return 0.5 * (h - 0.5) ** 2
+
+
+def test_a_changed_global_the_function_reads_is_a_new_program(tmp_path):
+    run(tmp_path, scale="SCALE", prefix="SCALE = 1.0\n")
+    changed = run(tmp_path, scale="SCALE", prefix="SCALE = 0.5\n")
+    assert changed["built"] and changed["traced"] == 1
+    assert float.fromhex(changed["value"]) == pytest.approx(chain_value(0.5), rel=1e-12)
+
+
+def test_a_function_reading_an_object_is_found_by_its_trace(tmp_path):
+    # settings.scale is an attribute of an object: what it is cannot be told without running
+    # the function, so the second process traces it, and finds the entry by its trace
+    prefix = "class Settings:\n    scale = 1.0\nsettings = Settings()\n"
+    cold = run(tmp_path, scale="settings.scale", prefix=prefix)
+    assert len(index_files(tmp_path)) == 1
+    warm = run(tmp_path, scale="settings.scale", prefix=prefix)
+    assert warm["traced"] == 1 and not warm["built"] and warm["grad"] == cold["grad"]
 
 
 @pytest.mark.parametrize("damage", ["garbage", "other key", "object gone"])
 def test_a_broken_entry_is_a_miss_and_the_program_is_built_again(tmp_path, damage):
     cold = run(tmp_path)
-    (entry,) = index_files(tmp_path)
-    if damage == "garbage":
-        entry.write_text("{not json")
-    elif damage == "other key":
-        data = json.loads(entry.read_text())
-        entry.write_text(json.dumps(dict(data, key="0" * 64)))
-    else:
+    for entry in index_files(tmp_path):  # the entry found by the code and the one by the trace
+        if damage == "garbage":
+            entry.write_text("{not json")
+        elif damage == "other key":
+            data = json.loads(entry.read_text())
+            entry.write_text(json.dumps(dict(data, key="0" * 64)))
+    if damage == "object gone":
         for obj in (tmp_path / "cache" / "__pycache__").glob("*.body.o"):
             obj.unlink()
     again = run(tmp_path)
