@@ -36,9 +36,13 @@ sources only through :func:`plain_text` (comments, docstrings) and
 :func:`py_str` (string literals), so no file name can become code.
 
 This module holds the marking, the collection of marked functions, the sources
-(the Python module, the out-parameter kernels, the C header) and the build
-transaction: everything is built in a temporary directory and moved into
-``OUTDIR`` only when all of it succeeded, all or nothing.
+(the Python module, the pycc source, the C header) and the build transaction:
+everything is built in a temporary directory and moved into ``OUTDIR`` only
+when all of it succeeded, all or nothing. It is the top of the build: the
+builders it calls (:mod:`gradc.aot_pycc`; :mod:`gradc.aot_c`, which also writes
+the C format's out-parameter kernels) and :class:`BuildError`
+(:mod:`gradc.aot_errors`) lie below it and never import it
+(``.importlinter``'s ``aot`` contract).
 """
 from __future__ import annotations
 
@@ -59,9 +63,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import errors
+from .aot_errors import BuildError
 from .version import __version__
-from .emit import statements, assign_names, literal
-from .ir import ArrayOut, leaves
 
 FORMATS = ("python", "ext", "c")
 KINDS = ("value", "grad", "value_and_grad")
@@ -75,10 +78,6 @@ _C_MACROS = frozenset("""NULL EOF BUFSIZ FILENAME_MAX stdin stdout stderr errno 
     FP_SUBNORMAL FP_NORMAL M_E M_LOG2E M_LOG10E M_LN2 M_LN10 M_PI M_PI_2 M_PI_4 M_1_PI M_2_PI
     M_2_SQRTPI M_SQRT2 M_SQRT1_2 MATH_ERRNO MATH_ERREXCEPT math_errhandling complex imaginary I
     EDOM ERANGE EILSEQ CHAR_BIT INT_MAX INT_MIN DBL_MAX DBL_MIN DBL_EPSILON""".split())
-
-
-class BuildError(errors.GradcError):
-    """An ahead-of-time build cannot be done: nothing marked, a bad spec, no C compiler..."""
 
 
 # --- marking ---------------------------------------------------------------------------
@@ -453,7 +452,7 @@ def kernel_names(kernels):
     return [p.name for p in _parts(kernels)]
 
 
-# --- out-parameter kernels (format "c") ------------------------------------------------
+# --- the C header (format "c") -------------------------------------------------------
 def _c_identifier(p, i):
     """A C parameter name for parameter ``i`` named ``p``: ``p`` when C may use it as it is
     (ASCII, not reserved to the implementation), else ``arg<i>``."""
@@ -477,41 +476,6 @@ def _c_names(k):
         for p, s in zip(names, k.shapes):
             outs.append((_fresh(f"d{p}", taken), s, f"d{k.fn_name}/d{p}"))
     return names, outs
-
-
-def kernel_source(k, func_name):
-    """The out-parameter form of ``k``: ``def f(<inputs>, <outputs>)`` writing every result
-    into caller arrays (arrays as flat C-order pointers) and returning 0. No allocation."""
-    g = k.graph
-    if getattr(g, "whole_params", None) or any(getattr(n, "shape", ()) for n in g.nodes):
-        raise BuildError(f"gradc build --format c: {k.public} uses whole-array (NumPy-level) "
-                         "code; the C format supports element-wise (unrolled) graphs only.")
-    names, absorbed, namer = assign_names(g, g.name)
-    np_alias = namer.fresh("np")
-    params = names["params"]
-    out_leaves = list(leaves(g.out_tree))
-    outs = [namer.fresh(f"out{i}") for i in range(len(out_leaves))]
-    lines = [f"def {func_name}({', '.join(params + outs)}):"]
-    uses = g.users()
-
-    def text(node):
-        return literal(node.attrs[0], np_alias) if node.op == "const" else names[node.id]
-
-    for node in g.inputs:
-        _, _, p, index = node.attrs
-        if index is not None and uses[node.id]:
-            flat = int(np.ravel_multi_index(index, g.params[p][1]))
-            lines.append(f"    {names[node.id]} = {params[p]}[{flat}]")
-    # the body is the same statements the JIT path emits
-    lines.extend("    " + line for line in statements(g, names, absorbed, namer, np_alias))
-    for out, leaf in zip(outs, out_leaves):
-        if isinstance(leaf, ArrayOut):
-            for j, i in enumerate(leaf.indices):
-                lines.append(f"    {out}[{j}] = {text(g.outputs[i])}")
-        else:
-            lines.append(f"    {out}[0] = {text(g.outputs[leaf])}")
-    lines.append("    return 0")
-    return f"import numpy as {np_alias}\n\n\n" + "\n".join(lines) + "\n"
 
 
 def c_header(kernels, module_name, source_name):

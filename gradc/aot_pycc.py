@@ -18,14 +18,14 @@ import os
 import sys
 import warnings
 
+from .aot_errors import BuildError
+
 
 def build_extension(source_path, module_name, names, outdir, workdir):
     """Compile the functions ``names`` of the generated Python module at ``source_path``
     (``@njit`` dispatchers with explicit argument types) into extension ``module_name``
     in ``outdir``, exported under the same names with the signatures numba inferred.
     The callers must check arguments: the extension does not."""
-    from .aot import BuildError
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NumbaPendingDeprecationWarning for pycc itself
         from numba.pycc import CC
