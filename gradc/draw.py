@@ -1,7 +1,7 @@
 """``gradc.draw``: the computation graph as a picture, with each forward value and adjoint on it.
 
 ``draw(f, *args)`` derives ``f`` at ``args`` exactly as ``gradc.explain`` does
-(:func:`gradc.explain.derive`: arrays traced whole, then unrolled into their
+(:func:`gradc.derivation.derive`: arrays traced whole, then unrolled into their
 elements by the pure pass ``gradc.unroll``) and lays the graph out left to right
 in forward order: one box per step, showing its op over the user's own names
 (``u = b * c``), its value (``u = 6``) and its adjoint (``du = 3``). With
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .derivation import derive, expression, live_ids, steps
 from .errors import ArgumentError, GradcError, where
 
 MAX_NODES = 200  # more boxes than this are unreadable on a page: collapse
@@ -142,7 +143,6 @@ def draw(f, *args, adjoints=True, reverse=False, collapse=None, max_nodes=MAX_NO
 def dot_source(f, *args, adjoints=True, reverse=False, collapse=None, max_nodes=MAX_NODES):
     """The DOT text :func:`draw` renders (deterministic; needs no Graphviz)."""
     from .api import GradcFunction
-    from .explain import derive
 
     if collapse not in (None, True, False):
         raise ArgumentError(f"{where()}: collapse must be None, True or False, not {collapse!r}.")
@@ -271,8 +271,6 @@ class _Full:
     """The picture of a derivation: the traced program, one box per step."""
 
     def __init__(self, d, adjoints, reverse):
-        from .explain import live_ids
-
         self.d, self.adjoints, self.reverse = d, adjoints, reverse
         live = live_ids(d.graph)
         self.forward = [n for n in d.graph.nodes[:d.n_traced]
@@ -292,8 +290,6 @@ class _Full:
         return [_cell(f"{label} = {_short(d.values[adj.id])}", ADJOINT_BG, ADJOINT_INK)]
 
     def _forward_box(self, node):
-        from .explain import expression
-
         d = self.d
         name = d.names[node.id]
         if node.op == "input":
@@ -382,7 +378,6 @@ class _Collapsed:
     def __init__(self, fn, values_in, adjoints, max_nodes):
         from .api import GradcFunction, function_name
         from .emit import assign_names
-        from .explain import live_ids, steps
         from .ir import evaluate
 
         kind = "value_and_grad" if adjoints else "compile"
