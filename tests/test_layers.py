@@ -17,13 +17,18 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_pipeline_aot_and_explain_import_downward_only():
-    import importlinter  # noqa: F401  (a test dependency: the contract must be checked)
+def lint(config):
+    """import-linter's run over the tree with the config file ``config``."""
+    import importlinter  # noqa: F401  (a test dependency: the contracts must be checked)
 
-    run = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
-         "sys.exit(lint_imports_command())", "--config", ".importlinter", "--no-cache"],
+         "sys.exit(lint_imports_command())", "--config", str(config), "--no-cache"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_pipeline_aot_and_explain_import_downward_only():
+    run = lint(".importlinter")
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -50,10 +55,7 @@ def test_a_back_arrow_breaks_the_contract(tmp_path, contract):
     swapped = config.replace(layers, swapped_layers)
     path = tmp_path / "swapped.ini"
     path.write_text(swapped)
-    run = subprocess.run(
-        [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
-         "sys.exit(lint_imports_command())", "--config", str(path), "--no-cache"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = lint(path)
     assert run.returncode != 0
     assert message in run.stdout
 
