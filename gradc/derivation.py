@@ -8,7 +8,7 @@ then adjoints, then second-order entries. Where it is small enough (``ELEMENT_RO
 the graph is first unrolled into one scalar node per array element (gradc/unroll.py),
 which is the seed's right-to-left derivation; see gradc/explain.py for the two views.
 
-:func:`steps`, :func:`live_ids` and :func:`expression` name and write the steps of
+:func:`steps` and :func:`expression` (with gradc.optimize.live_ids) name and write the steps of
 any graph; gradc.draw also uses them for its collapsed picture of the optimized IR.
 
 This module sits below both of its readers: gradc/explain.py (the table, which hands
@@ -25,6 +25,7 @@ from .emit import assign_names, literal
 from .errors import ArgumentError, UnsupportedFunctionError, where
 from .ir import Graph, evaluate
 from .ops import OPS
+from .optimize import live_ids
 from .trace import trace
 from .unroll import UnrollError, unroll
 
@@ -56,15 +57,6 @@ class Step:
     computed: object
     name: str
     expr: str
-
-
-def live_ids(graph):
-    """Ids of the nodes the outputs need (the rules build contributions nobody uses)."""
-    live = {o.id for o in graph.outputs}
-    for node in reversed(graph.nodes):
-        if node.id in live:
-            live.update(a.id for a in node.args)
-    return live
 
 
 def steps(graph, names, absorbed, live):

@@ -188,11 +188,12 @@ def _reshape_rule(new, node, args):
 
 def dce(graph):
     """Drop every node the outputs do not need (inputs always stay: they are parameters)."""
-    return graph.rebuild(keep=_live(graph))
+    return graph.rebuild(keep=live_ids(graph))
 
 
-def _live(graph):
-    """Ids of the nodes the outputs need."""
+def live_ids(graph):
+    """Ids of the nodes the outputs need (gradc/derivation.py shows only these steps: the
+    rules build contributions nobody uses)."""
     live = {o.id for o in graph.outputs}
     for node in reversed(graph.nodes):
         if node.id in live:
@@ -217,7 +218,7 @@ def optimize(graph, max_rounds=4):
         before = len(graph.nodes)
         graph, made = _fold_and_simplify(graph)
         again = any(_fires(node) for node in made)
-        live = _live(graph)
+        live = live_ids(graph)
         if any(n.id not in live and n.op != "input" for n in graph.nodes):
             graph = graph.rebuild(keep=live)
         if not again or len(graph.nodes) == before:
