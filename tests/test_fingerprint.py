@@ -132,3 +132,19 @@ def test_the_fingerprint_is_the_same_in_another_process_with_another_hash_seed()
         assert out.returncode == 0, out.stderr
         found.add(out.stdout.strip())
     assert len(found) == 1 and "None" not in found
+
+
+def test_a_closure_a_library_makes_is_followed_not_named():
+    # a function gradc (or NumPy) makes at run time around a user's function or values holds
+    # them in its cells: naming it by its module and qualname would key two models alike
+    namespace = {"__name__": "gradc.nn.made_here"}
+    exec(compile(textwrap.dedent("""
+        def make(user_fn):
+            def wrapper(x):
+                return user_fn(x)
+            return wrapper
+    """), "made_here.py", "exec"), namespace)
+    make = namespace["make"]
+    one = fingerprint.of(make(define("def f(x): return x * 2.0")))
+    two = fingerprint.of(make(define("def f(x): return x * 3.0")))
+    assert one is not None and two is not None and one != two
