@@ -42,8 +42,8 @@ class UnrollError(Exception):
 _ELEMENTWISE = {name for name, op in OPS.items()
                 if op.shape is None and op.arity and op.result != "tuple"}
 _STRUCTURAL = {"getitem", "broadcast_to", "fill", "transpose", "reshape", "scatter",
-               "concatenate", "stack", "zeros", "sum", "max", "min", "matmul", "count",
-               "custom"}  # a user-defined rule: one scalar custom node per element
+               "concatenate", "stack", "setitem", "zeros", "sum", "max", "min", "matmul",
+               "count", "custom"}  # a user-defined rule: one scalar custom node per element
 
 
 def size_of(graph):
@@ -216,6 +216,19 @@ class _Unroller:
         items = {k: v for k, v in zip(positions.reshape(-1).tolist(), values.reshape(-1))
                  if v is not None}
         return _Sparse(tuple(shape), dict(sorted(items.items())), node.id)
+
+    def _setitem(self, node, x, v):
+        """``x`` with ``v`` written at the index (item assignment, ``y[0] = t``): a copy of
+        ``x``'s elements with ``v``'s broadcast into the indexed part (``x`` may be a view
+        other nodes read, so it is never written itself)."""
+        out = np.array(_as_array(x), dtype=object)  # a copy
+        index = python_index(node.attrs[0])
+        part = out[index]
+        if isinstance(part, np.ndarray):
+            out[index] = np.broadcast_to(_as_array(v), part.shape)
+        else:  # one element (an object array would store a 0-d array as the element)
+            out[index] = _result(_as_array(v))
+        return out
 
     def _concatenate(self, node, *xs):
         return np.concatenate([_as_array(x) for x in xs], axis=node.attrs[0])

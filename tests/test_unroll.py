@@ -21,8 +21,18 @@ def rosen(x):
     return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
 
 
+def assigns(x):
+    """Item assignment (setitem) into a copy, one element and a slice."""
+    y = x.copy()
+    y[0] = x[-1] ** 2
+    y[1:] = np.sin(x[:-1]) * y[:1]
+    return np.sum(y * x)
+
+
 # name -> (function of one array of length n, uses 2-D reshapes)
 CASES = {
+    "item_assignment": assigns,
+    "array_of_scalars": lambda x: np.sum(np.array([x[0], np.sum(x ** 2), x[-1] * x[0]]) * x[0]),
     "rosen": lambda x: rosen(x),
     "broadcast": lambda x: np.sum(np.sin(x) * x[0] + np.exp(-x) / (1.0 + x ** 2)),
     "max_min": lambda x: np.max(x ** 2) - 3.0 * np.min(np.cos(x)),
