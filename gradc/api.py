@@ -403,10 +403,14 @@ class GradcFunction:
         """``graph`` unrolled into scalar code (gradc/unroll.py) where that measurably wins:
         arrays of at most UNROLL_MAX_ELEMENTS elements in all whose unrolled program stays
         under UNROLL_MAX_NODES nodes (benchmarks/array_choice.py), or always with
-        ``arrays="unroll"``; else as it is."""
-        if not graph.whole_params or dtype != "float64" or not can_unroll(graph):
+        ``arrays="unroll"``; else as it is. A function of floats that makes arrays inside
+        (``np.array([x, y])``, ``np.zeros(3)`` assigned into) is always unrolled: its arrays
+        are nodes with shapes too, but the array paths (fused loops, NumPy-level code)
+        take array arguments."""
+        if dtype != "float64" or not any(node.shape for node in graph.nodes) \
+                or not can_unroll(graph):
             return graph
-        if self._arrays == "unroll":
+        if self._arrays == "unroll" or not graph.whole_params:
             return optimize(unroll(graph))
         if (self._arrays != "auto" or array_elements(shapes) > UNROLL_MAX_ELEMENTS
                 or size_of(graph) > 20 * UNROLL_MAX_NODES):
@@ -989,15 +993,14 @@ class GradcFunction:
         values = list(args) if self._kind in ("hvp", "jvp") and not kwargs else \
             self._positional(args, kwargs)
         outer = _tracer_in(values).graph
-        whole = any(isinstance(v, Tracer) and v.shape for v in values)
-        shapes = tuple(_traced_shape(v, whole, self._name, i) for i, v in enumerate(values))
-        key = (shapes, whole)
-        if key not in self._inlined:
-            self._inlined[key] = self._graph_for(shapes, whole)
-        graph, regroup = self._inlined[key]
+        shapes = tuple(_traced_shape(v, self._name, i) for i, v in enumerate(values))
+        if shapes not in self._inlined:
+            self._inlined[shapes] = self._graph_for(shapes)
+        graph, regroup = self._inlined[shapes]
         lift = _tracer_in(values)._lift
 
         def argument(node):
+            # an input of an unrolled graph (a hessian's) is one element of the argument
             _, _, p, index = node.attrs
             return lift(values[p] if index is None else values[p][index])
 
@@ -1005,23 +1008,18 @@ class GradcFunction:
         result = _tree_of_tracers(outer, graph.out_tree, [mapped[o.id] for o in graph.outputs])
         return regroup(result) if regroup is not None else result
 
-    def _graph_for(self, shapes, whole):
-        """``(graph, regroup)``: the optimized graph at ``shapes``, its arrays traced whole
-        or unrolled as the caller's are (for :meth:`_call_traced`)."""
+    def _graph_for(self, shapes):
+        """``(graph, regroup)``: the optimized graph at ``shapes`` (for :meth:`_call_traced`)."""
         with _apart_from_the_callers_trace():
-            graph = self._build_for(shapes, whole)
-        if any(s is not None for s in shapes) and bool(graph.whole_params) != whole:
-            raise errors.UnsupportedFunctionError(
-                f"{errors.where()}: gradc.{self._kind} of {self._name}() traces these arrays "
-                f"{'unrolled' if whole else 'whole'}, but the function calling it traces them "
-                f"{'whole' if whole else 'unrolled'}; give both the same arrays= mode.")
+            graph = self._build_for(shapes)
         return graph, self.__dict__.pop("_pending_regroup", None)
 
-    def _build_for(self, shapes, whole):
-        """The optimized graph of this transformation at ``shapes`` (arrays whole or not)."""
+    def _build_for(self, shapes):
+        """The optimized graph of this transformation at ``shapes``, its arrays traced whole
+        (the higher orders' may come unrolled: their inputs are then elements)."""
         if type(self).lower is GradcFunction.lower:
             names = self._arg_names(len(shapes))
-            traced = trace(self._tracee, [(n, s, whole) for n, s in zip(names, shapes)],
+            traced = trace(self._tracee, [(n, s) for n, s in zip(names, shapes)],
                            self._name, _origin(self._fn))
             return optimize(self._transform(traced, len(shapes)))
         return self.lower(shapes)[0]  # the higher orders trace (and choose how) in lower()
@@ -1764,40 +1762,34 @@ def _replay(source, target, argument):
 
 
 def _tree_of_tracers(graph, tree, nodes):
-    """The result of a replayed function as traced values of ``graph``, nested as ``tree``."""
-    from .trace import _wrap
-
+    """The result of a replayed function as traced values of ``graph``, nested as ``tree``
+    (an array of outputs, one per element, as one array traced whole)."""
     if isinstance(tree, tuple):
         return tuple(_tree_of_tracers(graph, t, nodes) for t in tree)
     if isinstance(tree, ArrayOut):
-        elements = np.empty(len(tree.indices), dtype=object)
-        for k, i in enumerate(tree.indices):
-            elements[k] = Tracer(graph, nodes[i])
-        return _wrap(elements.reshape(tree.shape))
+        from .trace import pack
+
+        elements = [Tracer(graph, nodes[i]) for i in tree.indices]
+        if not elements:
+            return Tracer(graph, graph.const(np.zeros(tree.shape)))
+        return pack(elements, elements[0]).reshape(tree.shape)
     return Tracer(graph, nodes[tree])
 
 
 def _tracer_in(values):
-    """The first traced value among ``values`` (also inside unrolled arrays), or None."""
-    for v in values:
-        if isinstance(v, Tracer):
-            return v
-        if isinstance(v, np.ndarray) and v.dtype == object:
-            found = next((e for e in v.flat if isinstance(e, Tracer)), None)
-            if found is not None:
-                return found
-    return None
+    """The first traced value among ``values``, or None."""
+    return next((v for v in values if isinstance(v, Tracer)), None)
 
 
 def _any_traced(values):
     return _tracer_in(values) is not None
 
 
-def _traced_shape(value, whole, name, i):
+def _traced_shape(value, name, i):
     """The parameter shape (None: a float) of one argument of a call on traced values."""
     if isinstance(value, Tracer):
         return value.shape or None
-    if isinstance(value, np.ndarray) and (value.dtype == object or value.dtype.kind in "biuf"):
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return value.shape or None
     if isinstance(value, (numbers.Real, np.floating, np.integer)):
         return None

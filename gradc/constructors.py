@@ -45,7 +45,7 @@ import numpy as np
 
 from . import errors
 from . import ops as _ops
-from .trace import TracedArray, Tracer
+from .trace import Tracer, _first_tracer, pack
 
 # --- the arrays ----------------------------------------------------------------------------
 
@@ -55,7 +55,7 @@ class AssignableArray(np.ndarray):
     is written into it (or into a view of it); then it holds that traced array.
 
     A *root* owns its memory and, once written with a traced value, holds ``_traced`` (an
-    array traced whole, or an unrolled object array where the trace unrolls arrays). A
+    array traced whole). A
     *view* (``_parent`` set) is recomputed from its parent by ``_replay`` once the root
     holds traced values; ``_writable`` says whether a traced write into it can go through
     to the root (views by basic indexing) or is refused (reshaped and transposed views,
@@ -284,15 +284,6 @@ def _same_memory(a, b):
 
 
 def _held(graph, numbers):
-    """``numbers`` as a traced value of ``graph``: an array traced whole where the trace
-    traces arrays whole, else an unrolled object array of floats (Tracers can be written
-    into it)."""
-    if graph.whole_params:
-        return _constant(graph, numbers)
-    return np.ndarray.view(np.asarray(numbers, dtype=np.float64).astype(object), TracedArray)
-
-
-def _constant(graph, numbers):
     """A traced array of ``graph`` holding ``numbers``: one constant broadcast where every
     element is the same float (zeros, ones, full: a few statements whatever the size), the
     array itself otherwise."""
@@ -395,15 +386,12 @@ def _collect(value, found, others):
 
 
 def _graph_of(value):
-    """The graph of the first traced value in ``value`` (a Tracer, an object array of them,
-    an AssignableArray that holds one, also inside tuples, lists and dicts); None: numbers
-    only."""
+    """The graph of the first traced value in ``value`` (a Tracer, an AssignableArray that
+    holds one, also inside tuples, lists and dicts); None: numbers only."""
     if isinstance(value, AssignableArray):
         return value._root._graph
     if isinstance(value, Tracer):
         return value.graph
-    if isinstance(value, np.ndarray) and value.dtype == object:
-        return next((v.graph for v in value.flat if isinstance(v, Tracer)), None)
     if isinstance(value, (tuple, list)):
         return next((g for g in map(_graph_of, value) if g is not None), None)
     if isinstance(value, dict):
@@ -505,12 +493,10 @@ def _stand_in(name):
 
     @functools.wraps(getattr(np, name))
     def constructor(*args, **kwargs):
-        if name in _CONVERSIONS and args and isinstance(args[0], AssignableArray) \
-                and args[0]._holds_traced() and _keeps_float64(args[1:], kwargs):
-            # an array holding traced values, converted to the array it is: itself (asarray),
-            # or a copy (array); NumPy's own conversion would read memory it no longer uses
-            return args[0] if name != "array" or kwargs.get("copy") is False \
-                else args[0]._read().copy()
+        if name in _CONVERSIONS and args and _keeps_float64(args[1:], kwargs):
+            converted = _converted(name, args[0], kwargs)
+            if converted is not None:
+                return converted
         if name == "full":
             return _full(*args, **kwargs)
         return numpy_call(func, args, kwargs)
@@ -518,30 +504,89 @@ def _stand_in(name):
     return constructor
 
 
+def _converted(name, value, kwargs):
+    """numpy.array (or asarray, asanyarray, ascontiguousarray) of ``value`` where it holds
+    traced values, as one array traced whole; None where it holds numbers only (NumPy
+    converts those). NumPy's own conversion would ask each traced value for its NumPy form
+    (refused: see Tracer.__array__), or read the memory of an array that now holds traced
+    values instead of numbers."""
+    copy = name == "array" and kwargs.get("copy") is not False
+    if isinstance(value, AssignableArray):
+        if not value._holds_traced():
+            return None
+        # the array it is: itself (asarray, keeping its aliasing), or a copy (array)
+        return value._read().copy() if copy else value
+    if isinstance(value, Tracer):
+        return value.copy() if copy else value
+    value = _operands(value) if isinstance(value, (list, tuple)) else value
+    like = _first_tracer(value)
+    return None if like is None else pack(value, like)  # a new array, from its items
+
+
 #: id(NumPy's constructor) -> (it, its stand-in).
 CONSTRUCTORS = {id(getattr(np, n)): (getattr(np, n), _stand_in(n)) for n in CONSTRUCTOR_NAMES}
 
 
 def _stand_in_for(value):
-    """The stand-in of NumPy's constructor ``value``, or None (it is none)."""
-    found = CONSTRUCTORS.get(id(value))
-    return found[1] if found is not None and found[0] is value else None
+    """The stand-in of numpy (or numpy.linalg), of NumPy's constructor or of a NumPy
+    function gradc traces, ``value``; None where it has none."""
+    if value is np or value is np.linalg:
+        return STAND_IN_NUMPY if value is np else STAND_IN_LINALG
+    found = CONSTRUCTORS.get(id(value)) or _LIST_TAKING.get(id(value))
+    if found is not None and found[0] is value:
+        return found[1]
+    if value is not None and _rules().get(id(value)) is value:
+        _LIST_TAKING[id(value)] = (value, _list_taking(value))
+        return _LIST_TAKING[id(value)][1]
+    return None
 
 
-class _StandInNumpy(types.ModuleType):
-    """The numpy module as traced code sees it: NumPy's attributes, with the constructors'
-    stand-ins in place of the constructors."""
+#: id(NumPy function gradc has a rule for) -> (it, its stand-in), made when first looked up.
+_LIST_TAKING = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _rules():
+    """id -> NumPy function, for the NumPy functions gradc traces by rules of its own (read
+    once a trace runs: gradc.numpy_api installs its rules when gradc is imported)."""
+    return {id(f): f for f in (*_trace._FUNCTIONS, *_trace._WHOLE_FUNCTIONS)}
+
+
+def _list_taking(func):
+    """NumPy's ``func`` as traced code calls it. Given a list or tuple holding traced values
+    (``numpy.sum([x, y])``), NumPy would convert it into an array itself without asking
+    gradc (no traced value is an argument of its own for NumPy to dispatch on), so the
+    call goes to gradc's rule for ``func``, which traces that list as one array (see
+    gradc.trace.pack); any other call is NumPy's (which dispatches traced values)."""
+    @functools.wraps(func)
+    def call(*args, **kwargs):
+        if any(isinstance(a, (list, tuple)) and _graph_of(a) is not None
+               for a in (*args, *kwargs.values())):
+            return _trace._function(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    return call
+
+
+class _StandInModule(types.ModuleType):
+    """The numpy module (or numpy.linalg) as traced code sees it: its attributes, with the
+    constructors' stand-ins in place of the constructors, and the NumPy functions that gradc
+    has rules for taking lists of traced values (``numpy.sum([x, y])``)."""
+
+    def __init__(self, module):
+        super().__init__(module.__name__, module.__doc__)
+        self._gradc_module = module
 
     def __getattr__(self, name):
-        value = getattr(np, name)
+        value = getattr(self._gradc_module, name)
         stand_in = _stand_in_for(value)
         return value if stand_in is None else stand_in
 
     def __dir__(self):
-        return dir(np)
+        return dir(self._gradc_module)
 
 
-STAND_IN_NUMPY = _StandInNumpy("numpy", np.__doc__)
+STAND_IN_NUMPY, STAND_IN_LINALG = _StandInModule(np), _StandInModule(np.linalg)
 
 
 # --- running a function with the stand-ins --------------------------------------------------
@@ -645,14 +690,13 @@ class _Rebuild:
     @staticmethod
     def _replaces(value, module):
         """Whether traced code sees something else for ``value`` (see :meth:`substitute`)."""
-        return (value is np or _stand_in_for(value) is not None
+        return (_stand_in_for(value) is not None
                 or isinstance(value, types.FunctionType) and value.__globals__ is module)
 
     def substitute(self, value, module):
         """What traced code sees for ``value`` found in ``module``'s namespace: the stand-in
-        numpy module, a stand-in constructor, a function of the module rebuilt, or it."""
-        if value is np:
-            return STAND_IN_NUMPY
+        numpy module, a stand-in constructor or NumPy function, a function of the module
+        rebuilt, or it."""
         stand_in = _stand_in_for(value)
         if stand_in is not None:
             return stand_in

@@ -194,15 +194,8 @@ def _tracer_module():
 
 
 def _first_tracer(values):
-    Tracer = _tracer_module().Tracer
-    for v in values:
-        if isinstance(v, Tracer):
-            return v
-        if isinstance(v, np.ndarray) and v.dtype == object:
-            found = _first_tracer(list(v.flat))
-            if found is not None:
-                return found
-    return None
+    """The first traced value among ``values`` (also inside lists and tuples), or None."""
+    return _tracer_module()._first_tracer(values)
 
 
 def _traced_call(cfn, args, diff, tracer):
@@ -213,8 +206,6 @@ def _traced_call(cfn, args, diff, tracer):
     args = list(args)
     for i in diff:  # arrays from outside the function are hidden parameters, as in any op
         args[i] = trace._captured((args[i],))[0]
-    unrolled = any(isinstance(args[i], np.ndarray) and args[i].ndim > 0 and (
-        args[i].dtype == object or not graph.whole_params) for i in diff)
     nondiff = tuple(args[i] for i in cfn.nondiff_argnums)
     try:
         hash(nondiff)
@@ -227,19 +218,6 @@ def _traced_call(cfn, args, diff, tracer):
         raise errors.TracingError(
             f"{errors.where()}: {cfn.name}() returned a {type(value).__name__}; a gradc."
             f"{cfn.kind} function returns one float or one array here.")
-    if unrolled:
-        xs = [_elements(graph, tracer, args[i]) for i in diff]
-        shapes = tuple(np.shape(args[i]) or None for i in diff)
-        out = _elements(graph, tracer, value)
-        out_shape = np.shape(value) or None
-        _check_no_closure(cfn, graph, [n for x in xs for n in x], list(out))
-        rule = cfn._rule((shapes, nondiff), out_shape, shapes, nondiff)
-        nodes = element_nodes(graph, rule, out, [n for x in xs for n in x])
-        if out_shape is None:
-            return trace.Tracer(graph, nodes[0])
-        result = np.empty(len(nodes), dtype=object)
-        result[:] = [trace.Tracer(graph, n) for n in nodes]
-        return trace._wrap(result.reshape(out_shape))
     xs = [_node(tracer, args[i]) for i in diff]
     out = _node(tracer, value)
     shapes = tuple(x.shape or None for x in xs)
@@ -255,13 +233,6 @@ def _node(tracer, value):
             f"{errors.where()}: a gradc custom rule's function takes and returns floats and "
             "float arrays, not conditions.")
     return tracer._lift(value)
-
-
-def _elements(graph, tracer, value):
-    """The scalar nodes of an unrolled array (or of a scalar), in C order."""
-    if isinstance(value, np.ndarray):
-        return [_node(tracer, v) for v in value.reshape(-1)]
-    return [_node(tracer, value)]
 
 
 def _check_no_closure(cfn, graph, xs, outs):
@@ -338,9 +309,9 @@ class Rule:
     def _params(self, graph):
         """The traced parameters ``(xs, g, ts)`` of a new rule graph."""
         param = _tracer_module()._traced_param
-        xs = [param(graph, f"x{i}", s, whole=s is not None) for i, s in enumerate(self.shapes)]
-        g = param(graph, "g", self.out_shape, whole=self.out_shape is not None)
-        ts = [param(graph, f"t{i}", s, whole=s is not None) for i, s in enumerate(self.shapes)]
+        xs = [param(graph, f"x{i}", s) for i, s in enumerate(self.shapes)]
+        g = param(graph, "g", self.out_shape)
+        ts = [param(graph, f"t{i}", s) for i, s in enumerate(self.shapes)]
         return xs, g, ts
 
     def _arguments(self, xs):

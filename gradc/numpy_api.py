@@ -9,8 +9,8 @@ they are made of. The few that composition cannot express (running sums and
 products, ``prod``, sorting, item assignment, linear algebra) are table ops.
 
 :data:`RULES` maps each NumPy function to its rule; ``gradc.trace`` consults it
-for every NumPy call that has an array traced whole among its arguments (and for
-traced scalars where NumPy's own object code has no answer).
+for every NumPy call that has a traced value among its arguments (arrays and scalars
+alike: every traced array is one node with a shape).
 
 >>> import numpy as np, gradc
 >>> f = gradc.grad(lambda x: np.sum(np.cumsum(x) * np.var(x)), arrays="numpy", backend="python")
@@ -124,7 +124,8 @@ def copy(a, order="K"):
 
 
 def ravel(a, order="C"):
-    return _array(a).ravel(order)
+    a = _array(a)
+    return a.ravel(order) if a.shape else a.reshape(1)  # a scalar: one element, as NumPy's
 
 
 def squeeze(a, axis=None):

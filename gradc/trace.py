@@ -124,13 +124,9 @@ class Tracer:
             return self.graph.const(_float_constant(value))
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
             return self.graph.const(value if value.shape else value.item())
-        if _is_unrolled(value) and value.shape == ():
-            return self._lift(value[()])
-        if _is_unrolled(value):
-            raise errors.UnsupportedFunctionError(
-                f"{errors.where()}: an array of traced elements (from numpy.asarray or "
-                "numpy.array of a traced array?) cannot be combined with an array traced "
-                "whole; use the traced array itself.")
+        if isinstance(value, (list, tuple)) or (
+                isinstance(value, np.ndarray) and value.dtype == object):
+            return pack(value, self).node  # NumPy's array_like: one array traced whole
         raise errors.UnsupportedFunctionError(
             f"{errors.where()}: cannot combine a traced value with a {type(value).__name__}; "
             "gradc traces functions of floats and float arrays.")
@@ -144,11 +140,6 @@ class Tracer:
         for a in args:  # inside a loop body, the body's graph builds (outer values are captured)
             if isinstance(a, Tracer) and a.graph is not self.graph and _encloses(self.graph, a.graph):
                 return a._apply(op, args, attrs)
-        if not self.graph.whole_params and any(
-                isinstance(a, np.ndarray) and a.ndim > 0 for a in args) and not _whole(*args):
-            if op == "matmul":  # sums of products, by NumPy's object loop
-                return _numpy_on_unrolled(np.matmul, *(_box(a) for a in args))
-            return _elementwise(op, args, attrs)  # unrolled arrays: one node per element
         return Tracer(self.graph, self.graph.add(op, tuple(self._lift(a) for a in args), attrs))
 
     # --- arrays traced whole ------------------------------------------------------------
@@ -169,10 +160,13 @@ class Tracer:
         return self.transpose()
 
     def __array__(self, dtype=None, copy=None):
-        # A traced scalar is one element of an object array (np.array([x, y]) builds one).
-        # numpy.asarray/numpy.array of a traced *array* would build a plain object array of
-        # its elements, on which NumPy runs its own object code without gradc seeing it
-        # (numpy.nan_to_num returns it unchanged): refused, never silently wrong.
+        # NumPy asks this when code gradc does not trace converts a traced value into a NumPy
+        # array: a library calling numpy.asarray, or a NumPy function given a list of traced
+        # values that it converts itself (numpy.exp([x, y])). A NumPy array holds numbers,
+        # and an object array of traced values would be run by NumPy's own object loops,
+        # which gradc does not see (numpy.nan_to_num returns one unchanged): refused here,
+        # so no such array is ever made. In the traced function itself, numpy.array and
+        # numpy.asarray are gradc's (gradc/constructors.py): they trace arrays whole (pack).
         if dtype is not None and np.dtype(dtype) != np.dtype(object):
             # numpy.float64(x), numpy.asarray(x, dtype=float): NumPy asks for numbers here
             # and, refused, would bury gradc's error under "setting an array element with
@@ -182,15 +176,13 @@ class Tracer:
                 f"{np.dtype(dtype).name}: numpy.float64(x), numpy.asarray(x, dtype=float), "
                 "...) needs concrete numbers, but this value depends on a traced argument; "
                 "drop the conversion (traced values are floats already).")
-        if not self.shape:
-            box = np.empty((), dtype=object)
-            box[()] = self
-            return box
         raise errors.UnsupportedFunctionError(
-            f"{errors.where()}: numpy.asarray/numpy.array (or another conversion to a NumPy "
-            "array) of a traced array is not supported: gradc traces it as an array already. "
-            "Use the value itself (drop the numpy.asarray), x.copy() for a copy, and "
-            "numpy.stack or numpy.concatenate to build an array from traced arrays.")
+            f"{errors.where()}: a traced value was converted into a NumPy array by code gradc "
+            "does not trace (numpy.asarray in a library function, or a NumPy function given "
+            "a list of traced values, such as numpy.exp([x, y])); a NumPy array holds numbers "
+            "only. gradc traces arrays whole: build the array in the traced function with "
+            "numpy.array([...]), numpy.stack or numpy.concatenate and pass that on (x.copy() "
+            "for a copy), and call only NumPy and gradc functions on traced values.")
 
     def __dlpack__(self, *args, **kwargs):
         raise errors.UnsupportedFunctionError(
@@ -505,39 +497,10 @@ class UnsupportedAttributeError(errors.UnsupportedFunctionError, AttributeError)
     """An ndarray attribute gradc has no rule for (an AttributeError too, so hasattr() is False)."""
 
 
-def _method(op_name):
-    def method(self, *others):
-        return self._apply(op_name, (self, *others))
-
-    method.__name__ = op_name
-    return method
+# ndarray.conj and .conjugate: traced values are real, so they are their own conjugate.
+Tracer.conjugate = Tracer.conj = lambda self: self
 
 
-def _refused_ufunc_method(name):
-    def method(self, *args, **kwargs):
-        raise errors.UnsupportedFunctionError(_unsupported_ufunc_message(name))
-
-    method.__name__ = name
-    method._gradc_refuses = True  # gradc.surface lists only what is traced
-    return method
-
-
-# NumPy applies a ufunc to a plain object array by calling the element's method of
-# that name (np.exp(arr) calls elem.exp()): give Tracer one per supported ufunc, and
-# one that raises gradc's error for every other ufunc (np.log2(arr) calls elem.log2(),
-# and a missing method would surface as NumPy's raw TypeError). math.floor, round()
-# and friends call the dunders.
-for _ufunc_name, _op in UFUNCS.items():
-    if OPS[_op].result == "float" and not hasattr(Tracer, _ufunc_name):
-        setattr(Tracer, _ufunc_name, _method(_op))
-Tracer.square = lambda self: self._apply("mul", (self, self))
-Tracer.reciprocal = lambda self: self._apply("div", (1.0, self))
-Tracer.conjugate = Tracer.conj = Tracer.positive = lambda self: self
-for _ufunc_name in sorted({u.__name__ for u in vars(np).values() if isinstance(u, np.ufunc)}):
-    if _ufunc_name not in Tracer.__dict__:
-        setattr(Tracer, _ufunc_name, _refused_ufunc_method(_ufunc_name))
-# The one object loop that calls a method of another name: np.bitwise_count calls .bit_count().
-Tracer.bit_count = _refused_ufunc_method("bitwise_count")
 def _integer_rounding(name, instead):
     def method(self, *args):
         raise errors.MathModuleError(
@@ -578,10 +541,6 @@ def _capture(body, value):
     return body.param(f"c{len(body.captures) - 1}", value.shape or None, whole=bool(value.shape))
 
 
-class NeedsWholeArrays(errors.ControlFlowError):
-    """A construct that needs arrays traced whole met an unrolled one (auto mode retraces)."""
-
-
 def scan(f, init, xs):
     """``carry = f(carry, x)`` for each ``x`` of ``xs`` (stacked along axis 0); the final carry.
 
@@ -595,11 +554,7 @@ def scan(f, init, xs):
     multiple = isinstance(xs, (tuple, list))
     init, xs = _operands((init, xs))
     xs_t = tuple(xs) if multiple else (xs,)
-    for x in (init, *xs_t):
-        if isinstance(x, np.ndarray) and x.dtype == object:
-            raise NeedsWholeArrays(f"{errors.where()}: gradc.scan needs arrays traced whole; "
-                                   "use arrays='numpy' (arrays='auto' does this by itself).")
-    t = _any_tracer((init, *xs_t))
+    t = _first_tracer((init, *xs_t))
     if t is None:
         carry = init
         for k in range(len(xs_t[0])):
@@ -651,10 +606,6 @@ def _parameter_names(f, count):
 #: The capture of the trace running in this thread (None: captured arrays stay constants).
 _CAPTURING = threading.local()
 
-#: A captured array of more elements than this is not unrolled: the trace asks for arrays
-#: traced whole (NeedsWholeArrays), as arrays="auto" would for an argument of that size.
-CAPTURE_UNROLL_MAX = 256
-
 
 class CapturedArray:
     """A float NumPy array that a traced function reads from outside its arguments (its
@@ -679,24 +630,20 @@ class CapturedArray:
 
 class _Captures:
     """While a function is traced: each float array that meets a traced value becomes one
-    hidden parameter (traced whole, or unrolled into element inputs like an argument)."""
+    hidden parameter, traced whole like an array argument."""
 
-    def __init__(self, graph, fn, whole):
-        self.graph, self.whole, self.made = graph, whole, {}
+    def __init__(self, graph, fn):
+        self.graph, self.made = graph, {}
         self.sources = _outer_arrays(fn)
 
     def lift(self, array):
         found = self.made.get(id(array))
         if found is not None:
             return found[1]
-        if not self.whole and array.size > CAPTURE_UNROLL_MAX:
-            raise NeedsWholeArrays(
-                f"{errors.where()}: an array of {array.size} elements read from outside the "
-                "function's arguments needs arrays traced whole; use arrays='auto' or 'numpy'.")
         name, lookup = self.sources.get(id(array), (None, None))
         name = _hidden_name(name, self.graph)
         p = len(self.graph.params)
-        value = _traced_param(self.graph, name, array.shape, whole=self.whole)
+        value = _traced_param(self.graph, name, array.shape)
         self.graph.captured_arrays.append(CapturedArray(p, array, lookup, name))
         self.made[id(array)] = (array, value)  # the array is held, so its id stays its own
         return value
@@ -776,18 +723,8 @@ def _captured(args):
 
 def _graph_of(args):
     """The graph the traced values among ``args`` belong to (None if there are none)."""
-    for a in args:
-        if isinstance(a, Tracer):
-            return a.graph
-        if isinstance(a, TracedArray) and a.size:
-            first = a.flat[0]
-            if isinstance(first, Tracer):
-                return first.graph
-        if isinstance(a, (list, tuple)):
-            found = _graph_of(a)
-            if found is not None:
-                return found
-    return None
+    found = _first_tracer(args)
+    return None if found is None else found.graph
 
 
 def _capture_one(captures, value):
@@ -799,148 +736,55 @@ def _capture_one(captures, value):
     return value
 
 
-# --- unrolled arrays ----------------------------------------------------------------------
-class TracedArray(np.ndarray):
-    """An unrolled traced array: an object ndarray of scalar Tracers (and constants).
+# --- arrays built from traced values ---------------------------------------------------------
+def pack(value, like):
+    """``value`` as one array traced whole in ``like``'s graph, as numpy.array builds it.
 
-    NumPy code on a *plain* object array never reaches gradc: NumPy runs its own
-    object-dtype code, which for some functions is silently wrong on traced
-    elements (``np.nan_to_num`` returns it unchanged: "not an inexact dtype") and
-    for others raises a raw NumPy error. This subclass routes every NumPy function
-    (``__array_function__``), ufunc (``__array_ufunc__``) and ndarray method on it
-    through gradc: each one is traced by a rule or refused with a gradc error.
-    NumPy keeps the subclass through slicing, reshaping and views
-    (``__array_finalize__``); gradc wraps the results it computes.
+    ``value`` is NumPy's array_like holding traced values: a list or tuple (nested) of traced
+    scalars, traced arrays and numbers (``[x, y * 2]``, ``[[a, b], [c, d]]``, a list
+    comprehension ``[x[i] ** 2 for i in range(n)]``), or an object ndarray of them. Each level
+    of nesting is one ``stack`` node of its items along a new first axis (an item of shape
+    ``()`` is one element, an array item a block); a part holding no traced value is one
+    constant. So an array is always one node with a shape, whatever it was built from; where
+    that is small, gradc/unroll.py turns it back into scalar code after differentiating.
     """
-
-    def __array_finalize__(self, obj):
-        pass  # no state: the elements carry the graph
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        return _ufunc(ufunc, method, inputs, kwargs)
-
-    def __array_function__(self, func, types, args, kwargs):
-        return _function(func, args, kwargs)
-
-    def __getitem__(self, index):
-        _check_index(index)
-        return np.ndarray.__getitem__(self, index)
-
-    def __setitem__(self, index, value):
-        _check_index(index)
-        np.ndarray.__setitem__(self, index, _operands((value,))[0])
-
-    def __bool__(self):
-        raise errors.ControlFlowError(
-            f"{errors.where()}: Python `if`, `while`, `and`/`or` and bool() need a concrete "
-            "truth value, but this array depends on a traced argument. Write the choice as "
-            "gradc.where(condition, value_if_true, value_if_false) (or numpy.where).")
-
-    # ndarray methods are C code that NumPy runs without __array_function__; the ones
-    # gradc has rules for go through the same rules as the NumPy functions.
-    def sum(self, *args, **kwargs): return _function(np.sum, (self, *args), kwargs)
-    def mean(self, *args, **kwargs): return _function(np.mean, (self, *args), kwargs)
-    def max(self, *args, **kwargs): return _function(np.max, (self, *args), kwargs)
-    def min(self, *args, **kwargs): return _function(np.min, (self, *args), kwargs)
-    def prod(self, *args, **kwargs): return _function(np.prod, (self, *args), kwargs)
-    def cumsum(self, *args, **kwargs): return _function(np.cumsum, (self, *args), kwargs)
-    def cumprod(self, *args, **kwargs): return _function(np.cumprod, (self, *args), kwargs)
-    def trace(self, *args, **kwargs): return _function(np.trace, (self, *args), kwargs)
-    def dot(self, b, out=None): return _function(np.dot, (self, b, out), {})
-
-    def astype(self, dtype, *args, **kwargs):
-        _check_astype(dtype, args, kwargs)
-        return self.copy()
-
-    def conj(self):
-        return self.copy()  # the elements are real
-
-    conjugate = conj
-
-    @property
-    def real(self):
-        return self
-
-    def view(self, *args, **kwargs):
-        kind = args[0] if args else kwargs.get("type", kwargs.get("dtype"))
-        if len(args) + len(kwargs) == 1 and isinstance(kind, type) and issubclass(kind, np.ndarray):
-            return np.ndarray.view(self, kind)
-        raise errors.UnsupportedFunctionError(
-            f"{errors.where()}: .view() with a dtype reinterprets memory and has no meaning for "
-            "traced values; use the array itself.")
-
-
-def _refused_array_method(name):
-    def method(self, *args, **kwargs):
-        raise errors.UnsupportedFunctionError(_unsupported_method_message(name))
-
-    method.__name__ = name
-    method._gradc_refuses = True
-    return method
-
-
-# Every other public ndarray method is refused, unless it only moves elements or
-# gives them out as they are (so it is exact on traced elements).
-_KEPT_METHODS = {"copy", "flatten", "ravel", "reshape", "squeeze", "swapaxes", "transpose",
-                 "repeat", "take", "diagonal", "tolist", "item", "fill", "put", "setflags"}
-for _name in dir(np.ndarray):
-    if (not _name.startswith("_") and _name not in _KEPT_METHODS
-            and _name not in TracedArray.__dict__ and callable(getattr(np.ndarray, _name))):
-        setattr(TracedArray, _name, _refused_array_method(_name))
-TracedArray.imag = property(_refused_array_method("imag"))
-
-
-def _is_unrolled(value):
-    """An object ndarray (a TracedArray or a plain one a NumPy call built from one)."""
-    return isinstance(value, np.ndarray) and value.dtype == object
-
-
-def _plain(value):
-    """``value`` with every TracedArray in it (also inside lists and tuples) as a plain ndarray
-    view, for running NumPy's own object-dtype code without coming back to gradc."""
-    if isinstance(value, TracedArray):
-        return np.ndarray.view(value, np.ndarray)
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        value = value.tolist()  # nested lists of its elements (a 0-d array: its element)
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
+        value = _operands(value)  # arrays NumPy made in the traced function: what they hold
+    return _stacked(value, like)
 
 
-def _wrap(value):
-    """``value`` with every object ndarray in it as a TracedArray (so NumPy calls on it stay
-    visible to gradc)."""
-    if isinstance(value, np.ndarray) and value.dtype == object and not isinstance(value, TracedArray):
-        return np.ndarray.view(value, TracedArray)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_wrap(v) for v in value)
-    return value
-
-
-def _numpy_on_unrolled(func, *args, **kwargs):
-    """NumPy's own ``func`` on unrolled arrays (its object loops call the Tracers' operators),
-    the result wrapped; NumPy's complaints about shapes and axes become gradc errors."""
-    try:
-        return _wrap(func(*_plain(args), **_plain(kwargs)))
-    except errors.GradcError:
-        raise
-    except (ValueError, IndexError) as exc:
-        raise errors.ShapeError(f"{errors.where()}: numpy.{_name_of(func)}: {exc}.") from None
-    except TypeError as exc:
-        raise errors.UnsupportedFunctionError(
-            f"{errors.where()}: numpy.{_name_of(func)} cannot run on these traced values ({exc}).") from None
+def _stacked(value, like):
+    if not isinstance(value, (list, tuple)):
+        if isinstance(value, (bool, np.bool_)):
+            value = float(value)  # numpy.array([x, True]) is [x, 1.0]
+        item = Tracer(like.graph, like._lift(value))
+        if item.is_condition:
+            raise errors.UnsupportedFunctionError(
+                f"{errors.where()}: numpy.array of traced conditions (comparisons) is not "
+                "supported: gradc's arrays hold floats. Compare whole arrays for a mask "
+                "(x > 0 on an array), or turn each condition into a number with "
+                "gradc.where(condition, 1.0, 0.0).")
+        return item
+    if _graph_of(value) is None:  # numbers only: NumPy's array of them, one constant
+        try:
+            numbers = np.array(value, dtype=np.float64)
+        except (ValueError, TypeError) as exc:
+            raise errors.ShapeError(f"{errors.where()}: numpy.array: {exc}.") from None
+        return Tracer(like.graph, like._lift(numbers))
+    items = [_stacked(v, like) for v in value]
+    shapes = sorted({item.shape for item in items})
+    if len(shapes) > 1:
+        raise errors.ShapeError(
+            f"{errors.where()}: numpy.array of traced values needs the items at each level of "
+            f"nesting to have one shape (a rectangular array); got shapes "
+            f"{', '.join(map(str, shapes))}.")
+    return Tracer(like.graph, like.graph.add("stack", tuple(i.node for i in items), (0,)))
 
 
 def _name_of(func):
     return getattr(func, "__name__", type(func).__name__)
-
-
-def _check_index(index):
-    """Refuse indices that depend on traced values (NumPy would need concrete ones)."""
-    items = index if isinstance(index, tuple) else (index,)
-    if any(isinstance(i, Tracer) or _is_unrolled(i) for i in items):
-        raise errors.UnsupportedFunctionError(
-            f"{errors.where()}: gradc indexes traced arrays with constant indices only "
-            "(ints, slices, None, ..., constant arrays), not with traced values; use "
-            "gradc.where(condition, a, b) to select by a traced condition.")
 
 
 _FLOAT64 = (np.dtype(np.float64),)
@@ -949,25 +793,13 @@ _FLOAT64 = (np.dtype(np.float64),)
 def _check_astype(dtype, args, kwargs):
     """``astype`` keeps traced values as they are: allowed only to float64, which they are."""
     try:
-        same = np.dtype(dtype) in _FLOAT64 or np.dtype(dtype) == np.dtype(object)
+        same = np.dtype(dtype) in _FLOAT64
     except TypeError:
         same = False
     if not same or args or kwargs:
         raise errors.UnsupportedFunctionError(
             f"{errors.where()}: .astype({dtype!r}) is not supported on traced values: they are "
             "float64, and gradc cannot round them to another type; remove the call.")
-
-
-def _elementwise(op, args, attrs):
-    """``op`` applied element by element: a TracedArray of traced scalars (unrolled arrays)."""
-    boxed = []
-    for a in args:
-        if isinstance(a, Tracer):
-            box = np.empty((), dtype=object)
-            box[()] = a
-            a = box
-        boxed.append(_plain(a))
-    return _wrap(np.frompyfunc(lambda *xs: apply(op, *xs), len(args), 1)(*boxed))
 
 
 # --- ufuncs ---------------------------------------------------------------------------------
@@ -1005,7 +837,7 @@ def _qualname(func):
 
 
 def _ufunc(ufunc, method, inputs, kwargs):
-    """A NumPy ufunc on traced values (scalars, arrays traced whole, or unrolled arrays)."""
+    """A NumPy ufunc on traced values (scalars and arrays traced whole)."""
     name = ufunc.__name__
     inputs = _captured(_operands(inputs))
     out = kwargs.pop("out", None)
@@ -1023,7 +855,7 @@ def _ufunc(ufunc, method, inputs, kwargs):
     elif name == "reciprocal":
         result = apply("div", 1.0, inputs[0])
     elif name in ("positive", "conjugate"):
-        result = _wrap(np.array(_plain(inputs[0]), dtype=object)) if _is_unrolled(inputs[0]) else inputs[0]
+        result = inputs[0]
     elif name == "matmul":
         result = _matmul(*inputs)
     elif name == "divmod":
@@ -1036,8 +868,8 @@ def _ufunc(ufunc, method, inputs, kwargs):
 
 
 def _store(out, result, name):
-    """``out=`` of a ufunc (``x += 1`` passes it): write into an object array; a NumPy float
-    array can hold numbers only."""
+    """``out=`` of a ufunc (``x += 1`` passes it): write into a traced array, or into an array
+    NumPy made in the traced function; any other NumPy array can hold numbers only."""
     target = out[0] if isinstance(out, tuple) and len(out) == 1 else out
     if isinstance(target, _AssignableArray):
         target[...] = result  # it holds traced values from now on
@@ -1051,34 +883,16 @@ def _store(out, result, name):
                                     f"{result.shape} into a traced array of shape {target.shape}.")
         target._write(result.node)
         return target
-    if not _is_unrolled(target):
-        raise errors.TracingError(
-            f"{errors.where()}: numpy.{name} would write traced values into a NumPy "
-            f"{getattr(target, 'dtype', type(target).__name__)} array (out=, or in-place "
-            "arithmetic like y += x on a NumPy array), which can hold numbers only; write "
-            "y = y + x instead.")
-    try:
-        target[...] = result
-    except ValueError as exc:
-        raise errors.ShapeError(f"{errors.where()}: numpy.{name}(..., out=): {exc}.") from None
-    return target
+    raise errors.TracingError(
+        f"{errors.where()}: numpy.{name} would write traced values into a NumPy "
+        f"{getattr(target, 'dtype', type(target).__name__)} array (out=, or in-place "
+        "arithmetic like y += x on a NumPy array), which can hold numbers only; write "
+        "y = y + x instead.")
 
 
 def _matmul(a, b):
-    """``a @ b``: one op for arrays traced whole (batched N-D operands: see numpy_api.matmul),
-    NumPy's object loop (sums of products of the Tracers) for unrolled ones."""
-    if _whole(a, b):
-        return _numpy_rules.matmul(a, b)
-    return _numpy_on_unrolled(np.matmul, _box(a), _box(b))
-
-
-def _box(value):
-    """A scalar Tracer as a 0-d object array (NumPy would otherwise ask it for its array form)."""
-    if isinstance(value, Tracer):
-        box = np.empty((), dtype=object)
-        box[()] = value
-        return box
-    return value
+    """``a @ b``: one op (batched N-D operands: see numpy_api.matmul)."""
+    return _numpy_rules.matmul(a, b)
 
 
 # --- NumPy functions --------------------------------------------------------------------------
@@ -1086,57 +900,31 @@ def _function(func, args, kwargs):
     """A NumPy function called on traced values: run by its rule, or refused by name."""
     args = _captured(_operands(args))
     kwargs = dict(zip(kwargs, _operands(tuple(kwargs.values()))))
-    rule = _FUNCTIONS.get(func)
-    if rule is not None:
-        return rule(**_arguments(func, args, kwargs, rule))
-    whole_rule = _WHOLE_FUNCTIONS.get(func)
-    values = [*_flat(args), *_flat(kwargs.values())]
-    unrolled = any(_is_unrolled(v) for v in values)
-    if whole_rule is not None and not unrolled and (
-            _whole(*values) or func not in _UNROLLED_FUNCTIONS):
-        return whole_rule(**_arguments(func, args, kwargs, whole_rule))
-    if func in _UNROLLED_FUNCTIONS:
-        _arguments(func, args, kwargs, None)
-        return _numpy_on_unrolled(func, *(_box(a) for a in args), **kwargs)
-    if whole_rule is not None:
-        raise NeedsWholeArrays(
-            f"{errors.where()}: numpy.{_name_of(func)} is supported on arrays traced whole; "
-            "use arrays='numpy' (arrays='auto' does this by itself).")
-    raise errors.UnsupportedFunctionError(_unsupported_message(_qualname(func)))
-
-
-def _flat(values):
-    for v in values:
-        if isinstance(v, (list, tuple)):
-            yield from _flat(v)
-        else:
-            yield v
-
-
-# Keywords that change what a NumPy function computes in ways gradc does not follow.
-_REFUSED_KEYWORDS = {"out", "dtype", "where", "initial", "like", "subok"}
+    rule = _FUNCTIONS.get(func) or _WHOLE_FUNCTIONS.get(func)
+    if rule is None:
+        raise errors.UnsupportedFunctionError(_unsupported_message(_qualname(func)))
+    return rule(**_arguments(func, args, kwargs, rule))
 
 
 def _arguments(func, args, kwargs, rule):
     """The arguments of a NumPy call by name, for ``rule``; a gradc error for any argument
-    that ``rule`` does not take (``rule=None``: a function NumPy runs itself, which may take
-    any argument but those in _REFUSED_KEYWORDS) given a value other than its default."""
+    that ``rule`` does not take given a value other than its default."""
     name = _name_of(func)
     try:
         signature = _signature(func)
         bound = signature.bind(*args, **kwargs)
     except (TypeError, ValueError) as exc:
         raise errors.UnsupportedFunctionError(f"{errors.where()}: numpy.{name}: {exc}.") from None
-    taken = set(_signature(rule).parameters) if rule is not None else None
+    taken = set(_signature(rule).parameters)
     chosen = {}
     for pname, value in bound.arguments.items():
         param = signature.parameters[pname]
-        if param.kind is param.VAR_KEYWORD and taken is not None and pname in taken:
+        if param.kind is param.VAR_KEYWORD and pname in taken:
             chosen[pname] = value  # the rule checks these keywords itself (numpy.pad)
             continue
         if param.kind is param.VAR_KEYWORD:
             extra = sorted(value)
-        elif (pname in taken) if taken is not None else (pname not in _REFUSED_KEYWORDS):
+        elif pname in taken:
             chosen[pname] = value
             continue
         else:
@@ -1146,7 +934,7 @@ def _arguments(func, args, kwargs, rule):
                 f"{errors.where()}: numpy.{name}(..., {', '.join(f'{k}=' for k in extra)}) is not "
                 f"supported on traced values: gradc does not implement the argument(s) "
                 f"{', '.join(extra)}; remove them"
-                + (f" (numpy.{name} takes {', '.join(sorted(taken))} here)." if taken else "."))
+                + f" (numpy.{name} takes {', '.join(sorted(taken))} here).")
     return chosen
 
 
@@ -1163,13 +951,13 @@ def _is_default(name, value, default):
     return type(value) in (bool, str, int) and type(value) is type(default) and value == default
 
 
-def _whole(*arrays):
-    """True when one of the values is an array traced whole (NumPy-level code)."""
-    return any(isinstance(a, Tracer) and a.shape for a in arrays)
-
-
-def _tracer_of(values):
-    return next(v for v in values if isinstance(v, Tracer))
+def _traced(value):
+    """``value`` as a traced value: itself, or (a list or tuple holding traced values) the
+    array numpy.array makes of it, traced whole (see :func:`pack`); numbers as they are."""
+    if isinstance(value, Tracer):
+        return value
+    like = _first_tracer(value)
+    return value if like is None else pack(value, like)
 
 
 def _reduction_arguments(func, a, args, kwargs):
@@ -1180,51 +968,34 @@ def _reduction_arguments(func, a, args, kwargs):
 
 
 def _sum(a, axis=None, keepdims=False):
-    if isinstance(a, Tracer):
-        return a._reduce("sum", axis, keepdims)
-    return _numpy_on_unrolled(np.add.reduce, a, axis=axis, keepdims=bool(keepdims))
+    return _traced(a)._reduce("sum", axis, keepdims)
 
 
 def _mean(a, axis=None, keepdims=False):
-    if isinstance(a, Tracer):
-        return a.mean(axis=axis, keepdims=keepdims)
-    total = _sum(a, axis, keepdims)
-    count = np.size(_plain(a)) // max(np.size(_plain(total)), 1)
-    if count == 0:
-        raise errors.ShapeError(f"{errors.where()}: the mean of an empty array is undefined.")
-    return total / count
+    return _traced(a).mean(axis=axis, keepdims=keepdims)
 
 
 def _extreme(op):
     def reduce(a, axis=None, keepdims=False):
-        if isinstance(a, Tracer):
-            return a._reduce(op, axis, keepdims)
-        # NumPy's object loop would compare traced elements; the NumPy-level form has an op.
-        raise NeedsWholeArrays(
-            f"{errors.where()}: numpy.{op} needs arrays traced whole; use arrays='numpy' "
-            "(arrays='auto' does this by itself).")
+        return _traced(a)._reduce(op, axis, keepdims)
 
     reduce.__name__ = op
     return reduce
 
 
 def _transpose(a, axes=None):
-    if isinstance(a, Tracer):
-        return a.transpose(*(() if axes is None else (axes,)))
-    return _numpy_on_unrolled(np.transpose, _box(a), axes)
+    return _traced(a).transpose(*(() if axes is None else (axes,)))
 
 
 def _reshape(a, shape):
-    if isinstance(a, Tracer):
-        return a.reshape(shape)
-    return _numpy_on_unrolled(np.reshape, _box(a), shape)
+    return _traced(a).reshape(shape)
 
 
 def _join(op, arrays, axis):
-    arrays = list(arrays)
-    if not _whole(*arrays):  # unrolled arrays and traced scalars: NumPy builds an object array
-        return _numpy_on_unrolled(getattr(np, op), [_box(a) for a in arrays], axis=axis)
-    t = _tracer_of(arrays)
+    """numpy.stack and numpy.concatenate: one op over the pieces (traced scalars too: a stack
+    of them is the array of their values), each piece lifted as numpy.asarray would take it."""
+    arrays = [_traced(a) for a in arrays]  # (an array: its rows, as NumPy iterates it)
+    t = _first_tracer(arrays)
     ndim = len(t.shape) + (1 if op == "stack" else 0)
     if not -ndim <= axis < ndim:
         raise errors.ShapeError(f"{errors.where()}: axis {axis} is out of range for {op}.")
@@ -1240,11 +1011,10 @@ def _concatenate(arrays, axis=0):
 
 
 def _dot(a, b):
+    a, b = _traced(a), _traced(b)
     if isinstance(a, Tracer) and not a.shape or isinstance(b, Tracer) and not b.shape:
         return a * b
-    if _whole(a, b):
-        return _numpy_rules.dot(a, b)
-    return _numpy_on_unrolled(np.dot, a, b)
+    return _numpy_rules.dot(a, b)
 
 
 def _where(condition, x=None, y=None):
@@ -1256,7 +1026,8 @@ def _where(condition, x=None, y=None):
 
 
 def _shape(a):
-    return a.shape if isinstance(a, Tracer) else np.shape(_plain(a))
+    a = _traced(a)
+    return a.shape if isinstance(a, Tracer) else np.shape(a)
 
 
 def _ndim(a):
@@ -1274,8 +1045,8 @@ def _size(a, axis=None):
     return shape[axis]
 
 
-#: NumPy function -> gradc's rule, for scalars, arrays traced whole and unrolled arrays
-#: alike. A rule's parameter names are NumPy's; any other argument must be left default.
+#: NumPy function -> gradc's rule, for traced scalars and arrays alike (gradc.numpy_api has
+#: the rest). A rule's parameter names are NumPy's; any other argument must be left default.
 _FUNCTIONS = {
     np.sum: _sum, np.mean: _mean,
     np.max: _extreme("max"), np.min: _extreme("min"),
@@ -1286,53 +1057,37 @@ _FUNCTIONS = {
     np.shape: _shape, np.ndim: _ndim, np.size: _size,
 }
 
-#: NumPy functions NumPy itself runs on unrolled arrays: each only moves elements or
-#: combines them with + and * (which the Tracers trace), so NumPy's object-dtype code is
-#: exact. tests/test_tracing_holes.py checks each against NumPy on numbers.
-_UNROLLED_FUNCTIONS = frozenset({
-    np.copy, np.ravel, np.squeeze, np.expand_dims, np.atleast_1d, np.atleast_2d,
-    np.atleast_3d, np.swapaxes, np.moveaxis, np.flip, np.fliplr, np.flipud, np.roll, np.rot90,
-    np.broadcast_to, np.broadcast_arrays, np.hstack, np.vstack, np.column_stack,
-    np.split, np.array_split, np.tile, np.repeat, np.diagonal, np.take, np.append,
-    np.tril, np.triu, np.zeros_like, np.ones_like, np.full_like,
-    np.prod, np.cumsum, np.cumprod, np.diff, np.outer, np.inner, np.vdot, np.trace, np.kron,
-    np.tensordot,
-})
 
-
-def _any_tracer(args):
-    return next((a for a in args if isinstance(a, Tracer)), None)
+def _first_tracer(value):
+    """The first Tracer in ``value`` (also inside lists, tuples and object arrays), or None."""
+    if isinstance(value, Tracer):
+        return value
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        value = value.tolist() if value.shape else [value[()]]
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            found = _first_tracer(v)
+            if found is not None:
+                return found
+    return None
 
 
 def apply(op_name, *args):
-    """``op(*args)``: traced when any argument is traced, else computed with NumPy.
-
-    An unrolled array (an object array of traced scalars) goes element by element
-    through the op itself: NumPy's own object loops would rebuild ``sigmoid`` from
-    ``exp`` (a bigger gradient) or compare elements for ``relu`` (untraceable).
-    """
+    """``op(*args)``: traced when any argument is traced, else computed with NumPy."""
     args = _operands(args)
-    t = _any_tracer(args)
+    t = _first_tracer(args)
     if t is not None:
         return t._apply(op_name, args)
-    if any(_is_unrolled(a) for a in args):
-        return _elementwise(op_name, args, ())
     with np.errstate(all="ignore"):
         return OPS[op_name].compute(args, ())
 
 
 def where(cond, a, b):
-    """``a if cond else b``, traceable: the condition may depend on traced values.
-
-    Element by element on unrolled arrays (and on a constant array of conditions)."""
-    cond, a, b = _operands((cond, a, b))
-    if not _whole(cond, a, b) and any(isinstance(v, np.ndarray) and v.ndim > 0 for v in (cond, a, b)) \
-            and any(isinstance(v, Tracer) or _is_unrolled(v) for v in (cond, a, b)):
-        return _wrap(np.frompyfunc(where, 3, 1)(*(_plain(_box(v)) for v in (cond, a, b))))
-    t = _any_tracer((cond, a, b))
+    """``a if cond else b``, traceable: the condition may depend on traced values (and a
+    constant array of conditions selects element by element)."""
+    cond, a, b = (_traced(v) for v in _operands((cond, a, b)))
+    t = _first_tracer((cond, a, b))
     if t is None:
-        if any(_is_unrolled(v) for v in (cond, a, b)):  # 0-d object arrays
-            return where(*(v[()] if _is_unrolled(v) else v for v in (cond, a, b)))
         return np.where(cond, a, b)
     if not isinstance(cond, Tracer):
         if np.ndim(cond) == 0:
@@ -1368,15 +1123,18 @@ def identifier_or_none(name, limit=64):
     return name if name.isidentifier() else None
 
 
-def _traced_param(graph, name, shape, whole=False):
+def _traced_param(graph, name, shape, whole=True):
+    """The traced value of a new parameter of ``graph``: a scalar (``shape`` None) or one array
+    traced whole. Arrays are always traced whole (``whole=False``, the element tracer that
+    made one traced scalar per element, is gone: gradc/unroll.py unrolls small programs
+    after differentiating, as a Graph -> Graph pass)."""
+    if not whole and shape is not None:
+        raise errors.TracingError(
+            f"{errors.where()}: arrays are traced whole; parameter {name!r} cannot be traced "
+            "element by element (unroll the traced graph with gradc.unroll.unroll instead).")
     if shape is None:
         return Tracer(graph, graph.param(name))
-    if whole:  # the NumPy-level form: one traced array
-        return Tracer(graph, graph.param(name, shape, whole=True))
-    elements = np.empty(shape, dtype=object)
-    for flat, node in enumerate(graph.param(name, shape)):
-        elements.flat[flat] = Tracer(graph, node)
-    return elements.view(TracedArray)  # so gradc sees every NumPy call on it
+    return Tracer(graph, graph.param(name, shape, whole=True))
 
 
 def _float_constant(value):
@@ -1420,25 +1178,25 @@ def trace(fn, params, name, origin=None, multiple=False, capture=None):
     (for Jacobians): its elements become the outputs in C order, and ``out_tree``
     is a tuple of output numbers (tuple or list) or an :class:`ArrayOut` (array).
 
-    ``params`` is a list of names (scalars) or ``(name, shape)`` pairs; an array
-    parameter is traced as a :class:`TracedArray` of traced elements, so NumPy code
-    (slicing, ``np.sum``, ``@``, ufuncs) runs on it unchanged and unrolls — or,
-    given as ``(name, shape, True)``, as one traced array (NumPy-level code).
+    ``params`` is a list of names (scalars) or ``(name, shape)`` pairs (also written
+    ``(name, shape, True)``); an array parameter is one traced array, a node with a shape,
+    on which NumPy code (slicing, ``np.sum``, ``@``, ufuncs) runs unchanged. Every array
+    the function makes is one such node too (``np.array([x, y])``: see :func:`pack`).
 
     The local variable names of ``fn``'s frame, read when it returns, become the
     names of the nodes they hold.
 
-    ``capture`` ("whole" or "unrolled"; None: they stay constants) makes each float
-    NumPy array the function reads from outside its arguments a hidden parameter
-    after the arguments, listed in ``graph.captured_arrays`` (see :class:`CapturedArray`).
+    ``capture`` ("whole"; None: they stay constants) makes each float NumPy array the
+    function reads from outside its arguments a hidden parameter after the arguments,
+    traced whole and listed in ``graph.captured_arrays`` (see :class:`CapturedArray`).
     """
     graph = Graph(name, origin)
     params = [(p, None) if isinstance(p, str) else p for p in params]
-    tracers = [_traced_param(graph, *p) for p in params]
+    tracers = [_traced_param(graph, p[0], p[1], *p[2:3] or (True,)) for p in params]
     code = getattr(fn, "__code__", None)
     captured = {}
     outer_capture = getattr(_CAPTURING, "current", None)
-    _CAPTURING.current = None if capture is None else _Captures(graph, fn, capture == "whole")
+    _CAPTURING.current = None if capture is None else _Captures(graph, fn)
     try:
         return _run_traced(graph, fn, tracers, code, captured, name, multiple)
     finally:
@@ -1473,7 +1231,8 @@ def _run_traced(graph, fn, tracers, code, captured, name, multiple):
             and not result.is_condition:
         graph.set_outputs([result.node], 0)  # an array traced whole is one output node
         return graph
-    if multiple and isinstance(result, (tuple, list, np.ndarray)) and np.ndim(result) > 0:
+    if multiple and (isinstance(result, (tuple, list))
+                     or isinstance(result, np.ndarray) and result.ndim > 0):
         return _trace_outputs(graph, result, name, fn)
     if isinstance(result, np.ndarray) and result.shape == ():
         result = result[()]
@@ -1511,11 +1270,9 @@ def _output_node(graph, result, name, fn, multiple):
 
 def _trace_outputs(graph, result, name, fn):
     """Set a tuple/list/array result of a traced function as the graph's outputs."""
-    elements = np.empty(np.shape(result), dtype=object)
-    elements[...] = _plain(result) if isinstance(result, np.ndarray) else np.array(
-        _plain(result), dtype=object)
+    shape, elements = _nesting(result)
     outputs = []
-    for value in elements.flat:
+    for value in elements:
         if isinstance(value, Tracer) and value.graph is graph and not value.is_condition \
                 and not value.shape:
             outputs.append(value.node)
@@ -1527,9 +1284,24 @@ def _trace_outputs(graph, result, name, fn):
                 f"{_definition(fn)}: {name} returned {_kind(result)} holding "
                 f"{_kind(value)}; its elements must be floats.")
     indices = tuple(range(len(outputs)))
-    tree = ArrayOut(name, elements.shape, indices) if isinstance(result, np.ndarray) else indices
+    tree = ArrayOut(name, shape, indices) if isinstance(result, np.ndarray) else indices
     graph.set_outputs(outputs, tree)
     return graph
+
+
+def _nesting(value):
+    """``(shape, elements in C order)`` of a nesting of lists and tuples as NumPy reads it
+    (an item that is not a list or tuple is one element; where the items' nestings differ,
+    each item is one element, as in an object array)."""
+    if isinstance(value, np.ndarray):
+        return value.shape, list(value.flat)
+    if not isinstance(value, (list, tuple)):
+        return (), [value]
+    parts = [_nesting(v) for v in value]
+    if len({shape for shape, _ in parts}) > 1:
+        return (len(value),), list(value)
+    inner = parts[0][0] if parts else ()
+    return (len(value),) + inner, [e for _, part in parts for e in part]
 
 
 # --- what the modules built on Tracer install ----------------------------------------------

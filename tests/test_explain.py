@@ -129,7 +129,9 @@ def element_traces(monkeypatch):
 
 
 def test_the_recorder_sees_element_tracing(element_traces):
-    trace_module.trace(sumsq, [("x", (3,))], "sumsq")  # the old mode, on purpose
+    # the old mode, asked for on purpose: the recorder sees the request, the tracer refuses it
+    with pytest.raises(gradc.TracingError, match="traced whole"):
+        trace_module._traced_param(gradc.ir.Graph("f"), "x", (3,), False)
     assert element_traces == [("x", (3,))]
 
 

@@ -14,6 +14,7 @@ import gradc
 import gradc.forward as forward
 import gradc.higher as higher
 from gradc.trace import trace
+from gradc.unroll import unroll
 
 
 def rosen(x):
@@ -76,7 +77,7 @@ def test_forward_sweep_builds_only_tangents_the_wanted_nodes_use():
 
 def test_one_plan_gives_each_sweep_the_tangents_a_fresh_plan_gives():
     """Sweeps added to the graph by earlier sweeps do not leak into later ones."""
-    g = trace(rosen, [("x", (6,))], "f")
+    g = unroll(trace(rosen, [("x", (6,))], "f"))  # one input per element: one sweep each
     sweeps = forward.ForwardSweeps(g)
     for x in g.inputs:
         shared = sweeps.tangents({x.id: g.const(1.0)})
