@@ -85,12 +85,15 @@ from . import jit
 from .emit import literal
 from .ir import ArrayOut, gc_paused, leaves
 
-#: Programs with at least this many nodes take the native path (see compile_graph).
-#: Measured (2 shared cores, cold cache): the native path compiled faster at every size
-#: tried (19 nodes 1.3 s against 2.1 s, 607 nodes 0.5 s against 1.7 s, 6,007 nodes 4.0 s
-#: against 18.7 s). Below ~200 nodes the ordinary path costs under a second, and it keeps
-#: small functions on the path whose cache file is the readable emitted source.
-MIN_NODES = 200
+#: Programs with at least this many nodes take the native path (see compile_graph): every
+#: scalar program. Measured with route 3 (the C entry, no numba imported; 2 shared cores,
+#: cold cache, first call / per call, against numba compiling the emitted source): J = 3(a+bc)
+#: (12 nodes) 0.10 s / 137 ns against 0.93 s / 269 ns; 113 nodes 0.017 s / 213 ns against
+#: 0.50 s / 669 ns; least squares 8x4 unrolled 0.017 s / 1.05 us against 1.07 s / 2.01 us;
+#: the Hessian of a 6-element Rosenbrock 0.017 s / 663 ns against 0.49 s / 1.34 us. (Before
+#: route 3 the native path still imported numba, and below ~200 nodes it did not win.)
+#: Tests of numba's own cache raise it to keep their small programs on numba.
+MIN_NODES = 1
 
 #: Part of every wrapper's text (and so of its cache key): bump it whenever the IR this
 #: module writes for a graph changes, so that no cached machine code outlives it.

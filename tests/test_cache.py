@@ -1,4 +1,10 @@
-"""The disk cache: a second process loads numba's machine code; corrupt or unwritable caches recover."""
+"""The disk cache: a second process loads numba's machine code; corrupt or unwritable caches recover.
+
+The small scalar programs here take numba's route (gradc.native.MIN_NODES raised, in the child
+processes and by the fixture below): by default scalar programs take the native route, whose
+object-code cache and index tests/test_native.py and tests/test_index.py test; numba's cache
+serves the fused loops, and scalar programs using an op outside native's table.
+"""
 import glob
 import json
 import logging
@@ -8,12 +14,23 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def numba_route(monkeypatch):
+    from gradc import native
+
+    monkeypatch.setattr(native, "MIN_NODES", 10**9)
 
 SCRIPT = textwrap.dedent("""
     import json, sys, warnings
     sys.path.insert(0, {root!r})
     import gradc
+    import gradc.native
+    gradc.native.MIN_NODES = 10 ** 9  # numba's route (see the module's docstring)
 
     def J(a, b, c):
         u = b * c

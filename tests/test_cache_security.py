@@ -5,6 +5,10 @@ their code; a swapped source file, a symbolic link or FIFO where gradc expects a
 disk and a stopped process holding the compile lock must not break (or hang) a computation.
 Every test plants the hostile thing and asserts that its code did not run (a marker file does
 not exist) and that the call still returned the right answer.
+
+J takes numba's route here (gradc.native.MIN_NODES raised in the child): the pickles are numba's.
+Scalar programs take the native route by default, whose object code has its own checks
+(tests/test_native.py: a directory others can write, a tampered file, another CPU).
 """
 import json
 import os
@@ -31,6 +35,8 @@ CHILD = textwrap.dedent("""
         limit = int(os.environ["TEST_FSIZE"])
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     import gradc
+    import gradc.native
+    gradc.native.MIN_NODES = 10 ** 9  # numba's route: its cache files are what is attacked
 
     def J(a, b, c):
         u = b * c

@@ -335,10 +335,17 @@ def test_graphs_outside_the_scalar_table_are_refused():
     assert native.compile_graph(g, func_name, source, (None,), min_nodes=0) is None
 
 
-def test_small_programs_keep_the_ordinary_path():
-    J = gradc.value_and_grad(lambda a, b: a * b, backend="python")
-    graph, source, func_name, _ = J.lower((None, None))
-    assert len(graph.nodes) < native.MIN_NODES
+def test_small_programs_take_the_native_route_and_compute_what_numba_computes(monkeypatch):
+    def f(a, b):
+        return a * np.sin(b) + 3.0 * a / b
+
+    J = gradc.value_and_grad(f, argnums=(0, 1))
+    got = J(0.7, 1.3)
+    assert J.cache_info()["runs"] == "native" and len(J.graph.nodes) < 30
+    monkeypatch.setattr(native, "MIN_NODES", 10**9)  # what they took before: numba's route
+    K = gradc.value_and_grad(f, argnums=(0, 1))
+    assert K(0.7, 1.3) == got and K.cache_info()["runs"] == "numba"  # bit for bit
+    graph, source, func_name, _ = K.lower((None, None))
     assert native.compile_graph(graph, func_name, source, (None, None)) is None
 
 
