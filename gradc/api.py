@@ -3,14 +3,16 @@
 Each returns a :class:`GradcFunction`. It traces and compiles once per
 signature (each argument's shape, None for a float, and the arrays' dtype),
 then calls the compiled code. With the numba backend, once a function of plain
-positional float arguments is compiled, calls go straight to numba's dispatcher
-(the object's class is switched to one whose ``__call__`` *is* the dispatcher),
-so a call costs a hand-written ``@njit`` call plus ~60 ns for the entry point's
-``*extra`` tail. numba runs such a call itself only when its arguments are
-exactly the compiled floats; for any other call (ints, arrays, wrong arguments)
-it asks its ``_compile_for_args`` hook for code, and gradc's hook runs the call
-through the full path instead (bind, convert, compile a new specialisation),
-so what a call returns never depends on the calls before it.
+positional float arguments is compiled, calls go straight to its compiled code (the
+object's class is switched to one whose ``__call__`` *is* that code): the C entry in
+front of the native body (gradc/native.py, route 3: every scalar program whose ops have
+LLVM helpers), or numba's dispatcher (programs numba compiles), which costs a
+hand-written ``@njit`` call plus ~60 ns for the entry point's ``*extra`` tail. Either
+runs such a call itself only when its arguments are exactly the compiled floats; any
+other call (ints, arrays, wrong arguments) goes to gradc's fallback (the C entry's, or
+numba's ``_compile_for_args`` hook), which runs it through the full path instead (bind,
+convert, compile a new specialisation), so what a call returns never depends on the
+calls before it.
 
 Calls with one float64 array take a thin path: the compiled code of that exact
 shape, found by ``x.shape`` alone (one dict lookup in a small Python frame), and
