@@ -18,6 +18,9 @@ through that. Views made before (``v = y[1:]``, ``y.T``, ``np.reshape(y, ...)``)
 NumPy's aliasing: they are recomputed from the array they view, and a write into an index
 view writes into that array. The float64 arrays NumPy computes from an AssignableArray
 (``2.0 * np.ones(n)``) are AssignableArrays too. ``np.empty`` arrays start as zeros.
+``np.array`` (and ``asarray``, ...) of traced values is one array traced whole
+(gradc.trace.pack), and the NumPy functions gradc has rules for take lists of traced values
+(``np.sum([x, y])``, which NumPy would convert itself, without asking gradc).
 
 What this cannot reach keeps gradc's error, with what to write instead (``zeros_like``):
 arrays made outside the traced function (a global, a default argument) or in a function
@@ -55,11 +58,10 @@ class AssignableArray(np.ndarray):
     is written into it (or into a view of it); then it holds that traced array.
 
     A *root* owns its memory and, once written with a traced value, holds ``_traced`` (an
-    array traced whole). A
-    *view* (``_parent`` set) is recomputed from its parent by ``_replay`` once the root
-    holds traced values; ``_writable`` says whether a traced write into it can go through
-    to the root (views by basic indexing) or is refused (reshaped and transposed views,
-    results of NumPy functions that share memory).
+    array traced whole). A *view* (``_parent`` set) is recomputed from its parent by
+    ``_replay`` once the root holds traced values; ``_writable`` says whether a traced write
+    into it can go through to the root (views by basic indexing) or is refused (reshaped and
+    transposed views, results of NumPy functions that share memory).
     """
 
     def __array_finalize__(self, obj):

@@ -207,9 +207,9 @@ _REDUCTIONS = {"sum": "0.0", "prod": "1.0", "max": "-{np}.inf", "min": "{np}.inf
 # starts at -0.0, the one number x + (-0.0) leaves bitwise unchanged (np.cumsum(-0.0) is -0.0).
 _RUNNING = {"cumsum": ("-0.0", "+"), "cumprod": ("1.0", "*")}
 # Arrays written piece by piece into one buffer by loops: setitem (a copy of x, then the
-# writes), concatenate and stack (each piece at its offset), put_along (writes at computed
+# writes), concatenate, stack and pack (each piece at its offset), put_along (writes at computed
 # indices). scatter (the adjoint of a slice) is an accumulate loop, see _accumulations.
-_ASSEMBLED = ("setitem", "concatenate", "stack", "put_along")
+_ASSEMBLED = ("setitem", "concatenate", "stack", "pack", "put_along")
 
 
 class _Call:
@@ -267,6 +267,7 @@ RULES = {
     "scatter": "an accumulate loop into a zeroed buffer",
     "setitem": "a copy loop (none where x has no other use), then a loop of writes",
     "concatenate": "a loop per piece writing it at its offset", "stack": "a loop per piece",
+    "pack": "one write per scalar, at its position",
     "put_along": "a loop of writes at the indices its order holds",
     "zeros": "a zeroed buffer", "count": "a product of the argument dimensions",
     "custom": "replaced by its value before lowering (gradc.custom.strip)",
@@ -452,6 +453,8 @@ class Shapes:
             return args[0]
         if op in ("concatenate", "stack"):
             return self._joined_forms(node, args)
+        if op == "pack":  # as many elements as scalars, whatever the argument shapes
+            return (Lin(len(args)),)
         if op in _REDUCTIONS:
             axis, keepdims = node.attrs
             axes = range(len(node.args[0].shape)) if axis is None else axis
@@ -1302,6 +1305,8 @@ class _Lowering:
                 pieces.append(_Piece(a, space, a.shape, _shifted(axis, offset)))
                 offset = offset + length
             return "empty", pieces
+        if op == "pack":  # each scalar written at its position
+            return "empty", [_Piece(a, (), (), _inserted(0, Lin(k))) for k, a in enumerate(args)]
         if op == "stack":
             axis = node.attrs[0]
             space = forms[:axis] + forms[axis + 1:]

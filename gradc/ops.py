@@ -649,6 +649,16 @@ def _stack_vjp(g, out, *xs):
     return tuple(call("getitem", (g,), (head + (("i", k),),)) for k in range(len(xs)))
 
 
+def _pack_shape(attrs, *shapes):
+    if any(s != () for s in shapes):
+        raise ValueError("pack takes scalars (numpy.stack joins arrays)")
+    return (len(shapes),)
+
+
+def _pack_vjp(g, out, *xs):
+    return tuple(call("getitem", (g,), ((("i", k),),)) for k in range(len(xs)))
+
+
 def _check_reshape(attrs, shape):
     if int(np.prod(attrs[0])) != int(np.prod(shape)):
         raise ValueError(f"cannot reshape {shape} to {attrs[0]}")
@@ -737,6 +747,11 @@ _ARRAY_TABLE = [
     Op("stack", None, "{np}.stack(({args},), axis={axis})",
        lambda *a: np.stack(a[:-1], axis=a[-1]), _stack_vjp, attrs=("axis",), shape=_stack_shape,
        jvp=_linear_jvp),
+    # The vector of its scalar arguments: numpy.array([x, y * 2]) of traced floats (see
+    # gradc.trace.pack; nested lists stack such vectors). Its own op, not a stack of 0-d
+    # pieces, because it prints as numba compiles it (numba's np.stack takes arrays only).
+    Op("pack", None, "{np}.array([{args}])", lambda *a: np.array(a), _pack_vjp,
+       shape=_pack_shape, jvp=_linear_jvp),
     Op("zeros", 0, "{np}.zeros({shape}, {np}.{dtype})", lambda shape, dtype: np.zeros(shape, dtype),
        attrs=("shape", "dtype"), shape=lambda a: a[0]),
     # How many elements the reduced axes of x hold (a mean's divisor): it reads x's shape only,

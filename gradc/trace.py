@@ -742,10 +742,10 @@ def pack(value, like):
 
     ``value`` is NumPy's array_like holding traced values: a list or tuple (nested) of traced
     scalars, traced arrays and numbers (``[x, y * 2]``, ``[[a, b], [c, d]]``, a list
-    comprehension ``[x[i] ** 2 for i in range(n)]``), or an object ndarray of them. Each level
-    of nesting is one ``stack`` node of its items along a new first axis (an item of shape
-    ``()`` is one element, an array item a block); a part holding no traced value is one
-    constant. So an array is always one node with a shape, whatever it was built from; where
+    comprehension ``[x[i] ** 2 for i in range(n)]``), or an object ndarray of them. A level of
+    nesting whose items are scalars is one ``pack`` node (the vector of them); one whose items
+    are arrays a ``stack`` of them along a new first axis; a part holding no traced value is
+    one constant. So an array is always one node with a shape, whatever it was built from; where
     that is small, gradc/unroll.py turns it back into scalar code after differentiating.
     """
     if isinstance(value, np.ndarray) and value.dtype == object:
@@ -780,7 +780,10 @@ def _stacked(value, like):
             f"{errors.where()}: numpy.array of traced values needs the items at each level of "
             f"nesting to have one shape (a rectangular array); got shapes "
             f"{', '.join(map(str, shapes))}.")
-    return Tracer(like.graph, like.graph.add("stack", tuple(i.node for i in items), (0,)))
+    nodes = tuple(item.node for item in items)
+    if shapes == [()]:
+        return Tracer(like.graph, like.graph.add("pack", nodes))
+    return Tracer(like.graph, like.graph.add("stack", nodes, (0,)))
 
 
 def _name_of(func):

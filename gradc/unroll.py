@@ -42,8 +42,8 @@ class UnrollError(Exception):
 _ELEMENTWISE = {name for name, op in OPS.items()
                 if op.shape is None and op.arity and op.result != "tuple"}
 _STRUCTURAL = {"getitem", "broadcast_to", "fill", "transpose", "reshape", "scatter",
-               "concatenate", "stack", "setitem", "zeros", "sum", "max", "min", "matmul",
-               "count", "custom"}  # a user-defined rule: one scalar custom node per element
+               "concatenate", "stack", "pack", "setitem", "zeros", "sum", "max", "min",
+               "matmul", "count", "custom"}  # a user-defined rule: one scalar custom node per element
 
 
 def size_of(graph):
@@ -216,6 +216,10 @@ class _Unroller:
         items = {k: v for k, v in zip(positions.reshape(-1).tolist(), values.reshape(-1))
                  if v is not None}
         return _Sparse(tuple(shape), dict(sorted(items.items())), node.id)
+
+    def _pack(self, node, *xs):
+        """The vector of scalars: its elements are the scalars themselves."""
+        return _array(list(xs), node.shape)
 
     def _setitem(self, node, x, v):
         """``x`` with ``v`` written at the index (item assignment, ``y[0] = t``): a copy of

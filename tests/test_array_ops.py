@@ -75,6 +75,10 @@ CASES = {
                      + np.sum(np.concatenate([v, v ** 2]) * 0.5), (A, V4))],
     "stack": [(lambda v, w: np.sum(np.stack([v, w * v], axis=1) ** 2), (V4, V4)),
               (lambda v, w: np.sum(np.stack([v, w]) @ w), (V4, V4))],
+    # np.array of traced scalars (gradc.trace.pack), and nested: a stack of packs
+    "pack": [(lambda v, w: np.sum(np.array([v[0] * w[1], np.sum(v * w), 2.0]) ** 2 * V3), (V4, V4)),
+             (lambda a: np.sum(np.array([[a[0, 0], a[1, 2] ** 2], [np.max(a), 1.0]]) @ B[:2]),
+              (A,))],
     "zeros": [(lambda a, v: np.sum(a ** 2), (A, V4))],  # v unused: its gradient is zeros
     # a mean's divisor, read from the shape (zero derivative)
     "count": [(lambda a: np.sum(np.mean(np.sin(a), axis=1) ** 2), (A,)),

@@ -56,7 +56,8 @@ def test_every_array_a_trace_holds_is_a_tracer_with_a_shape():
         value = getattr(value, "_read", lambda: value)()  # an array NumPy made: what it holds
         assert isinstance(value, Tracer) and value.shape == shape, key
         assert not isinstance(value, np.ndarray), key
-    assert any(node.op == "stack" for node in graph.nodes)
+    ops = {node.op for node in graph.nodes}
+    assert {"pack", "stack"} <= ops  # a vector of scalars; nested: a stack of those
     assert not any(isinstance(a, np.ndarray) and a.dtype == object
                    for node in graph.nodes for a in node.attrs)
 
@@ -64,7 +65,7 @@ def test_every_array_a_trace_holds_is_a_tracer_with_a_shape():
 def test_a_floats_only_function_with_arrays_inside_traces_them_whole():
     graph = trace(lambda x, y: np.sum(np.array([x, y * 2]) ** 2), ["x", "y"], "f")
     assert not graph.whole_params
-    assert [n.shape for n in graph.nodes if n.op == "stack"] == [(2,)]
+    assert [n.shape for n in graph.nodes if n.op == "pack"] == [(2,)]
 
 
 # --- numbers: np.array of traced scalars at every size -----------------------------------------
@@ -98,6 +99,16 @@ def test_np_array_of_traced_scalars_compiles_with_numba(n):
     expected_value, expected_grad = gradc.value_and_grad(summaries, **PY)(x)
     assert value == pytest.approx(expected_value, rel=1e-12)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("arrays", ["numba", "loops", "unroll"])
+def test_np_array_of_traced_scalars_compiles_in_every_numba_mode(arrays):
+    # arrays="numba" compiles NumPy-level code: np.stack of scalars has no numba form, the
+    # pack op prints as np.array([...]), which numba compiles
+    f = gradc.value_and_grad(lambda x: np.sum(np.array([x[0], x[1] ** 2]) * 3.0), arrays=arrays)
+    value, grad = f(np.array([1.0, 2.0]))
+    assert value == 15.0 and grad.tolist() == [3.0, 12.0]
+    assert f.cache_info()["runs"] == "numba"
 
 
 def stacks_scalars(x, y):
