@@ -46,11 +46,12 @@ def test_every_array_a_trace_holds_is_a_tracer_with_a_shape():
         z = np.zeros(2)
         z[0] = s
         seen["assigned"] = z
+        seen["of_assigned"] = np.array([z, z * s])  # arrays NumPy made, holding traced values
         return np.sum(seen["packed"]) + np.sum(seen["nested"]) + np.sum(z)
 
     graph = trace(f, [("x", (3,)), "s"], "f")
     shapes = {"packed": (3,), "comprehension": (3,), "nested": (2, 2), "stacked": (2,),
-              "hstacked": (3,), "asarray": (2,), "assigned": (2,)}
+              "hstacked": (3,), "asarray": (2,), "assigned": (2,), "of_assigned": (2, 2)}
     for key, shape in shapes.items():
         value = seen[key]
         value = getattr(value, "_read", lambda: value)()  # an array NumPy made: what it holds
