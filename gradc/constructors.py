@@ -499,11 +499,23 @@ def _stand_in(name):
             converted = _converted(name, args[0], kwargs)
             if converted is not None:
                 return converted
-        if name == "full":
-            return _full(*args, **kwargs)
-        return numpy_call(func, args, kwargs)
+        made = _full(*args, **kwargs) if name == "full" else numpy_call(func, args, kwargs)
+        return _refusing_objects(made, name)
 
     return constructor
+
+
+def _refusing_objects(array, name):
+    """``array``, unless it is an object array: refused in traced code, where NumPy would run
+    its own object loops on the traced values written into it (``a[0] = x`` stores the value
+    unseen; ``numpy.exp(a)`` then calls methods gradc's values do not have)."""
+    if isinstance(array, np.ndarray) and array.dtype == object:
+        raise errors.UnsupportedFunctionError(
+            f"{errors.where()}: numpy.{name}(..., dtype=object) in a traced function: gradc's "
+            "arrays hold floats, and NumPy would run its own object loops, unseen by gradc, on "
+            "the traced values put into an object array. Use numpy.zeros(n) (or "
+            "numpy.zeros_like(x)) and assign into it, or numpy.array([...]) of the values.")
+    return array
 
 
 def _converted(name, value, kwargs):
