@@ -73,6 +73,7 @@ def rosen__value_and_grad(x):
 """
 from __future__ import annotations
 
+import collections
 import re
 
 import numpy as np
@@ -177,6 +178,9 @@ def _paren(text):
 _ELEMENTWISE = {name for name, op in OPS.items()
                 if op.shape is None and op.arity and name != "alias" and op.result != "tuple"}
 _VIEWS = {"getitem", "broadcast_to", "fill", "transpose", "reshape"}
+_WORD = re.compile(r"\w+")
+#: The deepest chain of array nodes inlined into one expression (see _cap_inline_depth).
+MAX_INLINE_DEPTH = 40
 # Ops whose result has the shape of one argument (its position): the result's axes are its.
 _SAME_SHAPE = {"cumsum": 0, "cumprod": 0, "setitem": 0, "sort_order": 0, "inv": 0,
                "cholesky": 0, "eigh_vectors": 0, "take_along": 1, "solve": 1}
@@ -574,7 +578,7 @@ class _Lowering:
         self.namer.taken.update(names["params"])
         self.np = self.namer.fresh("np")
         self.numba = self.namer.fresh("numba")
-        self._consts = {}
+        self._consts = self._spread_constants()
         self._dim_names = {}
         self.shapes = Shapes(graph, self._dim_symbol)
         self.uses = self._uses()
@@ -613,23 +617,29 @@ class _Lowering:
 
     def const_value(self, node):
         """The number an array node holds at every index (a spread constant), or None."""
-        node = resolve(node)
-        if node.id in self._consts:
-            return self._consts[node.id]
-        value = None
-        if node.op == "const" and not node.shape:
-            value = node.attrs[0]
-        elif node.op == "const" and _uniform(node.attrs[0]):
-            value = float(node.attrs[0].flat[0])  # np.ones((m, 1)) in a rule: the number 1.0
-        elif node.op in ("fill", "broadcast_to", "reshape", "transpose", "getitem"):
-            value = self.const_value(node.args[0])
-        elif node.op in _ELEMENTWISE and OPS[node.op].result == "float":
-            values = [self.const_value(a) for a in node.args]
-            if all(v is not None for v in values):
-                with np.errstate(all="ignore"):
-                    value = float(OPS[node.op].compute(values, node.attrs))
-        self._consts[node.id] = value
-        return value
+        return self._consts[resolve(node).id]
+
+    def _spread_constants(self):
+        """Node id -> :meth:`const_value`, for every node, in one pass in graph order
+        (arguments first; no recursion down a deep graph)."""
+        consts = {}
+        for node in self.g.nodes:
+            value = None
+            if node.op == "alias":
+                value = consts[resolve(node).id]
+            elif node.op == "const" and not node.shape:
+                value = node.attrs[0]
+            elif node.op == "const" and _uniform(node.attrs[0]):
+                value = float(node.attrs[0].flat[0])  # np.ones((m, 1)) in a rule: 1.0
+            elif node.op in ("fill", "broadcast_to", "reshape", "transpose", "getitem"):
+                value = consts[resolve(node.args[0]).id]
+            elif node.op in _ELEMENTWISE and OPS[node.op].result == "float":
+                values = [consts[resolve(a).id] for a in node.args]
+                if all(v is not None for v in values):
+                    with np.errstate(all="ignore"):
+                        value = float(OPS[node.op].compute(values, node.attrs))
+            consts[node.id] = value
+        return consts
 
     # analysis -------------------------------------------------------------------------------
     def _uses(self):
@@ -642,21 +652,32 @@ class _Lowering:
         return count
 
     def _cost(self, node, memo):
-        """How many elementwise nodes recomputing ``node`` inline would evaluate."""
-        node = resolve(node)
-        if node.id in memo:
-            return memo[node.id]
-        if _vectorised(node):
-            total = 0  # an array in memory (see _vector): reading it costs a load
-        elif node.op in _ELEMENTWISE:
-            memo[node.id] = 0  # shared subtrees are counted once
-            total = _weight(node) + sum(self._cost(a, memo) for a in node.args)
-        elif node.op in _VIEWS:
-            total = sum(self._cost(a, memo) for a in node.args)
-        else:
-            total = 0
-        memo[node.id] = total
-        return total
+        """How many elementwise nodes recomputing ``node`` inline would evaluate: its weight
+        and its arguments' costs (a subtree reached twice counts twice, as it is recomputed
+        twice), through views; an array in memory (a vectorised call, anything that is not
+        elementwise) costs nothing to read. ``memo`` (node id -> cost) may be shared between
+        calls: a node's cost depends only on the graph. A loop over an explicit stack, not
+        recursion: a 300-step array loop is 600 nested elementwise nodes."""
+        root = resolve(node)
+        stack = [root]
+        while stack:
+            n = stack[-1]
+            if n.id in memo:
+                stack.pop()
+                continue
+            if _vectorised(n) or not (n.op in _ELEMENTWISE or n.op in _VIEWS):
+                memo[n.id] = 0
+                stack.pop()
+                continue
+            args = [resolve(a) for a in n.args]
+            pending = [a for a in args if a.id not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            memo[n.id] = sum(memo[a.id] for a in args) + (
+                _weight(n) if n.op in _ELEMENTWISE else 0)
+            stack.pop()
+        return memo[root.id]
 
     def _decide(self):
         """Array nodes kept in memory: outputs, arguments of products and reshapes, and
@@ -676,22 +697,41 @@ class _Lowering:
                 self.vectors.add(node.id)  # one call of NumPy's loop on its argument (_vector)
                 keep.add(node.id)
                 keep.add(_view_base(node.args[0]).id)
+        costs = {}  # shared by every _cost call below (a node's cost is the graph's)
         for node in self.g.nodes:
             if node.op in _ELEMENTWISE and node.shape:
-                cost = self._cost(node, {})
+                cost = self._cost(node, costs)
                 if cost > 8 and self.uses[node.id] > 1:
                     keep.add(node.id)
             if node.op in _ELEMENTWISE or node.op in _REDUCTIONS:
                 for a in node.args:
                     a = resolve(a)
                     if a.op in _ELEMENTWISE and a.shape and a.shape != node.shape and \
-                            self._cost(a, {}) > 1 and int(np.prod(a.shape)) < int(np.prod(node.shape)):
+                            self._cost(a, costs) > 1 and int(np.prod(a.shape)) < int(np.prod(node.shape)):
                         keep.add(a.id)  # read under a broadcast: compute it once
             if node.op == "reshape" and not _unit_reshape(node):
                 keep.add(resolve(node.args[0]).id)  # a view of an array in memory
                 keep.add(node.id)
+        self._cap_inline_depth(keep)
         keep = {k for k in keep if self._node(k).op not in ("input", "const")}
         return keep
+
+    def _cap_inline_depth(self, keep):
+        """Keep in memory every MAX_INLINE_DEPTH-th level of a chain of inlined array nodes
+        (``x = x * a + b`` three hundred times), so that no expression nests deeper: the
+        emitted text stays within Python's parser (200 nested parentheses) and the passes
+        over an expression (read, scheduling) stay shallow. Readers of a kept node read it
+        from memory, in the loop that writes it."""
+        depth = {}
+        for node in self.g.nodes:
+            if not node.shape or node.id in keep or node.op in ("input", "const") or not (
+                    node.op in _ELEMENTWISE or node.op in _VIEWS or node.op == "alias"):
+                continue
+            d = 1 + max((depth.get(resolve(a).id, 0) for a in node.args), default=0)
+            if d > MAX_INLINE_DEPTH:
+                keep.add(node.id)
+                d = 0
+            depth[node.id] = d
 
     def _node(self, nid):
         return self.g.nodes[nid]
@@ -1411,11 +1451,13 @@ class _Lowering:
         for kind, item in self.lines:
             texts += [item] if kind == "stmt" else \
                 [*item.prelude, *item.hoisted, *item.lane, *item.body]
+        # every word of every line counted once (not one scan of all lines per array: a
+        # 300-step loop wrote 600 arrays into 2,700 lines)
+        words = collections.Counter(w for t in texts for w in _WORD.findall(t))
         for nid, w in self.written.items():
             if w.alloc is None or nid in self.outputs:
                 continue
-            word = re.compile(rf"\b{re.escape(self.name(self._node(nid)))}\b")
-            if sum(len(word.findall(t)) for t in texts) == 2:  # the allocation and the store
+            if words[self.name(self._node(nid))] == 2:  # the allocation and the store
                 w.nest.prelude.remove(w.alloc)
                 w.nest.body.remove(w.store)
 

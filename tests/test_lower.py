@@ -219,3 +219,22 @@ def test_a_buffer_is_overwritten_only_where_one_reader_reads_it_at_its_own_index
     source = lower_function(graph, "f")
     product = re.search(r"(\w+) = np.dot\(A, x\)", source).group(1)
     assert not re.search(rf"^ +\w+ = {product}$", source, re.M)  # no alias of P's buffer
+
+
+def test_a_300_step_array_loop_lowers_within_the_parser_and_matches_the_graph():
+    # x = x * a + b * sin(x), 300 times: 2,700 nodes, every one used once, so the whole chain
+    # could inline into one expression; it is kept in memory every MAX_INLINE_DEPTH levels
+    # (a RecursionError in the lowering before, and Python's parser refuses 200 parentheses)
+    def steps(x):
+        for _ in range(300):
+            x = x * 1.0001 + 0.001 * np.sin(x)
+        return np.sum(x * x)
+
+    graph = gradient_graph(steps, [(7,)])
+    source = lower_function(graph, "steps")
+    depth = deepest = 0
+    for ch in source:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        deepest = max(deepest, depth)
+    assert deepest < 100
+    assert_matches_graph(graph, [np.linspace(0.0, 1.0, 7)])
