@@ -733,3 +733,28 @@ def test_without_a_cache_directory_the_c_entry_works_in_memory(monkeypatch):
     entry, path = native.compile_graph(g, func_name, source, (None, None), min_nodes=0,
                                        c_entry=True)
     assert path.startswith("<in memory: ") and entry.function(3.0, 1.5) == 7.5
+
+
+def test_scalar_code_over_an_array_argument_takes_the_native_route_at_any_length():
+    # a chain reading p[2 * i] has no array work: as fused loops it is straight-line code for
+    # numba (2.2 s cold at 100 parameters, 8.6 s at 400), unrolled the native route (0.1-0.3 s)
+    def chain(p):
+        h = 0.3
+        for i in range(p.shape[0] // 2):
+            h = np.tanh(p[2 * i] * h + p[2 * i + 1])
+        return 0.5 * (h - 0.5) ** 2
+
+    p = np.linspace(-0.5, 0.9, 400)  # past UNROLL_MAX_ELEMENTS: the length is not the rule
+    f = gradc.value_and_grad(chain)
+    value, grad = f(p)
+    assert f.cache_info()["runs"] == "native"
+    want_value, want_grad = gradc.value_and_grad(chain, backend="python")(p)
+    assert value == pytest.approx(want_value, rel=1e-14)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-13, atol=1e-300)
+
+    def rosen(x):  # array work: stays fused loops
+        return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+
+    r = gradc.value_and_grad(rosen)
+    r(p)
+    assert r.cache_info()["specialisations"][0]["path_kind"] == "loops"
