@@ -441,6 +441,16 @@ class Rule:
                       [x.node for x in xs] + [None] + [None if t is None else t.node for t in ts])
         return None if isinstance(o, _Zero) else out.__class__(graph, o)
 
+    def element_nodes(self, graph, out, xs):
+        """One scalar ``custom`` node per element of ``out`` (scalar nodes, C order), each
+        carrying the rule of its element, with every argument element ``xs`` as arguments
+        (what gradc/unroll.py makes of a ``custom`` node: a method of the rule, so that the
+        unroll pass, which custom rules use, does not import this module)."""
+        if self.out_shape is None and all(s is None for s in self.shapes):
+            return [graph.add("custom", (out[0], *xs), (self,))]  # all scalars: as it is
+        keys = [None] if self.out_shape is None else range(len(out))
+        return [graph.add("custom", (o, *xs), (self.element(k),)) for o, k in zip(out, keys)]
+
     def element(self, k):
         """The rule of element ``k`` (C order; None for a scalar value) of the unrolled value."""
         found = self._elements.get(k)
@@ -450,7 +460,7 @@ class Rule:
 
 
 class ElementRule:
-    """The rule of one element of an unrolled custom function (see :func:`element_nodes`):
+    """The rule of one element of an unrolled custom function (see :meth:`Rule.element_nodes`):
     its node is ``custom(value[k], *every argument element)``."""
 
     def __init__(self, rule, k):
@@ -460,6 +470,10 @@ class ElementRule:
 
     def __repr__(self):
         return f"<{self.rule.cfn.kind} rule of {self.rule.cfn.name}, element {self.k}>"
+
+    def element_nodes(self, graph, out, xs):
+        """Already one element's node (a program unrolled twice): itself again."""
+        return [graph.add("custom", (out[0], *xs), (self,))]
 
     def cotangents(self, g, xs):
         graph = g.graph
@@ -478,17 +492,6 @@ class ElementRule:
                       + [None if t is None else t.node for t in ts])
         o = outs[self.k or 0]
         return None if isinstance(o, _Zero) else out.__class__(graph, o)
-
-
-def element_nodes(graph, rule, out, xs):
-    """One scalar ``custom`` node per element of ``out`` (scalar nodes, C order), each
-    carrying the rule of its element, with every argument element ``xs`` as arguments."""
-    if isinstance(rule, ElementRule):  # already one element's node (unrolled twice)
-        return [graph.add("custom", (out[0], *xs), (rule,))]
-    if rule.out_shape is None and all(s is None for s in rule.shapes):
-        return [graph.add("custom", (out[0], *xs), (rule,))]  # all scalars: the rule as is
-    keys = [None] if rule.out_shape is None else range(len(out))
-    return [graph.add("custom", (o, *xs), (rule.element(k),)) for o, k in zip(out, keys)]
 
 
 # --- replaying a rule graph, with symbolic zeros ------------------------------------------------

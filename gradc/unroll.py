@@ -244,10 +244,8 @@ class _Unroller:
         """``custom(value, *xs)`` (gradc/custom.py) element by element: each element of the
         value is a scalar ``custom`` node over every argument element, carrying the rule of its
         element, so the program can still be differentiated (hessian and jacobian unroll first)."""
-        from .custom import element_nodes
-
         args = [e for x, n in zip(xs, node.args[1:]) for e in self._elements_of(x, n)]
-        made = element_nodes(self.g, node.attrs[0], self._elements_of(value, node), args)
+        made = node.attrs[0].element_nodes(self.g, self._elements_of(value, node), args)
         return _array(made, node.shape) if node.shape else made[0]
 
     def _elements_of(self, value, node):
