@@ -158,10 +158,14 @@ def demo(out=None, out_dir="."):
     gradc.explain(J, 5.0, 3.0, 2.0, file=out)
     f = gradc.value_and_grad(J)
     value, grads = f(5.0, 3.0, 2.0)
-    print("\nThe fused forward-and-reverse function gradc emits (and numba compiles):\n", file=out)
+    print("\nThe fused forward-and-reverse function gradc emits (and compiles):\n", file=out)
     print(f.source, file=out)
     print(f"J(5, 3, 2) = {value}, (dJ/da, dJ/db, dJ/dc) = {grads}", file=out)
-    print(f"source file: {f.path}", file=out)
+    # a scalar program runs natively (LLVM from numba's own lowering, no numba import): its
+    # cache file is the object code; programs numba compiles keep the emitted source there
+    info = f.cache_info()
+    kind = "object code" if info["runs"] == "native" else "source"
+    print(f"compiled by: {info['runs']}; cache file ({kind}): {f.path}", file=out)
     print(_draw_seed(J, out_dir), file=out)
     return 0
 

@@ -63,6 +63,9 @@ def test_demo_prints_table_source_and_result(capsys, tmp_path):
     assert "db = du * c   = 6" in out
     assert "def J__value_and_grad(a, b, c):" in out
     assert "J(5, 3, 2) = 33.0, (dJ/da, dJ/db, dJ/dc) = (3.0, 6.0, 9.0)" in out
+    # what compiled it, and the cache file is what it says it is (object code, not source)
+    found = re.search(r"compiled by: native; cache file \(object code\): (\S+)", out)
+    assert found and found.group(1).endswith(".body.o") and os.path.isfile(found.group(1))
 
 
 def test_python_dash_m_gradc_demo(tmp_path):
