@@ -55,12 +55,10 @@ def child(tool, workload, depth):
 
 
 def _gradc_backend_note(J):
-    """gradc (numba) may run a graph as plain Python/NumPy instead (large arrays): say so.
-    Uses a private attribute of gradc's function object; silent if it is not there."""
-    spec = next(iter(getattr(J, "_specs", {}).values()), None)
-    if spec is None:
-        return None
-    return None if getattr(spec, "entry", True) is not None else "ran as Python/NumPy, not numba"
+    """gradc (numba backend) may run a graph as plain Python/NumPy instead: say so, from what
+    ``cache_info()`` reports ran (numba, the native route, or numpy / python)."""
+    runs = J.cache_info().get("runs")
+    return "ran as Python/NumPy, not compiled" if runs in ("numpy", "python") else None
 
 
 def run_child(tool, workload, depth, cache_dir, timeout=900):
