@@ -544,9 +544,7 @@ class GradcFunction:
             if graph.whole_params:
                 spec.numpy_level = functools.cache(numpy_level)
         if index_key is not None and spec.c_entry is not None and regroup is None:
-            for found_by in (index_key, code_key):
-                if found_by is not None:
-                    self._to_index(found_by, spec, func_name, len(graph.nodes))
+            self._to_index((index_key, code_key), spec, func_name, len(graph.nodes))
         return self._registered(key, spec, shapes, dtype)
 
     def _registered(self, key, spec, shapes, dtype):
@@ -606,16 +604,20 @@ class GradcFunction:
             index.write(also, found)
         return spec
 
-    def _to_index(self, index_key, spec, func_name, nodes):
-        """Record a route-3 spec in the warm-start index (what _from_index reads)."""
+    def _to_index(self, keys, spec, func_name, nodes):
+        """Record a route-3 spec in the warm-start index (what _from_index reads), one entry
+        under each of ``keys`` (the trace's key and the code key; None: not told)."""
         entry = spec.c_entry
         sp = entry.spec
-        index.write(index_key, {
+        record = {
             "symbol": native.symbol_of(spec.source), "opt": native.codegen_level(nodes),
             "func_name": func_name,
             "spec": {"params": sp.params, "results": sp.results, "n_scalars": sp.n_scalars,
                      "n_arrays": sp.n_arrays},
-            "rows": entry.rows})
+            "rows": entry.rows}
+        for key in keys:
+            if key is not None:
+                index.write(key, record)
 
     def _loops_spec(self, graph, out_params=False):
         """Arrays traced whole, lowered to fused loops (gradc/lower.py) and compiled by numba.

@@ -724,8 +724,9 @@ class _Lowering:
         from memory, in the loop that writes it."""
         depth = {}
         for node in self.g.nodes:
+            # (an alias is never read as itself: readers resolve it to the node it names)
             if not node.shape or node.id in keep or node.op in ("input", "const") or not (
-                    node.op in _ELEMENTWISE or node.op in _VIEWS or node.op == "alias"):
+                    node.op in _ELEMENTWISE or node.op in _VIEWS):
                 continue
             d = 1 + max((depth.get(resolve(a).id, 0) for a in node.args), default=0)
             if d > MAX_INLINE_DEPTH:
@@ -1447,6 +1448,10 @@ class _Lowering:
         """Arrays _materialise wrote whose every reader joined the loop that writes them and
         read the element's local (see _deps_unit): their allocation and stores go, since no
         line reads them from memory."""
+        candidates = [(nid, w) for nid, w in self.written.items()
+                      if w.alloc is not None and nid not in self.outputs]
+        if not candidates:
+            return
         texts = [*params, ret, *self.constants]
         for kind, item in self.lines:
             texts += [item] if kind == "stmt" else \
@@ -1454,9 +1459,7 @@ class _Lowering:
         # every word of every line counted once (not one scan of all lines per array: a
         # 300-step loop wrote 600 arrays into 2,700 lines)
         words = collections.Counter(w for t in texts for w in _WORD.findall(t))
-        for nid, w in self.written.items():
-            if w.alloc is None or nid in self.outputs:
-                continue
+        for nid, w in candidates:
             if words[self.name(self._node(nid))] == 2:  # the allocation and the store
                 w.nest.prelude.remove(w.alloc)
                 w.nest.body.remove(w.store)

@@ -1,4 +1,5 @@
-"""Small array arguments: traced element by element (unrolled), gradients come back as arrays."""
+"""Small array arguments: traced whole, unrolled into scalar code after differentiating where that
+wins (gradc/unroll.py); gradients come back as arrays."""
 import numpy as np
 import pytest
 import scipy.optimize
